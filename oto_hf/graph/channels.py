@@ -1,0 +1,112 @@
+"""Channel elements, their unions and the reasons that make some of them unprunable.
+
+Every prunable index of every tensor is an *element*: element ids for `(tensor_name, dim)` form one contiguous block.
+Propagating labels through the graph records which elements must be removed together (edges) and which cannot be
+removed at all (poison). Connected components of the edge graph are the zero-invariant groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ElementBlock:
+    """The elements of one `(tensor, dim)`: ids `offset .. offset + size - 1`."""
+
+    name: str
+    dim: int
+    size: int
+    offset: int
+    is_buffer: bool
+
+
+class ChannelRegistry:
+    """Allocates element ids, records unions between them and poison with reasons."""
+
+    def __init__(self) -> None:
+        self.blocks: list[ElementBlock] = []
+        self._block_index: dict[tuple[str, int], ElementBlock] = {}
+        self.num_elements = 0
+        self._edges: list[torch.Tensor] = []
+        self._poison_ids: list[torch.Tensor] = []
+        self._poison_reasons: list[str] = []
+        self._attention_ids: list[torch.Tensor] = []
+
+    def elements(self, name: str, dim: int, size: int, is_buffer: bool = False) -> torch.Tensor:
+        """Element ids of `name` along `dim`, allocating them on first use."""
+        block = self._block_index.get((name, dim))
+        if block is None:
+            block = ElementBlock(name, dim, size, self.num_elements, is_buffer)
+            self.blocks.append(block)
+            self._block_index[(name, dim)] = block
+            self.num_elements += size
+        elif block.size != size:
+            raise RuntimeError(f"Dimension {dim} of {name} seen with sizes {block.size} and {size}.")
+        return torch.arange(block.offset, block.offset + size)
+
+    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Tie elements pairwise (entries < 0 are ignored; shapes must broadcast)."""
+        a, b = torch.broadcast_tensors(a, b)
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        if keep.any():
+            pairs = torch.stack([a[keep], b[keep]]).unique(dim=1)
+            self._edges.append(pairs)
+
+    def union_along(self, labels: torch.Tensor, dim: int, ids: torch.Tensor) -> None:
+        """Tie every entry at index i of `labels` along `dim` with `ids[i]`."""
+        shape = [1] * labels.dim()
+        shape[dim] = -1
+        self.union(labels, ids.reshape(shape))
+
+    def poison(self, ids: torch.Tensor, reason: str) -> None:
+        """Mark elements (entries < 0 are ignored) as unprunable."""
+        ids = ids[ids >= 0].unique() if ids.numel() else ids
+        if ids.numel():
+            self._poison_ids.append(ids)
+            self._poison_reasons.append(reason)
+
+    def mark_attention(self, ids: torch.Tensor) -> None:
+        """Remember elements that flow through an attention contraction (their groups are heads)."""
+        ids = ids[ids >= 0]
+        if ids.numel():
+            self._attention_ids.append(ids.unique())
+
+    def components(self) -> torch.Tensor:
+        """Component id (the smallest element id in it) of every element."""
+        labels = torch.arange(self.num_elements)
+        if not self._edges:
+            return labels
+        edges = torch.cat(self._edges, dim=1)
+        src, dst = edges[0], edges[1]
+        while True:
+            previous = labels
+            labels = labels.clone()
+            labels.scatter_reduce_(0, src, previous[dst], reduce="amin")
+            labels.scatter_reduce_(0, dst, previous[src], reduce="amin")
+            labels = labels[labels]  # pointer jumping
+            if torch.equal(labels, previous):
+                return labels
+
+    def poison_reasons(self, components: torch.Tensor) -> dict[int, str]:
+        """The first reason (in recording order) that poisons each poisoned component."""
+        if not self._poison_ids:
+            return {}
+        ids = torch.cat(self._poison_ids)
+        order = torch.cat([torch.full((t.numel(),), i) for i, t in enumerate(self._poison_ids)])
+        first = torch.full((self.num_elements,), len(self._poison_reasons), dtype=torch.long)
+        first.scatter_reduce_(0, components[ids], order, reduce="amin")
+        poisoned = (first < len(self._poison_reasons)).nonzero().flatten()
+        return {int(c): self._poison_reasons[int(first[c])] for c in poisoned}
+
+    def attention_components(self, components: torch.Tensor) -> set[int]:
+        if not self._attention_ids:
+            return set()
+        return set(components[torch.cat(self._attention_ids)].unique().tolist())
+
+    def block_of(self, element_ids: torch.Tensor) -> torch.Tensor:
+        """Index into `self.blocks` of each element id."""
+        offsets = torch.tensor([block.offset for block in self.blocks])
+        return torch.searchsorted(offsets, element_ids, right=True) - 1

@@ -1,0 +1,179 @@
+"""`discover_groups`: zero-invariant groups straight from the model's traced graph."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .channels import ChannelRegistry
+from .export import default_example_inputs, export_model
+from .groups import GROUP_KINDS, GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup
+from .propagate import check_sliceable, propagate
+
+
+logger = logging.getLogger(__name__)
+
+
+def discover_groups(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    kinds: Iterable[str] = GROUP_KINDS,
+    show_progress: bool = False,
+) -> GroupSet:
+    """Find the zero-invariant groups of `model` from its `torch.export` graph.
+
+    Channel identity is propagated from producers (linear, conv, embedding) through shape-preserving and elementwise
+    ops, reshapes into heads, attention, residual adds, concatenation and normalisation to the consumers. Whatever
+    cannot be proven removable (an unknown op, a norm over the channels, a model output, the residual stream) is
+    listed in `GroupSet.unprunable` with the reason.
+
+    Args:
+        model (`nn.Module`): any module `torch.export` can trace; it may live on the `meta` device.
+        example_inputs (`dict`, `tuple` or `torch.Tensor`, *optional*): inputs for tracing. Derived from the model's
+            config when omitted (token ids for text models, `pixel_values` for vision models).
+        kinds (`Iterable[str]`, *optional*, defaults to all): which of `"head"`, `"neuron"`, `"channel"` to return.
+        show_progress (`bool`, *optional*, defaults to `False`): show a progress bar while propagating.
+
+    Returns:
+        `GroupSet`: the groups, in graph order, and the unprunable components with their reasons.
+
+    Example:
+    ```python
+    >>> from transformers import BertConfig, BertModel
+    >>> from oto_hf import discover_groups
+    >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37))
+    >>> groups = discover_groups(model)
+    >>> groups.counts()
+    {'head': 8, 'neuron': 74}
+    ```
+    """
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in GROUP_KINDS]
+    if unknown:
+        raise ValueError(f"Unknown group kinds {unknown}; choose from {list(GROUP_KINDS)}.")
+    if example_inputs is None:
+        example_inputs = default_example_inputs(model)
+    program = export_model(model, example_inputs)
+    propagation = propagate(program, show_progress=show_progress)
+    registry = propagation.registry
+    components = registry.components()
+    check_sliceable(propagation, components)
+    reasons = registry.poison_reasons(components)
+    groups = _build_groups(registry, components, set(reasons), propagation.tensor_ndims, model)
+    groups = [g for g in groups if g.kind in kinds]
+    for index, group in enumerate(groups):
+        group.id = index
+    unprunable = _unprunable(registry, components, reasons)
+    if not groups:
+        details = "\n".join(f"  - {c.reason}" for c in unprunable[:10]) or "  (no linear, conv or embedding found)"
+        raise ValueError(
+            f"{type(model).__name__} has nothing prunable of kinds {list(kinds)}: no group of weights can be removed "
+            f"without changing its outputs. Reasons found:\n{details}\nIf a custom op hides the structure, register a "
+            "rule for it with `oto_hf.register_op_rule`."
+        )
+    result = GroupSet(groups, unprunable, example_inputs)
+    logger.info("%s", result.summary())
+    return result
+
+
+def _build_groups(
+    registry: ChannelRegistry,
+    components: torch.Tensor,
+    poisoned: set[int],
+    tensor_ndims: dict[str, int],
+    model: nn.Module,
+) -> list[ZeroInvariantGroup]:
+    elements = torch.arange(registry.num_elements)
+    keep = ~torch.isin(components, torch.tensor(sorted(poisoned), dtype=torch.long))
+    elements, comps = elements[keep], components[keep]
+    if not elements.numel():
+        return []
+    blocks = registry.block_of(elements)
+    order = torch.argsort(comps * registry.num_elements + elements)
+    elements, comps, blocks = elements[order], comps[order], blocks[order]
+    offsets = torch.tensor([b.offset for b in registry.blocks])
+    local = elements - offsets[blocks]
+    run_keys = comps * len(registry.blocks) + blocks
+    _, run_counts = torch.unique_consecutive(run_keys, return_counts=True)
+    run_starts = torch.cumsum(run_counts, 0) - run_counts
+    run_comps = comps[run_starts].tolist()
+    run_blocks = blocks[run_starts].tolist()
+    run_indices = torch.split(local, run_counts.tolist())
+    attention = registry.attention_components(components)
+    numels = _numels(model)
+
+    groups: list[ZeroInvariantGroup] = []
+    current: int | None = None
+    for comp, block_index, indices in zip(run_comps, run_blocks, run_indices):
+        block = registry.blocks[block_index]
+        if comp != current:
+            current = comp
+            group = ZeroInvariantGroup(id=len(groups), kind="neuron", layer=None, module="", slices=[])
+            group.kind = "head" if comp in attention else "neuron"
+            groups.append(group)
+        item = TensorSlice(block.name, block.dim, indices)
+        if block.is_buffer:
+            group.buffer_slices.append(item)
+        else:
+            group.slices.append(item)
+            group.num_params += len(indices) * numels.get(block.name, 0) // max(block.size, 1)
+            if group.kind == "neuron" and tensor_ndims.get(block.name, 2) >= 3:
+                group.kind = "channel"
+    groups = [g for g in groups if g.slices]
+    _assign_layers(groups)
+    return groups
+
+
+def _numels(model: nn.Module) -> dict[str, int]:
+    numels = {name: p.numel() for name, p in model.named_parameters(remove_duplicate=False)}
+    numels.update({name: b.numel() for name, b in model.named_buffers(remove_duplicate=False)})
+    return numels
+
+
+_NUMERIC = re.compile(r"^\d+$")
+
+
+def _assign_layers(groups: list[ZeroInvariantGroup]) -> None:
+    """`module` is the deepest numbered block holding all of a group's tensors; `layer` numbers those blocks."""
+    cache: dict[tuple[str, ...], str] = {}
+    order: dict[str, int] = {}
+    for group in groups:
+        names = tuple(sorted({s.name for s in group.slices}))
+        module = cache.get(names)
+        if module is None:
+            module = cache[names] = _block_path(names)
+        group.module = module
+        if any(_NUMERIC.match(part) for part in module.split(".")):
+            group.layer = order.setdefault(module, len(order))
+
+
+def _block_path(names: tuple[str, ...]) -> str:
+    parts = [name.split(".")[:-1] for name in names]
+    common: list[str] = []
+    for items in zip(*parts):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    numeric = [i for i, part in enumerate(common) if _NUMERIC.match(part)]
+    return ".".join(common[: numeric[-1] + 1] if numeric else common)
+
+
+def _unprunable(
+    registry: ChannelRegistry, components: torch.Tensor, reasons: dict[int, str]
+) -> list[UnprunableComponent]:
+    if not reasons:
+        return []
+    poisoned = torch.tensor(sorted(reasons), dtype=torch.long)
+    tensors: dict[str, set[str]] = defaultdict(set)
+    for block in registry.blocks:
+        comps = components[block.offset : block.offset + block.size].unique()
+        for comp in comps[torch.isin(comps, poisoned)].tolist():
+            tensors[reasons[comp]].add(block.name)
+    return [UnprunableComponent(reason, sorted(names)) for reason, names in tensors.items()]

@@ -1,0 +1,99 @@
+"""Tracing a model with `torch.export`, and example inputs derived from its config."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+
+DEFAULT_SEQUENCE_LENGTH = 8
+DEFAULT_IMAGE_SIZE = 64
+
+
+def default_example_inputs(model: nn.Module) -> dict[str, Any]:
+    """Small inputs for `model`, built from its config: token ids for text models, `pixel_values` for vision ones.
+
+    Tensors are created on the model's device, so a model built on the `meta` device gets meta inputs.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError(
+            f"Cannot derive example inputs for {type(model).__name__}: it has no `config`. Pass `example_inputs`, "
+            "e.g. `discover_groups(model, example_inputs={'x': torch.randn(1, 16)})`."
+        )
+    device = _device_of(model)
+    accepted = set(inspect.signature(model.forward).parameters)
+    main_input = getattr(model, "main_input_name", "input_ids")
+    inputs: dict[str, Any] = {}
+    if main_input == "pixel_values":
+        size = getattr(config, "image_size", DEFAULT_IMAGE_SIZE)
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        channels = getattr(config, "num_channels", 3)
+        generator = torch.Generator().manual_seed(0)
+        inputs["pixel_values"] = torch.randn(1, channels, height, width, generator=generator).to(device)
+    elif main_input == "input_ids":
+        vocab = getattr(config, "vocab_size", None) or 2
+        length = min(DEFAULT_SEQUENCE_LENGTH, getattr(config, "max_position_embeddings", None) or DEFAULT_SEQUENCE_LENGTH)
+        inputs["input_ids"] = (torch.arange(1, length + 1) % vocab).unsqueeze(0).to(device)
+        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
+            inputs["decoder_input_ids"] = inputs["input_ids"].clone()
+    else:
+        raise ValueError(
+            f"Cannot derive example inputs for {type(model).__name__} (main input {main_input!r}). Pass "
+            "`example_inputs` as a dict of keyword arguments for its forward."
+        )
+    if "use_cache" in accepted:
+        inputs["use_cache"] = False
+    return inputs
+
+
+def as_args_kwargs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Accept a dict (keyword arguments), a tuple/list (positional) or a single tensor."""
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    raise TypeError(
+        f"`example_inputs` must be a dict of keyword arguments, a tuple of positional arguments or a tensor, got "
+        f"{type(example_inputs).__name__}."
+    )
+
+
+def export_model(model: nn.Module, example_inputs: Any) -> torch.export.ExportedProgram:
+    """`torch.export` the model in eval mode (restoring its mode afterwards), with a clear error if tracing fails."""
+    args, kwargs = as_args_kwargs(example_inputs)
+    with eval_mode(model):
+        try:
+            return torch.export.export(model, args, kwargs, strict=False)
+        except Exception as error:  # torch.export raises many types; re-raise with what to do about it
+            raise RuntimeError(
+                f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}\n"
+                "oto_hf discovers groups from the exported graph. Check that `example_inputs` are valid inputs for "
+                "the model's forward (a dict of keyword arguments), and that the forward has no data-dependent "
+                "Python control flow."
+            ) from error
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put the model in eval mode, then restore each submodule's own training flag."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")

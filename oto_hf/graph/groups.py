@@ -1,0 +1,170 @@
+"""Zero-invariant groups (ZIGs) and the set of them found in a model."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+
+GroupKind = Literal["head", "neuron", "channel"]
+GROUP_KINDS: tuple[str, ...] = ("head", "neuron", "channel")
+
+
+@dataclass(frozen=True)
+class TensorSlice:
+    """Indices `indices` along dimension `dim` of the parameter or buffer called `name`."""
+
+    name: str
+    dim: int
+    indices: torch.Tensor
+
+    def __iter__(self) -> Iterator[Any]:
+        # Lets a slice unpack as `(name, dim, indices)`.
+        return iter((self.name, self.dim, self.indices))
+
+
+@dataclass
+class ZeroInvariantGroup:
+    """One unit (an attention head, an FFN neuron, a conv channel) that can be removed as a whole.
+
+    Args:
+        id (`int`): position of the group in its `GroupSet`.
+        kind (`str`): `"head"`, `"neuron"` or `"channel"`.
+        layer (`int`, *optional*): ordinal of the block (e.g. transformer layer) the group lives in, `None` outside blocks.
+        module (`str`): module path of that block, e.g. `"encoder.layer.3"`.
+        slices (`list[TensorSlice]`): the parameter slices; each unpacks as `(parameter_name, dim, indices)`.
+        buffer_slices (`list[TensorSlice]`): buffers sliced with the group (e.g. BatchNorm running statistics);
+            they are removed with the group but never zeroed.
+        num_params (`int`): number of parameter entries in the group.
+    """
+
+    id: int
+    kind: GroupKind
+    layer: int | None
+    module: str
+    slices: list[TensorSlice]
+    buffer_slices: list[TensorSlice] = field(default_factory=list)
+    num_params: int = 0
+
+    def __repr__(self) -> str:
+        tensors = ", ".join(f"{s.name}[dim {s.dim}: {_format_indices(s.indices)}]" for s in self.slices)
+        return f"ZeroInvariantGroup(id={self.id}, kind={self.kind!r}, layer={self.layer}, params={self.num_params}, {tensors})"
+
+
+@dataclass
+class UnprunableComponent:
+    """Channels the analysis cannot prove zero-invariant, with the first reason found and the tensors involved."""
+
+    reason: str
+    tensors: list[str]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(self.tensors[:4]) + (f", ... ({len(self.tensors)} tensors)" if len(self.tensors) > 4 else "")
+        return f"UnprunableComponent(reason={self.reason!r}, tensors=[{shown}])"
+
+
+class GroupSet(Sequence[ZeroInvariantGroup]):
+    """The zero-invariant groups of a model, plus the components left unprunable and why.
+
+    Indexing, `len` and iteration work as for a list of `ZeroInvariantGroup`. `example_inputs` are the inputs the
+    model was traced with; `construct_subnet` reuses them to check its result.
+    """
+
+    def __init__(
+        self,
+        groups: Iterable[ZeroInvariantGroup],
+        unprunable: Iterable[UnprunableComponent] = (),
+        example_inputs: dict[str, Any] | None = None,
+    ) -> None:
+        self.groups = list(groups)
+        self.unprunable = list(unprunable)
+        self.example_inputs = example_inputs or {}
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.groups[index]
+
+    def __iter__(self) -> Iterator[ZeroInvariantGroup]:
+        return iter(self.groups)
+
+    @property
+    def num_params(self) -> int:
+        """Parameter entries covered by all groups."""
+        return sum(g.num_params for g in self.groups)
+
+    def counts(self) -> dict[str, int]:
+        """Number of groups per kind."""
+        return dict(Counter(g.kind for g in self.groups))
+
+    def counts_per_layer(self) -> dict[int | None, dict[str, int]]:
+        """Number of groups per layer and kind."""
+        table: dict[int | None, Counter] = defaultdict(Counter)
+        for group in self.groups:
+            table[group.layer][group.kind] += 1
+        return {layer: dict(counter) for layer, counter in table.items()}
+
+    def summary(self) -> str:
+        """A readable table: groups per layer and kind, then the unprunable components with their reasons."""
+        lines = [f"GroupSet: {len(self)} groups ({_format_counts(self.counts())}), {self.num_params:,} parameters"]
+        for layer, counts in sorted(self.counts_per_layer().items(), key=lambda item: (item[0] is None, item[0] or 0)):
+            name = "outside blocks" if layer is None else f"layer {layer}"
+            lines.append(f"  {name}: {_format_counts(counts)}")
+        if self.unprunable:
+            lines.append(f"Unprunable components: {len(self.unprunable)}")
+            lines.extend(f"  - {component.reason} ({len(component.tensors)} tensors)" for component in self.unprunable)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def check_ids(self, group_ids: Iterable[int]) -> list[int]:
+        """Return `group_ids` as a sorted list of unique ints, raising a clear error for unknown ids."""
+        ids = sorted({int(i) for i in group_ids})
+        unknown = [i for i in ids if not 0 <= i < len(self)]
+        if unknown:
+            raise ValueError(
+                f"Unknown group ids {unknown[:10]}: this GroupSet has {len(self)} groups, so ids must be in "
+                f"[0, {len(self) - 1}]."
+            )
+        return ids
+
+    @torch.no_grad()
+    def zero_(self, model: nn.Module, group_ids: Iterable[int]) -> nn.Module:
+        """Set every parameter slice of the given groups to zero, in place. Buffers are left untouched."""
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for group_id in self.check_ids(group_ids):
+            for name, dim, indices in self.groups[group_id].slices:
+                param = params[name]
+                param.index_fill_(dim, indices.to(param.device), 0)
+        return model
+
+    @torch.no_grad()
+    def zero_group_ids(self, model: nn.Module) -> list[int]:
+        """Ids of the groups whose parameter slices are all exactly zero in `model`."""
+        params = dict(model.named_parameters(remove_duplicate=False))
+        zero_ids = []
+        for group in self.groups:
+            if all(
+                not params[name].index_select(dim, indices.to(params[name].device)).any()
+                for name, dim, indices in group.slices
+            ):
+                zero_ids.append(group.id)
+        return zero_ids
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[kind]} {kind}s" for kind in GROUP_KINDS if counts.get(kind)) or "none"
+
+
+def _format_indices(indices: torch.Tensor) -> str:
+    values = indices.tolist()
+    if len(values) > 1 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}:{values[-1] + 1}"
+    return str(values if len(values) <= 6 else values[:3] + ["..."] + values[-2:])

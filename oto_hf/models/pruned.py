@@ -1,0 +1,119 @@
+"""Pruned variants of transformers models: the stock architecture, resized to the shapes its config records.
+
+`save_pruned` copies this file next to the weights (with a few lines that name the classes), so a pruned folder
+loads with `trust_remote_code=True` where oto_hf is not installed. It must therefore import only torch and
+transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+TENSOR_SHAPES_KEY = "oto_tensor_shapes"
+MODULE_ATTRIBUTES_KEY = "oto_module_attributes"
+
+
+def pruned_config_class(base: type) -> type:
+    """A subclass of the config class `base` with `model_type = "oto_" + base.model_type`."""
+    return type(f"OTO{base.__name__}", (base,), {"model_type": f"oto_{base.model_type}", "__module__": __name__})
+
+
+def pruned_model_class(base: type, config_class: type) -> type:
+    """A subclass of the model class `base` that builds the stock model, then resizes it as its config says."""
+    return type(f"OTO{base.__name__}", (PrunedModelMixin, base), {"config_class": config_class, "__module__": __name__})
+
+
+class PrunedModelMixin:
+    """Resizes the freshly built stock model to the pruned shapes before weights are loaded into it."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        resize_to_config(self, config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as error:
+            mismatches = _checkpoint_mismatches(cls, pretrained_model_name_or_path, kwargs.get("config"))
+            if not mismatches:
+                raise
+            shown = "; ".join(f"{name}: checkpoint {found}, config {expected}" for name, found, expected in mismatches[:5])
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} do not match the pruned shapes recorded in its "
+                f"config.json ({len(mismatches)} tensors differ: {shown}). The folder was probably edited or mixed with "
+                "another checkpoint; save it again with `oto_hf.save_pruned`."
+            ) from error
+
+
+@torch.no_grad()
+def resize_to_config(model: nn.Module, config: Any) -> None:
+    """Give every tensor the shape in `config.oto_tensor_shapes` and set `config.oto_module_attributes`."""
+    shapes: dict[str, list[int]] = getattr(config, TENSOR_SHAPES_KEY, None) or {}
+    attributes: dict[str, dict[str, Any]] = getattr(config, MODULE_ATTRIBUTES_KEY, None) or {}
+    modules = dict(model.named_modules())
+    resized: dict[int, torch.Tensor] = {}
+    found = 0
+    for name, shape in shapes.items():
+        module_name, _, attr = name.rpartition(".")
+        module = modules.get(_resolve(model, module_name, modules))
+        if module is None or (attr not in module._parameters and attr not in module._buffers):
+            continue  # a head this class does not have (e.g. loading a task model's folder with AutoModel)
+        found += 1
+        is_param = attr in module._parameters
+        old = (module._parameters if is_param else module._buffers)[attr]
+        if tuple(old.shape) == tuple(shape):
+            continue
+        if id(old) not in resized:
+            new = old[tuple(slice(0, n) for n in shape)].clone()
+            resized[id(old)] = nn.Parameter(new, requires_grad=old.requires_grad) if is_param else new
+        (module._parameters if is_param else module._buffers)[attr] = resized[id(old)]
+    if shapes and not found:
+        raise ValueError(
+            f"The config records pruned shapes for tensors that {type(model).__name__} does not have (e.g. "
+            f"{next(iter(shapes))!r}). The folder was saved from a different architecture."
+        )
+    for module_name, values in attributes.items():
+        module = modules.get(_resolve(model, module_name, modules))
+        if module is not None:
+            for attr, value in values.items():
+                setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+
+
+def _resolve(model: nn.Module, name: str, modules: dict[str, nn.Module]) -> str | None:
+    """Names are stored relative to the base model; the loading class may wrap it (or be it)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    candidates = [f"{prefix}.{name}" if name else prefix, name] if prefix else [name]
+    for candidate in candidates:
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def _checkpoint_mismatches(cls: type, folder: Any, config: Any = None) -> list[tuple[str, list[int], list[int]]]:
+    """(name, shape in the checkpoint, shape the config implies) for every tensor that differs."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(str(folder))
+    if not path.is_dir():
+        return []
+    config = config if config is not None else cls.config_class.from_pretrained(path)
+    with torch.device("meta"):
+        model = cls(config)
+    expected = {name: list(t.shape) for name, t in model.state_dict().items()}
+    prefix = getattr(model, "base_model_prefix", "")
+    mismatches = []
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                found = list(handle.get_slice(name).get_shape())
+                want = expected.get(name, expected.get(f"{prefix}.{name}"))
+                if want is not None and want != found:
+                    mismatches.append((name, found, want))
+    return mismatches

@@ -1,0 +1,215 @@
+"""`save_pruned`: write a pruned model as a folder that `AutoModel*.from_pretrained` loads."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from . import __version__
+from .models import model_classes_for, register_pruned_architecture
+from .models import pruned as pruned_module
+from .models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY
+
+
+logger = logging.getLogger(__name__)
+
+# Config keys that hold the width of feed-forward blocks, and the number of heads, in common architectures.
+FFN_CONFIG_KEYS = ("intermediate_size", "n_inner", "hidden_dim", "ffn_dim", "decoder_ffn_dim", "encoder_ffn_dim")
+HEAD_CONFIG_KEYS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "num_key_value_heads")
+
+
+def save_pruned(
+    model: PreTrainedModel,
+    output_dir: str | Path,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save a model made by `construct_subnet` so that the Auto classes load it.
+
+    When every layer kept the same widths and the stock config can express them (e.g. LLaMA heads, KV heads and
+    `intermediate_size`; BERT's `intermediate_size`), the stock config is written and no oto_hf code is needed to
+    load it. Otherwise the config has type `oto_<model_type>` and records every pruned shape; it loads with the
+    Auto classes after `import oto_hf`, or anywhere with `trust_remote_code=True` (the modeling file is saved beside
+    the weights). The folder is written to a temporary directory, then renamed into place.
+
+    Args:
+        model (`PreTrainedModel`): the pruned model (or any transformers model).
+        output_dir (`str` or `Path`): where to write.
+        tokenizer (*optional*): a tokenizer or processor saved alongside.
+        overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty `output_dir`.
+
+    Returns:
+        `Path`: the folder written.
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"save_pruned needs a transformers PreTrainedModel, got {type(model).__name__}. Save other modules with "
+            "`torch.save(model, path)` or `safetensors.torch.save_model`."
+        )
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"`output_dir` {str(output_dir)!r} exists and is not a directory.")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise ValueError(
+            f"`output_dir` {str(output_dir)!r} is not empty. Choose another directory or pass `overwrite=True`."
+        )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        config, architectures = config_for_saving(model)
+        original = model.config
+        model.config = config
+        try:
+            model.save_pretrained(staging)
+        finally:
+            model.config = original
+        if architectures is not None:
+            _write_remote_code(staging, model, config)
+            _set_architectures(staging / "config.json", architectures)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        _move_into_place(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Saved pruned model to %s (config type %s)", output_dir, config.model_type)
+    return output_dir
+
+
+def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
+    """The config to write, and the pruned class names for `architectures` (None when the stock config is used)."""
+    record = getattr(model, "oto_pruning", None)
+    base_config = model.config
+    if record is None or not record.get("tensor_shapes"):
+        config = copy.deepcopy(base_config)
+        config.oto_hf_version = __version__
+        return config, None
+    stock = _stock_config(model, record)
+    if stock is not None:
+        stock.oto_hf_version = __version__
+        return stock, None
+    model_type = base_config.model_type.removeprefix("oto_")
+    config_class = register_pruned_architecture(model_type)
+    values = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "transformers_version")}
+    config = config_class(**values)
+    setattr(config, TENSOR_SHAPES_KEY, _relative_names(model, record["tensor_shapes"]))
+    setattr(config, MODULE_ATTRIBUTES_KEY, _relative_names(model, record["module_attributes"], modules=True))
+    config.oto_hf_version = __version__
+    module = _remote_module_name(model_type)
+    classes = model_classes_for(model_type)
+    config.auto_map = {"AutoConfig": f"{module}.{config_class.__name__}"}
+    config.auto_map.update({auto: f"{module}.OTO{name}" for auto, name in classes.items()})
+    return config, [f"OTO{type(model).__name__.removeprefix('OTO')}"]
+
+
+def _stock_config(model: PreTrainedModel, record: dict) -> Any | None:
+    """A stock config whose model has exactly the pruned shapes, if uniform widths allow one."""
+    layers = record["layers"]
+    if any(layer["kind"] == "channel" and layer["kept"] != layer["total"] for layer in layers):
+        return None
+    candidate = copy.deepcopy(model.config)
+    for kind, keys in (("neuron", FFN_CONFIG_KEYS), ("head", HEAD_CONFIG_KEYS)):
+        families = [layer for layer in layers if layer["kind"] == kind]
+        if not families or all(f["kept"] == f["total"] for f in families):
+            continue
+        if len({(f["kept"], f["total"]) for f in families}) != 1:
+            return None
+        kept, total = families[0]["kept"], families[0]["total"]
+        if kind == "head":
+            head_dim = getattr(candidate, "head_dim", None) or candidate.hidden_size // candidate.num_attention_heads
+            for key in keys:
+                value = getattr(candidate, key, None)
+                if isinstance(value, int) and value * kept % total == 0:
+                    setattr(candidate, key, value * kept // total)
+            candidate.head_dim = head_dim
+        else:
+            matched = [key for key in keys if key in candidate.to_dict() and getattr(candidate, key) in (total, None)]
+            if not matched:
+                return None
+            for key in matched:
+                setattr(candidate, key, kept)
+    return candidate if _matches(model, candidate, record) else None
+
+
+def _matches(model: PreTrainedModel, config: Any, record: dict) -> bool:
+    """Whether the stock class built from `config` has the pruned model's shapes and width attributes."""
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(config)
+    except Exception:  # the candidate config is not valid for this class
+        return False
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if {name: tuple(t.shape) for name, t in fresh.state_dict().items()} != expected:
+        return False
+    modules = dict(fresh.named_modules())
+    for module_name, values in record["module_attributes"].items():
+        module = modules.get(module_name)
+        for attr, value in values.items():
+            current = getattr(module, attr, None)
+            if (list(current) if isinstance(current, tuple) else current) != value:
+                return False
+    return True
+
+
+def _relative_names(model: PreTrainedModel, mapping: dict[str, Any], modules: bool = False) -> dict[str, Any]:
+    """Strip the base model prefix so any Auto class of the architecture can resolve the names."""
+    prefix = getattr(model, "base_model_prefix", "")
+    has_base = bool(prefix) and hasattr(model, prefix)
+    result = {}
+    for name, value in mapping.items():
+        if has_base and (name.startswith(prefix + ".") or (modules and name == prefix)):
+            name = name[len(prefix) + 1 :]
+        result[name] = value
+    return result
+
+
+def _remote_module_name(model_type: str) -> str:
+    return f"modeling_oto_{model_type.replace('-', '_')}"
+
+
+def _write_remote_code(folder: Path, model: PreTrainedModel, config: Any) -> None:
+    """Copy `oto_hf/models/pruned.py` and name the classes, so `trust_remote_code=True` works without oto_hf."""
+    model_type = config.model_type.removeprefix("oto_")
+    base_config = type(config).__mro__[1].__name__
+    classes = sorted(set(model_classes_for(model_type).values()))
+    lines = [
+        "",
+        "",
+        "# ---- classes of this checkpoint (written by oto_hf.save_pruned) ----",
+        f"from transformers import {', '.join([base_config, *classes])}  # noqa: E402",
+        "",
+        f"OTO{base_config} = pruned_config_class({base_config})",
+    ]
+    lines += [f"OTO{name} = pruned_model_class({name}, OTO{base_config})" for name in classes]
+    source = Path(pruned_module.__file__).read_text(encoding="utf-8")
+    (folder / f"{_remote_module_name(model_type)}.py").write_text(source + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _set_architectures(path: Path, architectures: list[str]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["architectures"] = architectures
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _move_into_place(staging: Path, output_dir: Path) -> None:
+    """Rename `staging` to `output_dir`; an existing folder is moved aside first and removed only after."""
+    if not output_dir.exists():
+        staging.rename(output_dir)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+    aside.rmdir()
+    output_dir.rename(aside)
+    try:
+        staging.rename(output_dir)
+    except BaseException:
+        aside.rename(output_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

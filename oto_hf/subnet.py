@@ -1,0 +1,314 @@
+"""`construct_subnet`: slice zero groups out of a model, keeping its class, and check the result is exact."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging as hf_logging
+
+from .graph.groups import GroupSet, ZeroInvariantGroup
+from .stats import count_parameters, forward_outputs
+
+
+logger = logging.getLogger(__name__)
+
+# Integer attributes of attention modules that count heads or their total width: scaled by the kept fraction.
+HEAD_ATTRIBUTES = (
+    "num_heads",
+    "num_attention_heads",
+    "n_head",
+    "n_heads",
+    "num_key_value_heads",
+    "num_kv_heads",
+    "all_head_size",
+    "split_size",
+    "inner_dim",
+)
+# Integer attributes of feed-forward modules that hold their hidden width.
+NEURON_ATTRIBUTES = ("intermediate_size", "ffn_dim", "n_inner")
+
+
+class SubnetMismatchError(RuntimeError):
+    """The sliced model's outputs differ from the zero-masked model's (nothing is returned)."""
+
+
+def construct_subnet(
+    model: nn.Module,
+    groups: GroupSet,
+    group_ids: Iterable[int] | None = None,
+    *,
+    inplace: bool = False,
+    allow_empty_layers: bool = False,
+    verify: bool = True,
+    example_inputs: Any = None,
+    atol: float = 1e-4,
+) -> nn.Module:
+    """Remove groups from `model`, slicing every tensor in them and updating width attributes; the class is kept.
+
+    Removing a group is exact: the result computes what `model` computes with those groups set to zero. With
+    `verify=True` this is checked on the example inputs (those the groups were discovered with, unless
+    `example_inputs` is given) and a `SubnetMismatchError` is raised, with the model left unchanged, if they differ.
+
+    Args:
+        model (`nn.Module`): the model `groups` were discovered on.
+        groups (`GroupSet`): from `discover_groups(model)`.
+        group_ids (`Iterable[int]`, *optional*): groups to remove. Defaults to every group whose parameters are all
+            exactly zero (e.g. after training with DHSPG).
+        inplace (`bool`, *optional*, defaults to `False`): modify `model` itself instead of a copy.
+        allow_empty_layers (`bool`, *optional*, defaults to `False`): allow removing every group of one layer's
+            attention, feed-forward or conv block.
+        verify (`bool`, *optional*, defaults to `True`): compare outputs with the zero-masked model (skipped on the
+            `meta` device).
+        example_inputs (*optional*): inputs for the check and the FLOP counts.
+        atol (`float`, *optional*, defaults to 1e-4): tolerance of the check, relative to the largest output entry.
+
+    Returns:
+        `nn.Module`: the smaller model. Its `oto_pruning` attribute (a dict) records the new tensor shapes, the
+        changed module attributes, the groups kept per layer, and parameters/FLOPs before and after.
+    """
+    ids = groups.check_ids(groups.zero_group_ids(model) if group_ids is None else group_ids)
+    families = _families(groups)
+    _check_empty_layers(groups, families, ids, allow_empty_layers)
+    result = model if inplace else copy.deepcopy(model)
+    inputs = groups.example_inputs if example_inputs is None else example_inputs
+    on_meta = any(p.is_meta for p in result.parameters())
+    backup = _snapshot(result, groups, ids) if inplace else None
+    params_before = count_parameters(result)
+
+    groups.zero_(result, ids)
+    check = verify and not on_meta and bool(inputs)
+    reference, flops_before = forward_outputs(result, inputs, count=True) if check else (None, None)
+    try:
+        shapes, attributes = _slice(result, groups, ids, families)
+        flops_after = None
+        if check:
+            outputs, flops_after = forward_outputs(result, inputs, count=True)
+            _compare(reference, outputs, atol)
+    except Exception:
+        if backup is not None:
+            _restore(result, backup)
+        raise
+
+    record = _record(result, groups, ids, families, shapes, attributes)
+    record.update(
+        params_before=params_before,
+        params_after=count_parameters(result),
+        flops_before=flops_before,
+        flops_after=flops_after,
+    )
+    result.oto_pruning = record
+    logger.info(
+        "Removed %d groups: %s -> %s parameters%s",
+        len(ids),
+        f"{params_before:,}",
+        f"{record['params_after']:,}",
+        f", {flops_before:,} -> {flops_after:,} FLOPs" if flops_after is not None else "",
+    )
+    return result
+
+
+# ---- families: groups that share the same tensors (the heads of one layer, the neurons of one FFN) -------------------
+def _families(groups: GroupSet) -> dict[tuple, list[ZeroInvariantGroup]]:
+    families: dict[tuple, list[ZeroInvariantGroup]] = defaultdict(list)
+    for group in groups:
+        families[tuple(sorted((s.name, s.dim) for s in group.slices))].append(group)
+    return families
+
+
+def _check_empty_layers(groups: GroupSet, families: dict, ids: list[int], allow: bool) -> None:
+    if allow:
+        return
+    removed = set(ids)
+    for members in families.values():
+        if len(members) > 1 and all(g.id in removed for g in members):
+            first = members[0]
+            where = f"layer {first.layer} ({first.module})" if first.layer is not None else first.module or "the model"
+            raise ValueError(
+                f"Removing these groups would remove all {len(members)} {first.kind}s of {where}. Keep at least one, "
+                "or pass `allow_empty_layers=True` if an empty block is intended."
+            )
+
+
+# ---- slicing ---------------------------------------------------------------------------------------------------------
+def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str, bool]]]:
+    """Every (name, module, attribute, is_parameter) holding each tensor, so tied tensors are sliced once."""
+    owners: dict[int, list[tuple[str, nn.Module, str, bool]]] = defaultdict(list)
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for attr, tensor in module._parameters.items():
+            if tensor is not None:
+                owners[id(tensor)].append((prefix + attr, module, attr, True))
+        for attr, tensor in module._buffers.items():
+            if tensor is not None:
+                owners[id(tensor)].append((prefix + attr, module, attr, False))
+    return owners
+
+
+@torch.no_grad()
+def _slice(
+    model: nn.Module, groups: GroupSet, ids: list[int], families: dict
+) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    removal: dict[int, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+    for group_id in ids:
+        group = groups[group_id]
+        for name, dim, indices in [*group.slices, *group.buffer_slices]:
+            if name not in tensors:
+                raise ValueError(f"Group {group_id} names {name!r}, which {type(model).__name__} does not have.")
+            removal[id(tensors[name])][dim].append(indices)
+
+    owners = _owners(model)
+    changed_modules: dict[int, nn.Module] = {}
+    shapes: dict[str, list[int]] = {}
+    for key, dims in hf_logging.tqdm(removal.items(), desc="Slicing", disable=len(removal) < 64, leave=False):
+        holders = owners[key]
+        old = getattr(holders[0][1], holders[0][2])
+        new = old.detach()
+        for dim, chunks in dims.items():
+            keep = torch.ones(new.shape[dim], dtype=torch.bool)
+            keep[torch.cat(chunks)] = False
+            new = new.index_select(dim, keep.nonzero().flatten().to(new.device))
+        replacement = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if holders[0][3] else new.clone()
+        for name, module, attr, is_param in holders:
+            (module._parameters if is_param else module._buffers)[attr] = replacement
+            changed_modules[id(module)] = module
+            shapes[name] = list(new.shape)
+
+    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    attributes: dict[str, dict[str, Any]] = defaultdict(dict)
+    for module in changed_modules.values():
+        attributes[names[id(module)]].update(_layer_widths(module))
+    for members in families.values():
+        removed = sum(1 for g in members if g.id in set(ids))
+        if removed:
+            _scale_block_attributes(model, members, len(members) - removed, attributes)
+    return shapes, {k: v for k, v in attributes.items() if v}
+
+
+def _layer_widths(module: nn.Module) -> dict[str, Any]:
+    """Set the size attributes of standard layers from their (new) weights; return what changed."""
+    weight = getattr(module, "weight", None)
+    updates: dict[str, Any] = {}
+    if isinstance(module, nn.Linear):
+        updates = {"out_features": weight.shape[0], "in_features": weight.shape[1]}
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        out_channels, in_per_group = (weight.shape[1], weight.shape[0]) if module.transposed else weight.shape[:2]
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        groups = out_channels if depthwise else module.groups
+        updates = {"out_channels": out_channels * (groups if module.transposed else 1), "in_channels": in_per_group * groups, "groups": groups}
+        if module.transposed:
+            updates["out_channels"] = weight.shape[1] * groups
+            updates["in_channels"] = weight.shape[0]
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        reference = weight if weight is not None else module.running_mean
+        updates = {"num_features": reference.shape[0]}
+    elif isinstance(module, nn.LayerNorm) and weight is not None:
+        updates = {"normalized_shape": tuple(weight.shape)}
+    elif isinstance(module, nn.GroupNorm) and weight is not None:
+        updates = {"num_channels": weight.shape[0]}
+    elif isinstance(module, nn.Embedding):
+        updates = {"num_embeddings": weight.shape[0], "embedding_dim": weight.shape[1]}
+    elif type(module).__name__ == "Conv1D" and weight is not None:  # transformers.pytorch_utils.Conv1D
+        updates = {"nx": weight.shape[0], "nf": weight.shape[1]}
+    changed = {}
+    for attr, value in updates.items():
+        if getattr(module, attr, None) != value:
+            setattr(module, attr, value)
+            changed[attr] = list(value) if isinstance(value, tuple) else int(value)
+    return changed
+
+
+def _scale_block_attributes(model: nn.Module, members: list[ZeroInvariantGroup], kept: int, attributes: dict) -> None:
+    """Scale head counts (or FFN widths) of the modules that own a family's tensors."""
+    names = HEAD_ATTRIBUTES if members[0].kind == "head" else NEURON_ATTRIBUTES
+    prefix = _common_module(members[0])
+    total = len(members)
+    for module_name, module in model.named_modules():
+        if module_name != prefix and not module_name.startswith(prefix + ".") and prefix:
+            continue
+        for attr in names:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0 and (value * kept) % total == 0:
+                scaled = value * kept // total
+                if scaled != value:
+                    setattr(module, attr, scaled)
+                    attributes[module_name][attr] = scaled
+
+
+def _common_module(group: ZeroInvariantGroup) -> str:
+    paths = [s.name.split(".")[:-1] for s in group.slices]
+    common: list[str] = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+# ---- checking and bookkeeping ----------------------------------------------------------------------------------------
+def _compare(reference: list[torch.Tensor], outputs: list[torch.Tensor], atol: float) -> None:
+    if len(reference) != len(outputs):
+        raise SubnetMismatchError(f"The pruned model returns {len(outputs)} tensors, the original {len(reference)}.")
+    for index, (ref, out) in enumerate(zip(reference, outputs)):
+        if ref.shape != out.shape:
+            raise SubnetMismatchError(f"Output {index} has shape {tuple(out.shape)} after pruning, {tuple(ref.shape)} before.")
+        scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+        diff = float((ref.float() - out.float()).abs().max()) if ref.numel() else 0.0
+        if diff > atol * scale:
+            raise SubnetMismatchError(
+                f"Output {index} of the pruned model differs from the zero-masked model by {diff:.3g} (tolerance "
+                f"{atol * scale:.3g}). A module probably keeps a width attribute oto_hf does not know; please report "
+                "the model class. The model was left unchanged."
+            )
+
+
+def _snapshot(model: nn.Module, groups: GroupSet, ids: list[int]) -> dict:
+    """What an in-place call changes: tensor objects, the values it zeroes, and plain attributes."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    touched = {s.name for i in ids for s in groups[i].slices}
+    return {
+        "tensors": [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()],
+        "values": [(params[name], params[name].detach().clone()) for name in touched],
+        "attributes": [(m, {k: v for k, v in vars(m).items() if isinstance(v, (int, tuple))}) for m in model.modules()],
+    }
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, snapshot: dict) -> None:
+    for module, params, buffers in snapshot["tensors"]:
+        module._parameters.update(params)
+        module._buffers.update(buffers)
+    for param, value in snapshot["values"]:
+        param.copy_(value)
+    for module, values in snapshot["attributes"]:
+        for attr, value in values.items():
+            setattr(module, attr, value)
+
+
+def _record(
+    model: nn.Module, groups: GroupSet, ids: list[int], families: dict, shapes: dict, attributes: dict
+) -> dict[str, Any]:
+    """What `save_pruned` needs to rebuild the architecture, merged with any earlier pruning of the same model."""
+    previous = getattr(model, "oto_pruning", None) or {}
+    removed = set(ids)
+    layers = []
+    for members in families.values():
+        first = members[0]
+        kept = sum(1 for g in members if g.id not in removed)
+        layers.append({"kind": first.kind, "layer": first.layer, "module": first.module, "total": len(members), "kept": kept})
+    record = {
+        "tensor_shapes": {**previous.get("tensor_shapes", {}), **shapes},
+        "module_attributes": {k: dict(v) for k, v in previous.get("module_attributes", {}).items()},
+        "removed_groups": {kind: sum(1 for i in ids if groups[i].kind == kind) for kind in ("head", "neuron", "channel")},
+        "layers": layers,
+    }
+    for module_name, values in attributes.items():
+        record["module_attributes"].setdefault(module_name, {}).update(values)
+    return record

@@ -1,0 +1,163 @@
+"""Group discovery from the traced graph, for every architecture in the matrix."""
+
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+from oto_hf import default_example_inputs, discover_groups
+from tests.utils.tiny_models import CASE_IDS, CASES, TEXT
+
+
+@pytest.fixture(scope="module")
+def discovered():
+    torch.manual_seed(0)
+    found = {}
+    for case in CASES:
+        model = case.build().eval()
+        found[case.name] = (model, discover_groups(model))
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_group_counts_match_config(case, discovered):
+    model, groups = discovered[case.name]
+    assert groups.counts() == case.expected
+    if case.per_layer:
+        for layer, counts in groups.counts_per_layer().items():
+            if layer is not None and layer < 2:
+                assert counts == case.per_layer, f"layer {layer}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_groups_are_disjoint_and_valid(case, discovered):
+    model, groups = discovered[case.name]
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers())
+    seen = Counter()
+    for index, group in enumerate(groups):
+        assert group.id == index
+        assert group.num_params > 0 and group.slices
+        for name, dim, indices in [*group.slices, *group.buffer_slices]:
+            assert name in tensors, name
+            assert indices.dtype == torch.long and int(indices.max()) < tensors[name].shape[dim]
+            for i in indices.tolist():
+                seen[(name, dim, i)] += 1
+    assert max(seen.values()) == 1, "an entry belongs to two groups"
+    assert groups.unprunable, "the residual stream / outputs must be reported as unprunable"
+
+
+def test_bert_head_group_holds_qkv_rows_and_output_columns(discovered):
+    _, groups = discovered["bert"]
+    head = groups[1]
+    assert head.kind == "head" and head.layer == 0 and head.module == "bert.encoder.layer.0"
+    prefix = "bert.encoder.layer.0.attention"
+    expected = {
+        f"{prefix}.self.{p}.{w}": 0 for p in ("query", "key", "value") for w in ("weight", "bias")
+    } | {f"{prefix}.output.dense.weight": 1}
+    assert {s.name: s.dim for s in head.slices} == expected
+    for s in head.slices:
+        assert s.indices.tolist() == list(range(8, 16))
+    assert head.num_params == 3 * (8 * 32 + 8) + 32 * 8
+
+
+def test_bert_neuron_group(discovered):
+    _, groups = discovered["bert"]
+    neuron = [g for g in groups if g.kind == "neuron" and g.layer == 1][5]
+    assert {(s.name, s.dim, tuple(s.indices.tolist())) for s in neuron.slices} == {
+        ("bert.encoder.layer.1.intermediate.dense.weight", 0, (5,)),
+        ("bert.encoder.layer.1.intermediate.dense.bias", 0, (5,)),
+        ("bert.encoder.layer.1.output.dense.weight", 1, (5,)),
+    }
+
+
+def test_llama_gqa_group_is_one_kv_head_with_its_query_heads(discovered):
+    _, groups = discovered["llama"]
+    second = [g for g in groups if g.kind == "head" and g.layer == 1][1]
+    slices = {s.name.split(".")[-2]: s for s in second.slices}
+    assert set(slices) == {"q_proj", "k_proj", "v_proj", "o_proj"}  # no biases in LLaMA
+    assert slices["k_proj"].indices.tolist() == list(range(8, 16))  # kv head 1 (head_dim 8)
+    assert slices["v_proj"].indices.tolist() == list(range(8, 16))
+    assert slices["q_proj"].indices.tolist() == list(range(16, 32))  # query heads 2 and 3
+    assert slices["o_proj"].dim == 1 and slices["o_proj"].indices.tolist() == list(range(16, 32))
+
+
+def test_gpt2_fused_qkv_columns(discovered):
+    _, groups = discovered["gpt2"]
+    head = groups[0]
+    c_attn = next(s for s in head.slices if s.name.endswith("c_attn.weight"))
+    assert c_attn.dim == 1  # Conv1D stores weights as (in, out)
+    assert c_attn.indices.tolist() == list(range(0, 8)) + list(range(32, 40)) + list(range(64, 72))
+
+
+def test_resnet_residual_channels_are_tied_across_the_stage(discovered):
+    _, groups = discovered["resnet"]
+    assert groups.counts_per_layer() == {0: {"channel": 4}, 1: {"channel": 8}, None: {"channel": 24}}
+    tied = [g for g in groups if any("shortcut" in s.name for s in g.slices)]
+    assert len(tied) == 8 + 16  # both stages start with a projection shortcut
+    names = {s.name for s in tied[-1].slices} | {s.name for s in tied[-1].buffer_slices}  # last stage
+    assert any(n.endswith("layer.2.convolution.weight") for n in names)
+    assert any(n.endswith("shortcut.normalization.running_mean") for n in names)
+    assert "classifier.1.weight" in names  # the classifier reads the pooled channel
+
+
+def test_residual_stream_reported_with_reason(discovered):
+    _, groups = discovered["bert"]
+    reasons = " | ".join(c.reason for c in groups.unprunable)
+    assert "normalisation over a channel dimension" in reasons and "embeddings.LayerNorm" in reasons
+    assert "bert.embeddings.word_embeddings.weight" in groups.unprunable[0].tensors
+    summary = groups.summary()
+    assert "8 heads, 74 neurons" in summary and "Unprunable components" in summary
+
+
+def test_kinds_filter(discovered):
+    model, _ = discovered["bert"]
+    heads = discover_groups(model, kinds=["head"])
+    assert heads.counts() == {"head": 8}
+    with pytest.raises(ValueError, match="Unknown group kinds"):
+        discover_groups(model, kinds=["filter"])
+
+
+def test_default_example_inputs():
+    text = default_example_inputs(LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)))
+    assert text["input_ids"].shape == (1, 8) and text["use_cache"] is False
+    vision = default_example_inputs(CASES[6].build())
+    assert vision["pixel_values"].shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="Pass `example_inputs`"):
+        default_example_inputs(nn.Linear(2, 2))
+
+
+def test_plain_modules_with_example_inputs():
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(6, 11), nn.Linear(11, 3)
+
+        def forward(self, x):
+            return self.down(torch.relu(self.up(x)))
+
+    groups = discover_groups(MLP(), example_inputs=(torch.randn(2, 6),))
+    assert groups.counts() == {"neuron": 11}
+
+
+def test_meta_device_model_is_traced_without_weights():
+    config = LlamaConfig(vocab_size=1000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    groups = discover_groups(model)
+    assert groups.counts() == {"head": 4 * 4, "neuron": 4 * 1376}
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_nothing_prunable_is_a_clear_error():
+    with pytest.raises(ValueError, match="nothing prunable"):
+        discover_groups(nn.Sequential(nn.Linear(4, 4)), example_inputs=(torch.randn(1, 4),))
+
+
+def test_untraceable_inputs_are_a_clear_error():
+    model = BertModel(BertConfig(**TEXT))
+    with pytest.raises(RuntimeError, match="torch.export could not trace BertModel"):
+        discover_groups(model, example_inputs={"not_an_argument": torch.ones(1, 3)})

@@ -1,0 +1,103 @@
+"""Subnet construction: exact (zero-invariant) for random non-uniform masks, on every architecture."""
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+from oto_hf import construct_subnet, count_parameters, discover_groups
+from oto_hf import subnet as subnet_module
+from tests.utils.asserts import masked_copy, max_output_diff, random_nonuniform_ids
+from tests.utils.tiny_models import CASE_IDS, CASES, TEXT
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_subnet_equals_zero_masked_model(case):
+    model = case.build().eval()
+    groups = discover_groups(model)
+    ids = random_nonuniform_ids(groups, seed=len(case.name))
+    pruned = construct_subnet(model, groups, ids)
+
+    assert type(pruned) is type(model)
+    removed = sum(groups[i].num_params for i in ids)
+    sliced_twice = any(len({s.dim for g in groups for s in g.slices if s.name == name}) > 1
+                       for name, _ in model.named_parameters())
+    if sliced_twice:  # a conv weight loses rows to one group and columns to another: their overlap counts once
+        assert count_parameters(model) - removed <= count_parameters(pruned) < count_parameters(model)
+    else:
+        assert count_parameters(pruned) == count_parameters(model) - removed
+    assert max_output_diff(pruned, masked_copy(model, groups, ids), groups.example_inputs) <= 1e-5
+    record = pruned.oto_pruning
+    assert record["flops_after"] < record["flops_before"]
+    assert sum(record["removed_groups"].values()) == len(ids)
+    kept_widths = {layer["kept"] for layer in record["layers"] if layer["total"] > 1}
+    assert len(kept_widths) > 1, "the mask should give different widths to different layers"
+
+
+def test_default_removes_exactly_the_zero_groups():
+    model = BertModel(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    groups.zero_(model, [2, 9, 20])
+    assert groups.zero_group_ids(model) == [2, 9, 20]
+    pruned = construct_subnet(model, groups)
+    assert pruned.oto_pruning["removed_groups"] == {"head": 1, "neuron": 2, "channel": 0}
+    assert max_output_diff(pruned, model, groups.example_inputs) <= 1e-5
+
+
+def test_original_is_untouched_unless_inplace():
+    model = BertModel(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    before = copy.deepcopy(model.state_dict())
+    construct_subnet(model, groups, [0, 10])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    same = construct_subnet(model, groups, [0, 10], inplace=True)
+    assert same is model and model.encoder.layer[0].attention.self.query.out_features == 24
+    assert model.encoder.layer[0].attention.self.num_attention_heads == 3
+
+
+def test_width_attributes_follow_the_weights():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37)).eval()
+    groups = discover_groups(model)
+    pruned = construct_subnet(model, groups, [0, 1, 8])  # two heads of layer 0, one neuron of layer 0
+    attention = pruned.transformer.h[0].attn
+    assert (attention.num_heads, attention.split_size, attention.c_attn.nf) == (2, 16, 48)
+    assert pruned.transformer.h[0].mlp.c_fc.nf == 36
+
+
+def test_removing_every_head_of_a_layer_is_refused():
+    model = BertModel(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    heads = [g.id for g in groups if g.kind == "head" and g.layer == 1]
+    with pytest.raises(ValueError, match="all 4 heads of layer 1"):
+        construct_subnet(model, groups, heads)
+
+
+def test_empty_ffn_allowed_when_asked():
+    model = BertModel(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    neurons = [g.id for g in groups if g.kind == "neuron" and g.layer == 0]
+    with pytest.raises(ValueError, match="allow_empty_layers=True"):
+        construct_subnet(model, groups, neurons)
+    pruned = construct_subnet(model, groups, neurons, allow_empty_layers=True)
+    assert pruned.encoder.layer[0].intermediate.dense.out_features == 0
+    assert max_output_diff(pruned, masked_copy(model, groups, neurons), groups.example_inputs) <= 1e-5
+
+
+def test_unknown_group_ids():
+    model = BertModel(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    with pytest.raises(ValueError, match=r"Unknown group ids \[82, 100\].*\[0, 81\]"):
+        construct_subnet(model, groups, [1, 82, 100])
+
+
+def test_a_wrong_result_is_never_returned(monkeypatch):
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37)).eval()
+    groups = discover_groups(model)
+    before = copy.deepcopy(model.state_dict())
+    # Pretend oto_hf did not know GPT-2's `split_size`: the forward breaks, and the in-place model is restored.
+    monkeypatch.setattr(subnet_module, "_scale_block_attributes", lambda *args: None)
+    with pytest.raises(Exception):
+        construct_subnet(model, groups, [0, 5], inplace=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.transformer.h[0].attn.c_attn.nf == 96
