@@ -214,12 +214,21 @@ def movement(ctx: RuleContext) -> Label:
     return result.clone()
 
 
-def constant_pad(ctx: RuleContext) -> Label:
-    """Padding adds entries that carry no channel."""
-    label = ctx.label(ctx.node.args[0])
-    if label is None:
+def pad(ctx: RuleContext) -> Label:
+    """Constant padding adds entries that carry no channel; other modes copy entries, fine along plain dims only."""
+    source = ctx.node.args[0]
+    if ctx.label(source) is None:
         return None
-    return aten.constant_pad_nd.default(ctx.dense(ctx.node.args[0]), ctx.node.args[1], -1)
+    dense, widths = ctx.dense(source), ctx.node.args[1]
+    if ctx.argument("mode", "constant") == "constant":
+        return aten.constant_pad_nd.default(dense, widths, -1)
+    padded = [dense.dim() - 1 - i // 2 for i in range(len(widths)) if widths[i]]
+    if any(varies_along(dense, d) for d in padded):
+        ctx.poison(dense, "padding that copies channels")
+        return None
+    for d in set(padded):
+        dense = dense.narrow(d, 0, 1)
+    return dense.expand(ctx.out_shape).clone()
 
 
 def like(ctx: RuleContext) -> Label:
@@ -309,7 +318,11 @@ def _consume(ctx: RuleContext, x: Label, x_shape: tuple[int, ...], dim: int, wei
     if x is None:
         return
     dense = x if isinstance(x, torch.Tensor) else _dense_label(ctx, x, x_shape)
-    ctx.registry.union_along(dense, dim, weight.elements(ctx.registry, weight_dim))
+    ids = weight.elements(ctx.registry, weight_dim)
+    ctx.registry.union_along(dense, dim, ids)
+    other = tuple(d for d in range(dense.dim()) if d != dim % dense.dim())
+    reads_plain_data = (dense < 0).amax(dim=other) if other else dense < 0
+    ctx.registry.poison(ids[reads_plain_data], f"reads data that carries no prunable channel: {ctx.where}")
 
 
 def _dense_label(ctx: RuleContext, label: Label, shape: tuple[int, ...]) -> torch.Tensor:
@@ -605,7 +618,7 @@ def _register_defaults() -> None:
         ("_softmax softmax log_softmax _log_softmax cumsum cumprod logcumsumexp", along_dim_mixing),
         ("zeros_like ones_like full_like empty_like rand_like randn_like", like),
         ("index index_select gather take_along_dim", indexing),
-        ("constant_pad_nd", constant_pad),
+        ("constant_pad_nd pad", pad),
         ("linear", linear),
         ("addmm", addmm),
         ("mm matmul bmm", matmul),

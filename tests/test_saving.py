@@ -1,0 +1,212 @@
+"""save_pruned -> AutoModel*.from_pretrained, with oto_hf imported and in a process where it cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForQuestionAnswering, LlamaConfig, LlamaForCausalLM
+
+import oto_hf
+from oto_hf import construct_subnet, discover_groups, save_pruned
+from oto_hf.stats import forward_outputs
+from tests.utils.asserts import random_nonuniform_ids
+from tests.utils.tiny_models import CASE_IDS, CASES, TEXT
+from tests.utils.tokenizers import tiny_wordpiece_tokenizer
+
+
+def _outputs(model, inputs):
+    return forward_outputs(model, inputs)[0]
+
+
+def _uniform_ids(groups, per_family: int = 1):
+    """Remove the same number of groups from every family (layer x kind)."""
+    families = {}
+    for group in groups:
+        families.setdefault(tuple(sorted((s.name, s.dim) for s in group.slices)), []).append(group.id)
+    return sorted(i for members in families.values() for i in members[:per_family])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Every architecture pruned non-uniformly and saved; plus the expected outputs for the subprocess check."""
+    root = tmp_path_factory.mktemp("pruned")
+    results = {}
+    for case in CASES:
+        torch.manual_seed(0)
+        model = case.build().eval()
+        groups = discover_groups(model)
+        pruned = construct_subnet(model, groups, random_nonuniform_ids(groups, seed=3))
+        folder = save_pruned(pruned, root / case.name)
+        torch.save({"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)},
+                   root / f"{case.name}.pt")
+        results[case.name] = (model, pruned, groups, folder)
+    return root, results
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_reload_with_oto_hf_imported(case, saved):
+    _, results = saved
+    model, pruned, groups, folder = results[case.name]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == f"oto_{model.config.model_type}"
+    assert config["oto_hf_version"] == oto_hf.__version__
+    assert config["architectures"] == [f"OTO{type(model).__name__}"]
+    assert (folder / "model.safetensors").exists()
+
+    loaded, info = getattr(transformers, case.auto_class).from_pretrained(folder, output_loading_info=True)
+    assert type(loaded).__name__ == f"OTO{type(model).__name__}"
+    assert isinstance(loaded, type(model))
+    baseline = _stock_loading_info(case, model, folder.parent / f"{case.name}-dense")
+    assert sorted(info["missing_keys"]) == baseline["missing_keys"]
+    assert sorted(info["unexpected_keys"]) == baseline["unexpected_keys"]
+    for a, b in zip(_outputs(pruned, groups.example_inputs), _outputs(loaded, groups.example_inputs)):
+        assert float((a - b).abs().max()) <= 1e-6
+
+
+def _stock_loading_info(case, model, folder):
+    """What the stock class itself reports when reloading the unpruned model."""
+    if not folder.exists():
+        model.save_pretrained(folder)
+    _, info = getattr(transformers, case.auto_class).from_pretrained(folder, output_loading_info=True)
+    return {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys")}
+
+
+def test_base_auto_model_loads_a_task_checkpoint(saved):
+    _, results = saved
+    _, pruned, groups, folder = results["bert"]
+    base = transformers.AutoModel.from_pretrained(folder)
+    assert type(base).__name__ == "OTOBertModel"
+    layer = base.encoder.layer[0].attention.self
+    assert layer.query.weight.shape == pruned.bert.encoder.layer[0].attention.self.query.weight.shape
+
+
+_SUBPROCESS = r"""
+import json, sys, torch, transformers
+sys.modules["oto_hf"] = None  # oto_hf must not be importable here
+root, cases = sys.argv[1], json.loads(sys.argv[2])
+worst = {}
+for name, auto_class in cases.items():
+    data = torch.load(f"{root}/{name}.pt", weights_only=False)
+    model = getattr(transformers, auto_class).from_pretrained(f"{root}/{name}", trust_remote_code=True).eval()
+    with torch.no_grad():
+        out = model(**data["inputs"])
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if torch.is_tensor(t) and t.is_floating_point()]
+    worst[name] = max(float((a - b).abs().max()) for a, b in zip(leaves, data["outputs"]))
+print(json.dumps(worst))
+"""
+
+
+def test_reload_in_a_process_without_oto_hf(saved):
+    root, _ = saved
+    cases = json.dumps({case.name: case.auto_class for case in CASES})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS, str(root), cases], capture_output=True, text=True, cwd=root, env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    worst = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(worst) == set(CASE_IDS)
+    assert all(diff <= 1e-6 for diff in worst.values()), worst
+
+
+@pytest.mark.parametrize("model_class, config", [
+    (LlamaForCausalLM, LlamaConfig(**TEXT, num_key_value_heads=2)),
+    (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(**TEXT, num_key_value_heads=2)),
+], ids=["llama", "qwen2"])
+def test_uniform_gqa_pruning_writes_the_stock_config(model_class, config, tmp_path):
+    model = model_class(config).eval()
+    groups = discover_groups(model)
+    pruned = construct_subnet(model, groups, _uniform_ids(groups, per_family=1))
+    folder = save_pruned(pruned, tmp_path / "out")
+    saved_config = json.loads((folder / "config.json").read_text())
+    assert saved_config["model_type"] == config.model_type
+    assert (saved_config["num_attention_heads"], saved_config["num_key_value_heads"]) == (2, 1)
+    assert (saved_config["head_dim"], saved_config["intermediate_size"]) == (8, 36)
+    assert not list(folder.glob("modeling_oto_*.py"))
+    _check_stock_load_without_oto_hf(folder, pruned, groups, "AutoModelForCausalLM")
+
+
+def test_uniform_ffn_pruning_of_bert_writes_the_stock_config(tmp_path):
+    model = BertForQuestionAnswering(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model, kinds=["neuron"])
+    pruned = construct_subnet(model, groups, _uniform_ids(groups, per_family=5))
+    folder = save_pruned(pruned, tmp_path / "out")
+    saved_config = json.loads((folder / "config.json").read_text())
+    assert (saved_config["model_type"], saved_config["intermediate_size"]) == ("bert", 32)
+    _check_stock_load_without_oto_hf(folder, pruned, groups, "AutoModelForQuestionAnswering")
+
+
+def _check_stock_load_without_oto_hf(folder, pruned, groups, auto_class):
+    torch.save({"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)},
+               folder.parent / "out.pt")
+    code = _SUBPROCESS.replace("trust_remote_code=True", "trust_remote_code=False")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code, str(folder.parent), json.dumps({"out": auto_class})],
+                            capture_output=True, text=True, cwd=folder.parent, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["out"] <= 1e-6
+
+
+def test_unpruned_model_saves_stock_config(tmp_path):
+    model = BertForQuestionAnswering(BertConfig(**TEXT))
+    folder = save_pruned(model, tmp_path / "dense")
+    assert AutoConfig.from_pretrained(folder).model_type == "bert"
+
+
+def test_tokenizer_is_saved_alongside(tmp_path):
+    model = BertForQuestionAnswering(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    pruned = construct_subnet(model, groups, [0, 20])
+    tokenizer = tiny_wordpiece_tokenizer()
+    folder = save_pruned(pruned, tmp_path / "out", tokenizer=tokenizer)
+    reloaded = AutoTokenizer.from_pretrained(folder)
+    assert reloaded("the cat sat")["input_ids"] == tokenizer("the cat sat")["input_ids"]
+
+
+def test_non_empty_output_dir_is_refused_unless_overwrite(tmp_path):
+    model = BertForQuestionAnswering(BertConfig(**TEXT)).eval()
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(ValueError, match="is not empty.*overwrite=True"):
+        save_pruned(model, target)
+    assert (target / "keep.txt").read_text() == "user data"
+    save_pruned(model, target, overwrite=True)
+    assert (target / "config.json").exists() and not (target / "keep.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_failure_leaves_nothing_half_written(tmp_path):
+    model = BertForQuestionAnswering(BertConfig(**TEXT)).eval()
+
+    class BrokenTokenizer:
+        def save_pretrained(self, path):
+            Path(path, "partial.json").write_text("{")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(model, tmp_path / "out", tokenizer=BrokenTokenizer())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_that_do_not_match_the_config_are_a_clear_error(saved, tmp_path):
+    _, results = saved
+    model, _, _, folder = results["bert"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((folder / "config.json").read_text())
+    model.save_pretrained(tmp_path / "dense")  # unpruned weights
+    (broken / "model.safetensors").write_bytes((tmp_path / "dense" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="do not match the pruned shapes recorded in its config.json"):
+        transformers.AutoModelForQuestionAnswering.from_pretrained(broken)
+
+
+def test_save_pruned_needs_a_transformers_model(tmp_path):
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        save_pruned(torch.nn.Linear(2, 2), tmp_path / "out")
