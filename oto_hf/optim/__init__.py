@@ -1,0 +1,5 @@
+"""Optimizers that train and prune zero-invariant groups at once."""
+
+from .dhspg import DHSPG
+
+__all__ = ["DHSPG"]

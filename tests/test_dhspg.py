@@ -1,0 +1,463 @@
+"""Tests for `oto_hf.optim.DHSPG`: base-optimizer equivalence, exact targets, budgets, resume and no host sync."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oto_hf.graph.groups import GroupSet, TensorSlice, ZeroInvariantGroup
+from oto_hf.optim import DHSPG
+from oto_hf.optim.base_steps import state_tensors
+
+HIDDEN, HEADS, FFN, LAYERS = 8, 2, 12, 2
+NUM_GROUPS = LAYERS * (HEADS + FFN)
+FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9]
+
+
+class TinyBlock(nn.Module):
+    """Attention (2 heads of 4) and an FFN of 12 neurons: heads span q/k/v rows and o columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(HIDDEN, HIDDEN) for _ in range(4))
+        self.norm1, self.norm2 = nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
+        self.up, self.down = nn.Linear(HIDDEN, FFN), nn.Linear(FFN, HIDDEN)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, HEADS, -1).transpose(1, 2)
+
+        attention = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
+        x = self.norm1(x + self.o(attention.transpose(1, 2).reshape(b, t, HIDDEN)))
+        return self.norm2(x + self.down(F.gelu(self.up(x))))
+
+
+class TinyModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, HIDDEN)
+        self.blocks = nn.ModuleList(TinyBlock() for _ in range(LAYERS))
+        self.head = nn.Linear(HIDDEN, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(1))
+
+
+class ChainMLP(nn.Module):
+    """fc2's rows belong to layer-2 neurons and its columns to layer-1 neurons: overlapping axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(5, 10), nn.Linear(10, 10), nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.mean(1))))))
+
+
+def _group_set(model: nn.Module, specs: list[tuple[str, int, list[tuple[str, int, torch.Tensor]]]]) -> GroupSet:
+    params = dict(model.named_parameters())
+    groups = []
+    for kind, layer, slices in specs:
+        slices = [TensorSlice(name, dim, idx) for name, dim, idx in slices]
+        num_params = sum(params[s.name].numel() // params[s.name].shape[s.dim] * len(s.indices) for s in slices)
+        groups.append(ZeroInvariantGroup(len(groups), kind, layer, f"layer{layer}", slices, num_params=num_params))
+    return GroupSet(groups)
+
+
+def tiny_groups(model: TinyModel) -> GroupSet:
+    specs = []
+    size = HIDDEN // HEADS
+    for layer in range(LAYERS):
+        p = f"blocks.{layer}."
+        for h in range(HEADS):
+            idx = torch.arange(h * size, (h + 1) * size)
+            slices = [(f"{p}{m}.{w}", 0, idx) for m in "qkv" for w in ("weight", "bias")] + [(p + "o.weight", 1, idx)]
+            specs.append(("head", layer, slices))
+        for i in range(FFN):
+            idx = torch.tensor([i])
+            specs.append(
+                ("neuron", layer, [(p + "up.weight", 0, idx), (p + "up.bias", 0, idx), (p + "down.weight", 1, idx)])
+            )
+    return _group_set(model, specs)
+
+
+def chain_groups(model: ChainMLP) -> GroupSet:
+    specs = []
+    for layer, (producer, consumer) in enumerate([("fc1", "fc2"), ("fc2", "fc3")]):
+        for i in range(10):
+            idx = torch.tensor([i])
+            slices = [(f"{producer}.weight", 0, idx), (f"{producer}.bias", 0, idx), (f"{consumer}.weight", 1, idx)]
+            specs.append(("neuron", layer, slices))
+    return _group_set(model, specs)
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(16, 4, 5, generator=generator)
+    return x, torch.stack([x[..., 0].mean(1), x[..., 1].amax(1), x[..., 2].sum(1)], 1)
+
+
+def trainer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay and no-decay groups as `transformers.Trainer` builds them."""
+    named = list(model.named_parameters())
+    no_decay = [p for n, p in named if n.endswith("bias") or "norm" in n]
+    decay = [p for n, p in named if not (n.endswith("bias") or "norm" in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make(
+    model_cls=TinyModel, seed: int = 0, weight_decay: float = 0.01, **kwargs
+) -> tuple[nn.Module, GroupSet, DHSPG]:
+    torch.manual_seed(seed)
+    model = model_cls()
+    groups = tiny_groups(model) if model_cls is TinyModel else chain_groups(model)
+    kwargs = {"lr": 0.05, "variant": "sgd", "partition_step": 5, "pruning_end": 25, **kwargs}
+    optimizer = DHSPG(
+        trainer_param_groups(model, weight_decay),
+        groups,
+        model.named_parameters(),
+        weight_decay=weight_decay,
+        **kwargs,
+    )
+    return model, groups, optimizer
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    x, y = batch(step)
+    optimizer.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    optimizer.step()
+
+
+def group_state_is_zero(model: nn.Module, groups: GroupSet, optimizer: DHSPG, group_ids: list[int]) -> bool:
+    params = dict(model.named_parameters())
+    for group_id in group_ids:
+        for name, dim, idx in groups[group_id].slices:
+            param = params[name]
+            for tensor in [param, *state_tensors(optimizer.state[param])]:
+                if tensor.index_select(dim, idx).any():
+                    return False
+    return True
+
+
+# ----------------------------------------------------------------------------- base optimizer equivalence
+
+BASE_CASES = [
+    ("adamw", torch.optim.AdamW, {"betas": (0.9, 0.99), "eps": 1e-8}),
+    ("adam", torch.optim.Adam, {"betas": (0.8, 0.999), "eps": 1e-6}),
+    ("sgd", torch.optim.SGD, {"momentum": 0.9}),
+    ("sgd", torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+]
+
+
+@pytest.mark.parametrize("target, partition_step", [(0.0, 0), (0.5, 50)], ids=["target0", "before-partition"])
+@pytest.mark.parametrize("variant, torch_cls, extra", BASE_CASES, ids=["adamw", "adam", "sgd", "sgd-nesterov"])
+def test_matches_torch_optimizer_without_pruning(variant, torch_cls, extra, target, partition_step):
+    lr = 1e-2 if variant != "sgd" else 5e-2
+    model, _, optimizer = make(
+        variant=variant, lr=lr, target_sparsity=target, partition_step=partition_step, pruning_end=60,
+        weight_decay=0.1, **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = TinyModel()
+    reference.load_state_dict(model.state_dict())
+    reference_optimizer = torch_cls(trainer_param_groups(reference, 0.1), lr=lr, foreach=False, **extra)
+    for step in range(50):
+        train_step(model, optimizer, step)
+        train_step(reference, reference_optimizer, step)
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            assert torch.allclose(p, q, rtol=0, atol=1e-6), f"step {step}: {name} differs"
+    assert optimizer.num_zero_groups() == 0
+
+
+# ----------------------------------------------------------------------------- exact target
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adamw"])
+@pytest.mark.parametrize("target", FRACTIONS)
+def test_exact_target_by_pruning_end_and_after(target, variant):
+    lr = 0.1 if variant == "sgd" else 0.01
+    lmbda = 1.0 if variant == "sgd" else 5.0
+    model, groups, optimizer = make(variant=variant, lr=lr, lmbda=lmbda, target_sparsity=target)
+    expected = math.floor(target * NUM_GROUPS + 0.5)
+    assert optimizer.target_num_zero_groups == expected
+    zero_at_end = None
+    for step in range(40):
+        train_step(model, optimizer, step)
+        assert optimizer.num_zero_groups() <= expected
+        if step + 1 == optimizer.pruning_end:
+            zero_at_end = optimizer.zero_group_ids()
+    assert len(zero_at_end) == expected
+    assert optimizer.zero_group_ids() == zero_at_end == groups.zero_group_ids(model)
+    assert optimizer.group_sparsity() == pytest.approx(expected / NUM_GROUPS)
+    assert group_state_is_zero(model, groups, optimizer, zero_at_end)
+
+
+def test_half_space_projects_before_deadline_and_penalty_stops_at_target():
+    model, groups, optimizer = make(lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5)
+    counts = []
+    for step in range(optimizer.pruning_end - 1):
+        train_step(model, optimizer, step)
+        counts.append(optimizer.num_zero_groups())
+    assert 0 < counts[-1] < 14, "expected some natural projections before the deadline"
+    assert set(optimizer.zero_group_ids()) <= set(optimizer.redundant_group_ids())
+    assert counts == sorted(counts)
+
+    # A target reached early switches the penalty off: every lambda is zero afterwards.
+    model, _, optimizer = make(lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.1, pruning_end=40)
+    for step in range(30):
+        train_step(model, optimizer, step)
+    assert optimizer.num_zero_groups() == optimizer.target_num_zero_groups == 3
+    assert not optimizer.lambdas.any()
+
+
+def test_exact_target_with_learning_rate_decaying_to_zero():
+    model, groups, optimizer = make(variant="adamw", lr=0.01, target_sparsity=0.3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1e-12 if step >= 6 else 1.0)
+    for step in range(35):
+        train_step(model, optimizer, step)
+        scheduler.step()
+    assert optimizer.num_zero_groups() == 8
+    assert optimizer.zero_group_ids() == groups.zero_group_ids(model)
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adamw"])
+def test_zero_groups_keep_zero_weights_and_optimizer_state(variant):
+    model, groups, optimizer = make(variant=variant, lr=0.05 if variant == "sgd" else 0.01, target_sparsity=0.5)
+    for step in range(25):
+        train_step(model, optimizer, step)
+    zero = optimizer.zero_group_ids()
+    assert len(zero) == 14
+    assert group_state_is_zero(model, groups, optimizer, zero)
+    for step in range(25, 35):
+        train_step(model, optimizer, step)
+        assert group_state_is_zero(model, groups, optimizer, zero)
+    # The other groups still train.
+    nonzero = sorted(set(range(NUM_GROUPS)) - set(zero))
+    assert all(not group_state_is_zero(model, groups, optimizer, [g]) for g in nonzero)
+
+
+def test_groups_overlapping_on_rows_and_columns():
+    model, groups, optimizer = make(ChainMLP, variant="adamw", lr=0.01, target_sparsity=0.5)
+    for step in range(30):
+        train_step(model, optimizer, step)
+    assert optimizer.num_zero_groups() == 10
+    assert optimizer.zero_group_ids() == groups.zero_group_ids(model)
+    assert group_state_is_zero(model, groups, optimizer, optimizer.zero_group_ids())
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+@pytest.mark.parametrize(
+    "budget, costs", [("params", None), ("flops", [30.0] * 2 + [2.0] * 12 + [30.0] * 2 + [2.0] * 12)]
+)
+@pytest.mark.parametrize("target", [0.3, 0.55])
+def test_cost_budget_is_hit_with_the_documented_rule(budget, costs, target):
+    model, groups, optimizer = make(target_sparsity=target, budget=budget, group_costs=costs, lmbda=1.0, lr=0.1)
+    cost = torch.tensor(costs if costs else [g.num_params for g in groups], dtype=torch.float64)
+    goal = target * float(cost.sum())
+    assert optimizer.target_num_zero_groups is None
+    for step in range(40):
+        train_step(model, optimizer, step)
+        removed = float(cost[optimizer.zero_group_ids()].sum())
+        if step + 1 < optimizer.pruning_end:
+            assert removed <= goal
+        elif step + 1 == optimizer.pruning_end:
+            final = optimizer.zero_group_ids()
+    assert optimizer.zero_group_ids() == final == groups.zero_group_ids(model)
+    removed = float(cost[final].sum())
+    assert optimizer.removed_fraction() == pytest.approx(removed / float(cost.sum()))
+    assert optimizer.target_num_zero_groups == len(final)
+    # At or above the target, by less than the cheapest group still left (the group that closed the gap).
+    assert goal <= removed < goal + float(cost[sorted(set(range(NUM_GROUPS)) - set(final))].min())
+
+
+def test_budget_total_and_unreachable_budget():
+    model = TinyModel()
+    groups = tiny_groups(model)
+    prunable = groups.num_params
+    with pytest.raises(ValueError, match="Unreachable budget"):
+        DHSPG(model.parameters(), groups, model.named_parameters(), target_sparsity=0.6, budget="params",
+              budget_total=2 * prunable, pruning_end=10)  # fmt: skip
+    with pytest.raises(ValueError, match="Unreachable budget"):
+        DHSPG(model.parameters(), groups, model.named_parameters(), target_sparsity=0.1, budget="flops",
+              group_costs=[0.0] * NUM_GROUPS, pruning_end=10)  # fmt: skip
+    model, groups, optimizer = make(target_sparsity=0.4, budget="params", budget_total=2 * prunable)
+    for step in range(25):
+        train_step(model, optimizer, step)
+    assert 0.4 <= optimizer.removed_fraction() < 0.4 + 20 / (2 * prunable)
+
+
+# ----------------------------------------------------------------------------- re-scoring
+
+
+def test_rescoring_periods_keep_zero_groups_zero_and_redundant():
+    model, groups, optimizer = make(
+        lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5, partition_step=3, pruning_end=33,
+        num_partition_periods=3,
+    )  # fmt: skip
+    assert optimizer.partition_steps == (3, 13, 23)
+    redundant_sets, zero_before = [], []
+    for step in range(40):
+        if step in optimizer.partition_steps:
+            zero_before.append(set(optimizer.zero_group_ids()))
+        train_step(model, optimizer, step)
+        if step in optimizer.partition_steps:
+            redundant = set(optimizer.redundant_group_ids())
+            assert zero_before[-1] <= set(optimizer.zero_group_ids()) <= redundant
+            assert len(redundant) == max(math.ceil(0.55 * NUM_GROUPS), len(zero_before[-1]))
+            redundant_sets.append(redundant)
+    assert len({frozenset(s) for s in redundant_sets}) > 1, "re-scoring never changed the redundant set"
+    assert zero_before[-1], "no group was zero before the last re-scoring"
+    assert optimizer.num_zero_groups() == 14
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adamw"])
+@pytest.mark.parametrize("stop", [3, 14], ids=["warmup", "pruning"])
+def test_resume_is_bit_identical(tmp_path, variant, stop):
+    kwargs = dict(variant=variant, lr=0.1 if variant == "sgd" else 0.01, lmbda=1.0 if variant == "sgd" else 5.0,
+                  target_sparsity=0.5, num_partition_periods=2, final_epsilon=0.5)  # fmt: skip
+    reference, _, reference_optimizer = make(**kwargs)
+    for step in range(32):
+        train_step(reference, reference_optimizer, step)
+
+    model, _, optimizer = make(**kwargs)
+    for step in range(stop):
+        train_step(model, optimizer, step)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    del model, optimizer
+
+    resumed, _, resumed_optimizer = make(seed=123, **kwargs)
+    resumed.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    resumed_optimizer.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    assert resumed_optimizer.num_steps == stop
+    for step in range(stop, 32):
+        train_step(resumed, resumed_optimizer, step)
+    for (name, p), q in zip(resumed.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), name
+    assert resumed_optimizer.zero_group_ids() == reference_optimizer.zero_group_ids()
+    assert resumed_optimizer.state_dict()["dhspg"]["num_steps"] == 32
+
+
+# ----------------------------------------------------------------------------- no host sync
+
+
+@contextmanager
+def forbid_host_sync(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("host synchronisation in a normal step")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "nonzero", "__float__", "__int__"):
+            patch.setattr(torch.Tensor, name, fail)
+        yield
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
+def test_normal_steps_do_not_synchronise(monkeypatch, variant):
+    model, _, optimizer = make(variant=variant, partition_step=2, pruning_end=6)
+    events = {*optimizer.partition_steps, optimizer.pruning_end - 1}
+    with forbid_host_sync(monkeypatch):
+        with pytest.raises(AssertionError, match="host synchronisation"):
+            torch.ones(1).item()
+    for step in range(9):
+        x, y = batch(step)
+        optimizer.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        if step in events:
+            optimizer.step()
+            continue
+        with forbid_host_sync(monkeypatch):
+            optimizer.step()
+    assert optimizer.phase == "recovery"
+
+
+# ----------------------------------------------------------------------------- API and validation
+
+
+def test_progress_api_and_from_model():
+    torch.manual_seed(0)
+    model = TinyModel()
+    groups = tiny_groups(model)
+    optimizer = DHSPG.from_model(model, groups, lr=0.05, variant="sgd", weight_decay=0.01, target_sparsity=0.3,
+                                 partition_step=2, pruning_end=5)  # fmt: skip
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    assert optimizer.num_groups == NUM_GROUPS and optimizer.target_num_zero_groups == 8
+    phases = []
+    for step in range(7):
+        phases.append(optimizer.phase)
+        train_step(model, optimizer, step)
+    assert phases == ["warmup"] * 2 + ["pruning"] * 3 + ["recovery"] * 2
+    assert optimizer.num_zero_groups() == 8 and optimizer.removed_fraction() == optimizer.group_sparsity() == 8 / 28
+    assert optimizer.lambdas.shape == (NUM_GROUPS,)
+    assert optimizer.state_nbytes() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target_sparsity": 1.0}, r"`target_sparsity` must be in \[0, 1\), got 1.0"),
+        ({"target_sparsity": -0.1}, r"`target_sparsity` must be in \[0, 1\)"),
+        (
+            {"partition_step": 10, "pruning_end": 10},
+            r"`pruning_end` must be an int greater than `partition_step` \(10\)",
+        ),
+        ({"partition_step": -1}, r"`partition_step` must be an int >= 0"),
+        ({"variant": "lion"}, r"`variant` must be one of \('sgd', 'adam', 'adamw'\), got 'lion'"),
+        ({"lr": -1.0}, r"`lr` must be >= 0 \(parameter group 0\), got -1.0"),
+        ({"betas": (1.0, 0.9)}, r"`betas` must be two numbers in \[0, 1\)"),
+        ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0"),
+        ({"momentum": 0.0, "nesterov": True}, r"`nesterov=True` needs `momentum > 0`"),
+        ({"num_partition_periods": 0}, r"`num_partition_periods` must be an int in \[1, "),
+        (
+            {"num_partition_periods": 20, "pruning_end": 10},
+            r"`num_partition_periods` must be an int in \[1, pruning_end - partition_step\] = \[1, 10\], got 20",
+        ),
+        ({"lmbda": 0.0}, r"`lmbda` must be > 0"),
+        ({"lmbda_cap": 0.5}, r"`lmbda_cap` must be >= 1"),
+        ({"epsilon": 1.0}, r"`epsilon` must be in \[0, 1\)"),
+        ({"tolerance": -0.5}, r"`tolerance` must be in \[0, 1\)"),
+        ({"saliency_weights": (0.0, 0.0)}, r"`saliency_weights` must be two non-negative numbers"),
+        ({"budget": "tokens"}, r"`budget` must be one of \('groups', 'params', 'flops'\), got 'tokens'"),
+        ({"group_costs": [1.0] * NUM_GROUPS}, r"`group_costs` is only used with `budget='flops'`"),
+        ({"budget": "flops", "group_costs": [1.0] * 3}, r"`group_costs` must have one entry per group \(28\), got 3"),
+    ],
+)
+def test_argument_validation(kwargs, message):
+    model = TinyModel()
+    kwargs = {"pruning_end": 10, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), **kwargs)
+
+
+def test_group_interface_errors():
+    model = TinyModel()
+    groups = tiny_groups(model)
+    named = dict(model.named_parameters())
+    with pytest.raises(ValueError, match=r"slices parameter 'blocks.0.q.weight', which is not in `named_parameters`"):
+        DHSPG(model.parameters(), groups, {k: v for k, v in named.items() if k != "blocks.0.q.weight"}, pruning_end=5)
+    frozen = [p for n, p in named.items() if n != "blocks.1.up.bias"]
+    with pytest.raises(ValueError, match=r"'blocks.1.up.bias', which is not in the optimizer's `params`"):
+        DHSPG(frozen, groups, named, pruning_end=5)
+    clash = GroupSet([*groups, dataclasses.replace(groups[3], id=NUM_GROUPS)])
+    with pytest.raises(ValueError, match=r"Groups 3 and 28 both slice 'blocks.0.up.weight' along dim 0 at index 1"):
+        DHSPG(model.parameters(), clash, named, pruning_end=5)
+    optimizer = DHSPG(model.parameters(), groups, named, pruning_end=5)
+    with pytest.raises(ValueError, match="not written by `DHSPG.state_dict\\(\\)`"):
+        optimizer.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
