@@ -8,15 +8,21 @@ from .graph.export import default_example_inputs  # noqa: E402
 from .graph.groups import GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup  # noqa: E402
 from .graph.rules import RuleContext, register_op_rule  # noqa: E402
 from .models import register_default_architectures, register_pruned_architecture  # noqa: E402
+from .optim import DHSPG  # noqa: E402
 from .saving import save_pruned  # noqa: E402
 from .stats import count_flops, count_parameters, group_sparsity  # noqa: E402
 from .subnet import SubnetMismatchError, construct_subnet  # noqa: E402
+from .trainer import OTOTrainer  # noqa: E402
+from .training_args import OTOTrainingArguments  # noqa: E402
 
 
 register_default_architectures()
 
 __all__ = [
+    "DHSPG",
     "GroupSet",
+    "OTOTrainer",
+    "OTOTrainingArguments",
     "RuleContext",
     "SubnetMismatchError",
     "TensorSlice",

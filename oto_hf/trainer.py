@@ -1,0 +1,278 @@
+"""`OTOTrainer`: a `Trainer` that trains and prunes at once with DHSPG, then saves the smaller model."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from .graph.discover import discover_groups
+from .graph.export import default_example_inputs, eval_mode
+from .graph.groups import GroupSet
+from .optim import DHSPG
+from .saving import save_pruned
+from .stats import count_flops, count_parameters
+from .subnet import construct_subnet
+from .training_args import OTOTrainingArguments
+
+
+logger = get_logger(__name__)
+
+
+class OTOTrainer(Trainer):
+    """`Trainer` with Only-Train-Once: discovers the model's zero-invariant groups, trains with DHSPG so that exactly
+    the target is zero by `pruning_end`, logs the sparsity, and saves the physically smaller model.
+
+    Args:
+        model (`PreTrainedModel` or `nn.Module`): the model to train and prune.
+        args (`OTOTrainingArguments` or `TrainingArguments`, *optional*): plain `TrainingArguments` are upgraded with
+            the OTO defaults; `None` writes to `<model name>-oto`.
+        groups (`GroupSet`, *optional*): groups to prune; discovered from the model (traced on one training example
+            when a train dataset is given, else on inputs derived from its config) when omitted.
+        example_inputs (*optional*): inputs for tracing and FLOP counts, overriding the above.
+        **kwargs: every other `Trainer` argument (datasets, collator, `processing_class`, callbacks, ...).
+
+    Example:
+    ```python
+    >>> trainer = OTOTrainer(model, OTOTrainingArguments("out", target_sparsity=0.3, max_steps=1000), train_dataset=ds)
+    >>> trainer.train()
+    >>> pruned = trainer.save_pruned("out/pruned")
+    ```
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        groups: GroupSet | None = None,
+        example_inputs: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise ValueError("OTOTrainer needs a `model` (model_init is not supported: groups come from the model).")
+        if args is None:
+            name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+            args = OTOTrainingArguments(output_dir=f"{Path(name).name}-oto")
+        elif not isinstance(args, OTOTrainingArguments):
+            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+            args = OTOTrainingArguments(**values)
+        super().__init__(model=model, args=args, **kwargs)
+        if self.model_accepts_loss_kwargs and not self._loss_uses_num_items():
+            # transformers takes any `**kwargs` forward as normalising its loss by `num_items_in_batch` and scales the
+            # loss by the number of processes; a head that ignores it would train with a world-size-times larger step.
+            self.model_accepts_loss_kwargs = False
+        self.example_inputs = example_inputs if example_inputs is not None else self._example_batch()
+        all_groups = groups if groups is not None else discover_groups(
+            self.model, self.example_inputs, kinds=args.prune_kinds
+        )
+        self.groups = _protect_heads(self.model, all_groups, args.min_heads_per_layer)
+        self.dense_params = count_parameters(self.model)
+        self.dense_flops, self.group_flops = _group_flops(self.model, self.groups, self.example_inputs)
+        self._num_training_steps: int | None = None
+        self._check_budget()
+
+    # ---- optimizer -----------------------------------------------------------------------------------------------
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self._num_training_steps = num_training_steps
+        super().create_optimizer_and_scheduler(num_training_steps)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Build DHSPG over the usual decay / no-decay parameter groups."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        args = self.args
+        steps = self._num_training_steps or args.max_steps
+        if steps is None or steps <= 0:
+            raise ValueError("OTOTrainer needs the number of training steps: set `max_steps` or a sized train dataset.")
+        partition_step, pruning_end = args.pruning_schedule(steps)
+        decay = set(self.get_decay_parameter_names(opt_model))
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        param_groups = [
+            {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+        ]
+        self.optimizer = DHSPG(
+            [g for g in param_groups if g["params"]],
+            self.groups,
+            opt_model.named_parameters(remove_duplicate=False),
+            lr=args.learning_rate,
+            variant=args.dhspg_variant,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.weight_decay,
+            target_sparsity=args.target_sparsity,
+            budget=args.sparsity_budget,
+            group_costs=self.group_flops if args.sparsity_budget == "flops" else None,
+            budget_total=self._budget_total(),
+            partition_step=partition_step,
+            pruning_end=pruning_end,
+            num_partition_periods=args.num_partition_periods,
+            lmbda=args.dhspg_lambda,
+            lmbda_amplify=args.dhspg_lambda_amplify,
+            lmbda_cap=args.dhspg_lambda_cap,
+            epsilon=args.dhspg_epsilon,
+            final_epsilon=args.dhspg_final_epsilon,
+            tolerance=args.dhspg_tolerance,
+            saliency_weights=(args.saliency_cosine_weight, args.saliency_magnitude_weight),
+        )
+        logger.info(
+            f"DHSPG: {len(self.groups)} groups, target {args.target_sparsity} of {args.sparsity_budget}, partition at "
+            f"step {partition_step}, exact target by step {pruning_end}",
+            main_process_only=True,
+        )
+        return self.optimizer
+
+    def _budget_total(self) -> float | None:
+        if self.args.sparsity_budget == "flops":
+            return float(self.dense_flops)
+        return None  # groups: a count; params: the prunable parameters
+
+    def _check_budget(self) -> None:
+        if self.args.sparsity_budget != "flops" or not self.dense_flops:
+            return
+        reachable = sum(self.group_flops) / self.dense_flops
+        if self.args.target_sparsity > reachable:
+            raise ValueError(
+                f"`target_sparsity={self.args.target_sparsity}` of FLOPs cannot be met: removing every prunable group "
+                f"removes {reachable:.1%} of the FLOPs. Lower the target or prune more kinds (`prune_kinds`)."
+            )
+
+    # ---- logging ---------------------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `group_sparsity`, `kept_params` and `kept_flops` (fractions of the dense model) to the training logs."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+        if isinstance(optimizer, DHSPG) and "loss" in logs:
+            zero = optimizer.zero_group_ids()
+            logs["group_sparsity"] = round(len(zero) / max(len(self.groups), 1), 4)
+            logs["kept_params"] = round(1 - sum(self.groups[i].num_params for i in zero) / self.dense_params, 4)
+            if self.dense_flops:
+                logs["kept_flops"] = round(1 - sum(self.group_flops[i] for i in zero) / self.dense_flops, 4)
+        super().log(logs, start_time)
+
+    # ---- export ----------------------------------------------------------------------------------------------------
+    def pruned_model(self) -> nn.Module:
+        """A copy of the trained model with its zero groups sliced away (outputs checked against the trained model)."""
+        model = self.accelerator.unwrap_model(self.model)
+        ids = self.groups.zero_group_ids(model)
+        inputs = _to_device(self.example_inputs, next(model.parameters()).device)
+        return construct_subnet(model, self.groups, ids, example_inputs=inputs)
+
+    def save_pruned(self, output_dir: str | Path | None = None, overwrite: bool = False) -> nn.Module:
+        """Slice the zero groups away and `save_pruned` the result (with the processing class), on the main process.
+
+        Args:
+            output_dir (`str` or `Path`, *optional*, defaults to `<args.output_dir>/pruned`): where to write.
+            overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty folder.
+
+        Returns:
+            `nn.Module`: the pruned model (on every process).
+        """
+        pruned = self.pruned_model()
+        output_dir = Path(output_dir or Path(self.args.output_dir) / "pruned")
+        if self.is_world_process_zero():
+            save_pruned(pruned, output_dir, tokenizer=self.processing_class, overwrite=overwrite)
+        self.accelerator.wait_for_everyone()
+        return pruned
+
+    # ---- helpers ---------------------------------------------------------------------------------------------------
+    def _first_examples(self, count: int = 1) -> dict[str, torch.Tensor] | None:
+        """The first `count` training examples, collated, on the model's device (None if unavailable)."""
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__getitem__") or len(dataset) < count:
+            return None
+        try:
+            batch = dict(self.data_collator([dataset[i] for i in range(count)]))
+        except Exception:  # a collator needing more examples, or a dataset with columns the collator rejects
+            return None
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return _to_device(batch, next(self.model.parameters()).device) if batch else None
+
+    def _example_batch(self) -> Any:
+        """One collated training example without labels, else inputs derived from the model's config."""
+        batch = self._first_examples()
+        if batch is not None:
+            labels = set(self.label_names or []) | {"labels", "label", "start_positions", "end_positions"}
+            batch = {k: v for k, v in batch.items() if k not in labels}
+            if batch:
+                return batch
+        return default_example_inputs(self.model)
+
+    @torch.no_grad()
+    def _loss_uses_num_items(self) -> bool:
+        """Whether the model's loss changes with `num_items_in_batch` (checked on two training examples)."""
+        batch = self._first_examples(2)
+        if batch is None:
+            return True  # cannot tell: keep transformers' choice
+        losses = []
+        with eval_mode(self.model):
+            for count in (1, 7):
+                try:
+                    output = self.model(**batch, num_items_in_batch=torch.tensor(count))
+                except TypeError:
+                    return False
+                loss = output["loss"] if isinstance(output, dict) else output[0]
+                losses.append(loss)
+        return not torch.equal(losses[0], losses[1])
+
+
+def _to_device(inputs: Any, device: torch.device) -> Any:
+    return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, inputs)
+
+
+def _protect_heads(model: nn.Module, groups: GroupSet, keep: int) -> GroupSet:
+    """Drop from pruning the `keep` largest heads (by L2 norm now) of each layer, so no layer loses all heads."""
+    if keep <= 0:
+        return groups
+    params = dict(model.named_parameters(remove_duplicate=False))
+    by_block: dict[str, list] = {}
+    for group in groups:
+        if group.kind == "head":
+            by_block.setdefault(group.module, []).append(group)
+    protected = set()
+    with torch.no_grad():
+        for members in by_block.values():
+            norms = [
+                sum(float(params[n].index_select(d, i.to(params[n].device)).float().pow(2).sum()) for n, d, i in g.slices)
+                for g in members
+            ]
+            ranked = sorted(range(len(members)), key=lambda k: -norms[k])
+            protected.update(members[k].id for k in ranked[:keep])
+    kept = [copy.copy(g) for g in groups if g.id not in protected]
+    for index, group in enumerate(kept):
+        group.id = index
+    return GroupSet(kept, groups.unprunable, groups.example_inputs)
+
+
+def _group_flops(model: nn.Module, groups: GroupSet, example_inputs: Any) -> tuple[int, list[int]]:
+    """Dense FLOPs and the FLOPs each group costs, measured on a meta-device copy (one forward per block)."""
+    try:
+        meta = _meta_copy(model)
+        inputs = _to_device(example_inputs, torch.device("meta"))
+        dense = count_flops(meta, inputs)
+    except Exception as error:  # FLOP counting is informative; never block training on it
+        logger.warning(f"Could not count FLOPs ({error}); `kept_flops` will not be logged.")
+        return 0, [0] * len(groups)
+    costs = [0] * len(groups)
+    families: dict[tuple, list[int]] = {}
+    for group in groups:
+        families.setdefault(tuple(sorted((s.name, s.dim) for s in group.slices)), []).append(group.id)
+    for members in families.values():
+        smaller = construct_subnet(meta, groups, members[:1], verify=False, allow_empty_layers=True)
+        per_group = dense - count_flops(smaller, inputs)
+        for group_id in members:
+            costs[group_id] = per_group
+    return dense, costs
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    if isinstance(model, PreTrainedModel):
+        with torch.device("meta"):
+            return type(model)(copy.deepcopy(model.config))
+    return copy.deepcopy(model).to("meta")

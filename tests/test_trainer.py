@@ -1,0 +1,154 @@
+"""OTOTrainer: exact target, logs, export, resume and several processes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+from oto_hf import OTOTrainer, OTOTrainingArguments
+from tests.utils.data import TinyClassification
+from tests.utils.train_tiny import tiny_args, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _zero_count(trainer):
+    return len(trainer.groups.zero_group_ids(trainer.model))
+
+
+def test_trains_to_the_exact_target_and_exports(tmp_path):
+    model = tiny_model()
+    trainer = OTOTrainer(model, tiny_args(str(tmp_path)), train_dataset=TinyClassification(),
+                         eval_dataset=TinyClassification(size=32, seed=1))
+    counts = []
+
+    class Watch:
+        def on_step_end(self, args, state, control, **kwargs):
+            counts.append(_zero_count(trainer))
+
+    from transformers import TrainerCallback
+
+    trainer.add_callback(type("WatchCallback", (TrainerCallback,), {"on_step_end": Watch.on_step_end}))
+    trainer.train()
+    target = round(0.3 * len(trainer.groups))
+    assert counts[13:] == [target] * (24 - 13), counts  # exact from pruning_end (14 steps) on, and stays
+    assert all(c <= target for c in counts)
+
+    logs = [h for h in trainer.state.log_history if "group_sparsity" in h]
+    assert logs and logs[-1]["group_sparsity"] == round(target / len(trainer.groups), 4)
+    assert 0 < logs[-1]["kept_params"] < 1 and 0 < logs[-1]["kept_flops"] < 1
+
+    dense_metrics = trainer.evaluate()
+    pruned = trainer.save_pruned(tmp_path / "pruned")
+    assert pruned.oto_pruning["params_after"] < pruned.oto_pruning["params_before"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")
+    trainer.model = reloaded
+    pruned_metrics = trainer.evaluate()
+    assert pruned_metrics["eval_loss"] == pytest.approx(dense_metrics["eval_loss"], abs=1e-5)
+
+
+def test_plain_training_arguments_are_upgraded(tmp_path):
+    args = TrainingArguments(str(tmp_path), max_steps=4, report_to=[], use_cpu=True)
+    trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
+    assert isinstance(trainer.args, OTOTrainingArguments) and trainer.args.max_steps == 4
+    assert trainer.args.target_sparsity == 0.5
+
+
+def test_protects_the_largest_heads_of_each_layer(tmp_path):
+    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), min_heads_per_layer=2),
+                         train_dataset=TinyClassification())
+    assert trainer.groups.counts()["head"] == 2 * (4 - 2)
+
+
+def test_accumulation_clipping_and_bf16(tmp_path):
+    args = tiny_args(str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_grad_norm=0.5,
+                     bf16=True, target_sparsity=0.5)
+    trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
+    trainer.train()
+    assert _zero_count(trainer) == round(0.5 * len(trainer.groups))
+
+
+def test_flops_budget(tmp_path):
+    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.2),
+                         train_dataset=TinyClassification())
+    trainer.train()
+    zero = trainer.groups.zero_group_ids(trainer.model)
+    removed = sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops
+    assert removed >= 0.2 and removed - 0.2 <= max(trainer.group_flops)
+    with pytest.raises(ValueError, match="cannot be met"):
+        OTOTrainer(tiny_model(), tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.99),
+                   train_dataset=TinyClassification())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(target_sparsity=1.2), r"`target_sparsity` must be in \[0, 1\), got 1.2"),
+    (dict(partition_steps=10, pruning_end_steps=5), "must be after `partition_steps`"),
+    (dict(sparsity_budget="bytes"), "`sparsity_budget` must be one of"),
+    (dict(prune_kinds=["layer"]), "`prune_kinds` must be a non-empty subset"),
+])
+def test_bad_arguments(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_args(str(tmp_path), **overrides)
+
+
+def test_pruning_end_after_training_is_refused(tmp_path):
+    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), pruning_end_steps=40),
+                         train_dataset=TinyClassification())
+    with pytest.raises(ValueError, match="after the last training step"):
+        trainer.train()
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = OTOTrainer(tiny_model(), tiny_args(str(tmp_path / "full")), train_dataset=TinyClassification())
+    full.train()
+
+    first = OTOTrainer(tiny_model(), tiny_args(str(tmp_path / "cut"), save_strategy="steps", save_steps=9),
+                       train_dataset=TinyClassification())
+    first.train()  # saves checkpoint-9 (pruning phase: partition at 4, deadline at 14) and checkpoint-18, 24
+    resumed = OTOTrainer(tiny_model(seed=1), tiny_args(str(tmp_path / "cut")), train_dataset=TinyClassification())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-9"))
+    expected, got = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_two_processes_match_one(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "tests.utils.train_tiny", str(tmp_path / "one"), "8"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    double = subprocess.run([*launcher, "-m", "tests.utils.train_tiny", str(tmp_path / "two"), "4"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "weights-rank0.pt")
+    rank0, rank1 = (torch.load(tmp_path / "two" / f"weights-rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any((one[key] == 0).any() for key in one)
+    for key in one:  # the same global batch: the same zero groups, the same weights up to reduction order
+        assert torch.equal(one[key] == 0, rank0[key] == 0), key
+        assert torch.allclose(one[key], rank0[key], atol=1e-4), key
+
+
+def test_heads_whose_loss_ignores_num_items_in_batch(tmp_path):
+    classifier = OTOTrainer(tiny_model(), tiny_args(str(tmp_path)), train_dataset=TinyClassification())
+    assert classifier.model_accepts_loss_kwargs is False  # mean cross-entropy: no world-size loss scaling
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.utils.tiny_models import TEXT
+
+    class LanguageModelling(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            ids = torch.arange(index, index + 10) % 99
+            return {"input_ids": ids, "labels": ids}
+
+    causal = OTOTrainer(LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)), tiny_args(str(tmp_path)),
+                        train_dataset=LanguageModelling())
+    assert causal.model_accepts_loss_kwargs is True
