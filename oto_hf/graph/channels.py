@@ -52,8 +52,8 @@ class ChannelRegistry:
         a, b = torch.broadcast_tensors(a, b)
         keep = (a >= 0) & (b >= 0) & (a != b)
         if keep.any():
-            pairs = torch.stack([a[keep], b[keep]]).unique(dim=1)
-            self._edges.append(pairs)
+            keys = (a[keep] << 32 | b[keep]).unique()  # one int64 per pair: a 1-D unique is much faster
+            self._edges.append(torch.stack([keys >> 32, keys & 0xFFFFFFFF]))
 
     def union_along(self, labels: torch.Tensor, dim: int, ids: torch.Tensor) -> None:
         """Tie every entry at index i of `labels` along `dim` with `ids[i]`."""

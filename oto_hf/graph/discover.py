@@ -25,7 +25,7 @@ def discover_groups(
     example_inputs: Any = None,
     *,
     kinds: Iterable[str] = GROUP_KINDS,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
 ) -> GroupSet:
     """Find the zero-invariant groups of `model` from its `torch.export` graph.
 
@@ -39,7 +39,8 @@ def discover_groups(
         example_inputs (`dict`, `tuple` or `torch.Tensor`, *optional*): inputs for tracing. Derived from the model's
             config when omitted (token ids for text models, `pixel_values` for vision models).
         kinds (`Iterable[str]`, *optional*, defaults to all): which of `"head"`, `"neuron"`, `"channel"` to return.
-        show_progress (`bool`, *optional*, defaults to `False`): show a progress bar while propagating.
+        show_progress (`bool`, *optional*): show a progress bar while propagating; by default only for large graphs
+            (over 1,000 nodes). `transformers.utils.logging.disable_progress_bar()` turns it off.
 
     Returns:
         `GroupSet`: the groups, in graph order, and the unprunable components with their reasons.

@@ -11,7 +11,7 @@ from torch.export.graph_signature import InputKind
 from transformers.utils import logging as hf_logging
 
 from .channels import ChannelRegistry
-from .labels import Label, TensorRef, labeled_ids
+from .labels import Label, TensorRef, labeled_ids, varies_along
 from .rules import RuleContext, module_path, rule_for, unsupported
 
 
@@ -24,7 +24,10 @@ class Propagation:
     tensor_ndims: dict[str, int] = field(default_factory=dict)
 
 
-def propagate(program: ExportedProgram, show_progress: bool = False) -> Propagation:
+LARGE_GRAPH = 1000  # nodes: above this, propagation shows a progress bar by default
+
+
+def propagate(program: ExportedProgram, show_progress: bool | None = None) -> Propagation:
     """Label every value of `program`'s graph, starting from its parameters and buffers."""
     result = Propagation(ChannelRegistry())
     labels: dict[fx.Node, Label] = {}
@@ -38,6 +41,8 @@ def propagate(program: ExportedProgram, show_progress: bool = False) -> Propagat
             shape = tuple(int(n) for n in value.shape)
             result.tensor_ndims[spec.target] = len(shape)
             labels[node] = TensorRef(spec.target, shape, tuple(range(len(shape))), spec.kind == InputKind.BUFFER)
+    if show_progress is None:
+        show_progress = len(program.graph.nodes) > LARGE_GRAPH
     _run(program.graph_module, program.graph, labels, result, show_progress)
     return result
 
@@ -118,20 +123,21 @@ def check_sliceable(propagation: Propagation, components: torch.Tensor) -> None:
     registry = propagation.registry
     for node, label, forbidden in propagation.values:
         comp = torch.where(label >= 0, components[label.clamp(min=0)], -1)
-        present = comp[comp >= 0].unique()
-        if not present.numel():
+        if not (comp >= 0).any():
             continue
         bad: torch.Tensor | None = None
-        for dim in range(comp.dim()):
-            if dim in forbidden:
-                continue
+        # Dims along which components vary are the likely slicing dims: check them first and stop once none is bad.
+        dims = sorted((d for d in range(comp.dim()) if d not in forbidden), key=lambda d: not varies_along(comp, d))
+        for dim in dims:
             other = tuple(d for d in range(comp.dim()) if d != dim)
             low = comp.amin(dim=other, keepdim=True) if other else comp
             high = comp.amax(dim=other, keepdim=True) if other else comp
             impure = ((low != high) | (low < 0)).expand_as(comp)
             bad_here = comp[impure & (comp >= 0)].unique()
             bad = bad_here if bad is None else bad[torch.isin(bad, bad_here)]
-        bad = present if bad is None else bad
+            if not bad.numel():
+                break
+        bad = comp[comp >= 0].unique() if bad is None else bad
         if bad.numel():
             path = module_path(node)
             registry.poison(
