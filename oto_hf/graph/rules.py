@@ -76,10 +76,12 @@ class RuleContext:
 
     def dense(self, arg: Any) -> torch.Tensor:
         """The label of `arg` as a dense tensor; a parameter reference becomes labels along its channel dim."""
-        label = self.label(arg)
+        return self.densify(self.label(arg), self.shape(arg))
+
+    def densify(self, label: Label, shape: tuple[int, ...]) -> torch.Tensor:
+        """`label` as a dense tensor of `shape` (a reference with several channel dims cannot be: it is poisoned)."""
         if isinstance(label, torch.Tensor):
             return label
-        shape = self.shape(arg)
         if isinstance(label, TensorRef):
             dims = label.channel_dims()
             if len(dims) == 1:
@@ -317,21 +319,12 @@ def _consume(ctx: RuleContext, x: Label, x_shape: tuple[int, ...], dim: int, wei
     """Slices of `weight` along `weight_dim` read entry i of `x` along `dim` (nothing to tie if `x` has no channel)."""
     if x is None:
         return
-    dense = x if isinstance(x, torch.Tensor) else _dense_label(ctx, x, x_shape)
+    dense = ctx.densify(x, x_shape)
     ids = weight.elements(ctx.registry, weight_dim)
     ctx.registry.union_along(dense, dim, ids)
     other = tuple(d for d in range(dense.dim()) if d != dim % dense.dim())
     reads_plain_data = (dense < 0).amax(dim=other) if other else dense < 0
     ctx.registry.poison(ids[reads_plain_data], f"reads data that carries no prunable channel: {ctx.where}")
-
-
-def _dense_label(ctx: RuleContext, label: Label, shape: tuple[int, ...]) -> torch.Tensor:
-    if isinstance(label, TensorRef):
-        dims = label.channel_dims()
-        if len(dims) == 1:
-            return along(label.elements(ctx.registry, dims[0]), dims[0], shape)
-        ctx.poison(label, "used as an activation")
-    return unlabeled(shape) if not isinstance(label, torch.Tensor) else label
 
 
 def _weighted(ctx: RuleContext, x_arg: Any, weight: TensorRef, in_dim: int, out_dim: int, bias_arg: Any) -> Label:
