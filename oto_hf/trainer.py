@@ -68,10 +68,9 @@ class OTOTrainer(Trainer):
             # loss by the number of processes; a head that ignores it would train with a world-size-times larger step.
             self.model_accepts_loss_kwargs = False
         self.example_inputs = example_inputs if example_inputs is not None else self._example_batch()
-        all_groups = groups if groups is not None else discover_groups(
+        self.groups = groups if groups is not None else discover_groups(
             self.model, self.example_inputs, kinds=args.prune_kinds
         )
-        self.groups = _protect_heads(self.model, all_groups, args.min_heads_per_layer)
         self.dense_params = count_parameters(self.model)
         self.dense_flops, self.group_flops = _group_flops(self.model, self.groups, self.example_inputs)
         self._num_training_steps: int | None = None
@@ -121,6 +120,10 @@ class OTOTrainer(Trainer):
             final_epsilon=args.dhspg_final_epsilon,
             tolerance=args.dhspg_tolerance,
             saliency_weights=(args.saliency_cosine_weight, args.saliency_magnitude_weight),
+            # A layer may lose its whole FFN (exact: the block adds its bias only), never all heads or conv channels.
+            min_kept_per_family={"head": args.min_heads_per_layer, "channel": 1},
+            uniform_widths=args.uniform_widths,
+            lambda_schedule=args.dhspg_lambda_schedule,
         )
         logger.info(
             f"DHSPG: {len(self.groups)} groups, target {args.target_sparsity} of {args.sparsity_budget}, partition at "
@@ -162,7 +165,7 @@ class OTOTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         ids = self.groups.zero_group_ids(model)
         inputs = _to_device(self.example_inputs, next(model.parameters()).device)
-        return construct_subnet(model, self.groups, ids, example_inputs=inputs)
+        return construct_subnet(model, self.groups, ids, example_inputs=inputs, allow_empty_layers=True)
 
     def save_pruned(self, output_dir: str | Path | None = None, overwrite: bool = False) -> nn.Module:
         """Slice the zero groups away and `save_pruned` the result (with the processing class), on the main process.
@@ -224,30 +227,6 @@ class OTOTrainer(Trainer):
 
 def _to_device(inputs: Any, device: torch.device) -> Any:
     return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, inputs)
-
-
-def _protect_heads(model: nn.Module, groups: GroupSet, keep: int) -> GroupSet:
-    """Drop from pruning the `keep` largest heads (by L2 norm now) of each layer, so no layer loses all heads."""
-    if keep <= 0:
-        return groups
-    params = dict(model.named_parameters(remove_duplicate=False))
-    by_block: dict[str, list] = {}
-    for group in groups:
-        if group.kind == "head":
-            by_block.setdefault(group.module, []).append(group)
-    protected = set()
-    with torch.no_grad():
-        for members in by_block.values():
-            norms = [
-                sum(float(params[n].index_select(d, i.to(params[n].device)).float().pow(2).sum()) for n, d, i in g.slices)
-                for g in members
-            ]
-            ranked = sorted(range(len(members)), key=lambda k: -norms[k])
-            protected.update(members[k].id for k in ranked[:keep])
-    kept = [copy.copy(g) for g in groups if g.id not in protected]
-    for index, group in enumerate(kept):
-        group.id = index
-    return GroupSet(kept, groups.unprunable, groups.example_inputs)
 
 
 def _group_flops(model: nn.Module, groups: GroupSet, example_inputs: Any) -> tuple[int, list[int]]:

@@ -11,6 +11,7 @@ from .graph.groups import GROUP_KINDS
 
 BUDGETS = ("groups", "params", "flops")
 VARIANTS = ("adamw", "adam", "sgd")
+LAMBDA_SCHEDULES = ("constant", "adaptive")
 
 
 @dataclass
@@ -71,8 +72,21 @@ class OTOTrainingArguments(TrainingArguments):
         default=0.5, metadata={"help": "Weight of the inverse group magnitude in the redundancy score."}
     )
     min_heads_per_layer: int = field(
-        default=1,
-        metadata={"help": "Attention heads (KV groups) each layer keeps: the largest ones at the start are protected."},
+        default=1, metadata={"help": "Attention heads (KV groups with GQA) every layer keeps, whatever the target."}
+    )
+    uniform_widths: bool = field(
+        default=False,
+        metadata={
+            "help": "Remove the same number of groups from every layer's heads / FFN / conv block, so that a stock "
+            "config can describe the pruned model (the target is then met or exceeded by the smallest step)."
+        },
+    )
+    dhspg_lambda_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "'adaptive' raises lambda on the groups a linear ramp of the zero count still lacks, so groups "
+            "reach zero progressively instead of at the deadline; 'constant' is OTOv2's rule."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -84,14 +98,23 @@ class OTOTrainingArguments(TrainingArguments):
         unknown = [kind for kind in self.prune_kinds if kind not in GROUP_KINDS]
         if unknown or not self.prune_kinds:
             raise ValueError(f"`prune_kinds` must be a non-empty subset of {list(GROUP_KINDS)}, got {self.prune_kinds}.")
+        if self.dhspg_lambda_schedule not in LAMBDA_SCHEDULES:
+            raise ValueError(
+                f"`dhspg_lambda_schedule` must be one of {list(LAMBDA_SCHEDULES)}, got {self.dhspg_lambda_schedule!r}."
+            )
         if self.dhspg_variant not in VARIANTS:
             raise ValueError(f"`dhspg_variant` must be one of {list(VARIANTS)}, got {self.dhspg_variant!r}.")
         for name in ("partition_ratio", "pruning_end_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
-        for name in ("partition_steps", "pruning_end_steps", "min_heads_per_layer"):
+        for name in ("partition_steps", "pruning_end_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.min_heads_per_layer < 1:
+            raise ValueError(
+                f"`min_heads_per_layer` must be >= 1 (attention layers cannot run with no head), got "
+                f"{self.min_heads_per_layer}."
+            )
         if self.num_partition_periods < 1:
             raise ValueError(f"`num_partition_periods` must be >= 1, got {self.num_partition_periods}.")
         if not 0.0 <= self.dhspg_epsilon < 1.0:

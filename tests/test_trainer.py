@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, TrainingArguments
+from transformers import AutoConfig, AutoModelForSequenceClassification, TrainingArguments
 
 from oto_hf import OTOTrainer, OTOTrainingArguments
 from tests.utils.data import TinyClassification
@@ -58,10 +58,40 @@ def test_plain_training_arguments_are_upgraded(tmp_path):
     assert trainer.args.target_sparsity == 0.5
 
 
-def test_protects_the_largest_heads_of_each_layer(tmp_path):
-    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), min_heads_per_layer=2),
+def test_every_layer_keeps_its_minimum_of_heads(tmp_path):
+    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), min_heads_per_layer=2, target_sparsity=0.9),
                          train_dataset=TinyClassification())
-    assert trainer.groups.counts()["head"] == 2 * (4 - 2)
+    trainer.train()
+    zero = set(trainer.groups.zero_group_ids(trainer.model))
+    assert len(zero) == round(0.9 * len(trainer.groups))
+    for layer in (0, 1):
+        heads = [g.id for g in trainer.groups if g.kind == "head" and g.layer == layer]
+        assert len([i for i in heads if i not in zero]) >= 2
+    pruned = trainer.save_pruned(tmp_path / "pruned")  # whole FFNs may go; heads never all
+    assert pruned.bert.encoder.layer[0].attention.self.query.out_features >= 16
+
+
+def test_uniform_widths_save_a_stock_config(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.utils.tiny_models import TEXT
+
+    class LanguageModelling(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, index):
+            ids = torch.arange(index, index + 10) % 99
+            return {"input_ids": ids, "labels": ids}
+
+    model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2))
+    trainer = OTOTrainer(model, tiny_args(str(tmp_path), uniform_widths=True, target_sparsity=0.4),
+                         train_dataset=LanguageModelling())
+    trainer.train()
+    trainer.save_pruned(tmp_path / "pruned")
+    config = AutoConfig.from_pretrained(tmp_path / "pruned")
+    assert config.model_type == "llama"  # uniform widths: the stock config describes the pruned model
+    assert config.intermediate_size < 37
 
 
 def test_accumulation_clipping_and_bf16(tmp_path):
@@ -80,8 +110,8 @@ def test_flops_budget(tmp_path):
     removed = sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops
     assert removed >= 0.2 and removed - 0.2 <= max(trainer.group_flops)
     with pytest.raises(ValueError, match="cannot be met"):
-        OTOTrainer(tiny_model(), tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.99),
-                   train_dataset=TinyClassification())
+        OTOTrainer(tiny_model(), tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.95,
+                                           prune_kinds=["neuron"]), train_dataset=TinyClassification())
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -89,6 +119,8 @@ def test_flops_budget(tmp_path):
     (dict(partition_steps=10, pruning_end_steps=5), "must be after `partition_steps`"),
     (dict(sparsity_budget="bytes"), "`sparsity_budget` must be one of"),
     (dict(prune_kinds=["layer"]), "`prune_kinds` must be a non-empty subset"),
+    (dict(min_heads_per_layer=0), "`min_heads_per_layer` must be >= 1"),
+    (dict(dhspg_lambda_schedule="cosine"), "`dhspg_lambda_schedule` must be one of"),
 ])
 def test_bad_arguments(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

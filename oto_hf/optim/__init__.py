@@ -1,5 +1,6 @@
 """Optimizers that train and prune zero-invariant groups at once."""
 
 from .dhspg import DHSPG
+from .families import GroupFamily
 
-__all__ = ["DHSPG"]
+__all__ = ["DHSPG", "GroupFamily"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -11,7 +12,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ..graph.groups import GROUP_KINDS
 from . import base_steps
+from .families import FamilyConstraints, GroupFamily
 from .group_ops import (
     Budget,
     GroupIndex,
@@ -19,9 +22,11 @@ from .group_ops import (
     choose_redundant,
     deadline_selection,
     extend,
+    first_within,
     redundancy_scores,
     resolve_budget,
 )
+from .schedules import LAMBDA_SCHEDULES, LambdaRamp
 
 if TYPE_CHECKING:
     from torch.optim.optimizer import ParamsT
@@ -61,14 +66,39 @@ class DHSPG(Optimizer):
     3. **recovery** (steps `>= pruning_end`): base steps; zero groups stay exactly zero, weights and optimizer state.
 
     **Budgets and the exact rule.** With `budget="groups"` (default), exactly `round(target_sparsity * num_groups)`
-    groups (rounding half up) are zero after `pruning_end` steps. With `"params"` or `"flops"`, each group has a cost
-    (its `num_params`, or `group_costs`) and the removed fraction is `sum(cost of zero groups) / budget_total`. In the
-    pruning phase the removed cost never exceeds `target_sparsity * budget_total`. At the deadline the remaining
-    candidates (redundant groups by decreasing redundancy score, then the others) are added in that order whenever
-    they still fit under the target; if the removed cost is still below the target, the cheapest remaining candidate
-    is added. So the removed cost ends at or above the target, and above it by less than the cost of the group that
-    closed the gap, which is the cheapest group left. A target above what all groups together cost raises a
-    `ValueError` at construction.
+    groups (rounding half up; with `uniform_widths`, the planned count below) are zero after `pruning_end` steps.
+    With `"params"` or `"flops"`, each group has a cost (its `num_params`, or `group_costs`) and the removed fraction
+    is `sum(cost of zero groups) / budget_total`. In the pruning phase the removed cost never exceeds
+    `target_sparsity * budget_total`. At the deadline the remaining candidates (redundant groups by decreasing
+    redundancy score, then the others) are added in that order whenever they still fit under the target; if the
+    removed cost is still below the target, the cheapest remaining candidate is added. So the removed cost ends at or
+    above the target, and above it by less than the cost of the group that closed the gap, which is the cheapest group
+    left (whose family may still lose one, under `min_kept_per_family`). A target above what all groups together cost
+    raises a `ValueError` at construction.
+
+    **Family constraints.** A *family* is the set of groups that slice the same tensors (key: the sorted
+    `(name, dim)` pairs of a group's slices), e.g. the heads of one layer or the neurons of one FFN; see `families`.
+    `min_kept_per_family` bounds the zero groups of each family at every step (redundant set, projections, deadline).
+    `uniform_widths` fixes the number of zero groups of every family at construction and fills each family to exactly
+    that number at the deadline, with its least salient groups (redundant ones first); no step exceeds it. The rule:
+    families of one kind and size `n` form a class; steps "a `k`-th zero group in every family of the class" are
+    taken in order of the width fraction `k / n` (ties: the class whose groups come first), within
+    `min_kept_per_family`, until the removed cost reaches the target (a cost budget counts the `k`-th cheapest group
+    of each family). So all classes lose about the same fraction of their width, and the planned total is the first
+    one at or above the target along that path, above it by less than the last step. With `budget="groups"` and as
+    many families in every class (e.g. heads and FFN neurons of every layer) it is the smallest count at or above
+    `round(target_sparsity * num_groups)` that uniform widths allow; it is `target_num_zero_groups` and the families'
+    `max_zero`. A target the constraints make unreachable raises a `ValueError` at construction.
+
+    **Adaptive lambda.** With the reference lambdas, groups rarely leave the half-space before the deadline, so most of
+    the target is projected at once in the last pruning step. `lambda_schedule="adaptive"` makes the zero count follow
+    a linear ramp from `partition_step` to the target at `pruning_end` (per family with `uniform_widths`, else in
+    cost; rounded up to whole groups). In each pruning step the redundant groups the ramp still lacks, taken in
+    priority (saliency) order, are *due*: their `lambda_g` is multiplied by the lambda scale, while the other groups
+    keep the reference lambdas. After the step the scale is multiplied by `lambda_growth` if the zero count is behind
+    the ramp and divided by it otherwise, within `[1, lambda_max_scale]`. Projections never run ahead of the ramp, and
+    a scaled penalty that would carry a group the caps keep from projecting past zero stops at zero instead. The
+    deadline still makes the result exact.
 
     Every step uses a few segmented reductions over all groups and no Python loop over groups; the only host
     synchronisations happen at partition steps and at the deadline. All grouped parameters must sit on one device
@@ -118,6 +148,22 @@ class DHSPG(Optimizer):
         tolerance (`float`, *optional*, defaults to `0.05`): the redundant set covers `target + tolerance`.
         saliency_weights (`tuple[float, float]`, *optional*, defaults to `(0.5, 0.5)`):
             weights of the cosine and inverse-magnitude terms of the redundancy score.
+        min_kept_per_family (`int` or `dict[str, int]`, *optional*, defaults to `0`):
+            groups that stay non-zero in each family, always: an int for every family, or `{kind: int}` for the
+            families of those kinds (other kinds: 0), e.g. `{"head": 1}` so that no layer loses all its heads. A family
+            of at most that many groups is never pruned. With a cost budget, the reachability check counts each
+            family's cheapest removable groups.
+        uniform_widths (`bool`, *optional*, defaults to `False`):
+            from `pruning_end` on, every family of the same kind and size has the same number of zero groups (the
+            rule above), so a stock config can describe the pruned model. The removed cost ends at or above the
+            target. Each family's redundant set is its `max_zero` least salient groups plus `round(tolerance * size)`.
+        lambda_schedule (`str`, *optional*, defaults to `"constant"`):
+            `"constant"` (the reference per-group lambdas) or `"adaptive"` (progressive pruning, see above). Not the
+            default: with it, the targets of existing runs are reached earlier, before the deadline.
+        lambda_growth (`float`, *optional*):
+            factor of the adaptive lambda scale per pruning step, `>= 1`; defaults to
+            `max(1.1, lambda_max_scale ** (2 / (pruning_end - partition_step)))`.
+        lambda_max_scale (`float`, *optional*, defaults to `1e6`): upper bound of the adaptive lambda scale, `>= 1`.
 
     Example:
 
@@ -130,6 +176,17 @@ class DHSPG(Optimizer):
     ...     optimizer.zero_grad()
     >>> optimizer.group_sparsity()
     0.3
+    ```
+
+    Keep at least one head per layer, prune to uniform widths, and prune progressively:
+
+    ```python
+    >>> optimizer = DHSPG.from_model(
+    ...     model, groups, lr=1e-4, target_sparsity=0.5, pruning_end=1000,
+    ...     min_kept_per_family={"head": 1}, uniform_widths=True, lambda_schedule="adaptive",
+    ... )
+    >>> [(family.kind, family.size, family.max_zero) for family in optimizer.families][:2]
+    [('head', 12, 6), ('neuron', 3072, 1536)]
     ```
     """
 
@@ -161,6 +218,11 @@ class DHSPG(Optimizer):
         final_epsilon: float | None = None,
         tolerance: float = 0.05,
         saliency_weights: tuple[float, float] = (0.5, 0.5),
+        min_kept_per_family: int | Mapping[str, int] = 0,
+        uniform_widths: bool = False,
+        lambda_schedule: str = "constant",
+        lambda_growth: float | None = None,
+        lambda_max_scale: float = 1e6,
     ) -> None:
         if variant not in base_steps.VARIANTS:
             raise ValueError(f"`variant` must be one of {base_steps.VARIANTS}, got {variant!r}.")
@@ -185,6 +247,9 @@ class DHSPG(Optimizer):
         _check_positive("lmbda", self._lmbda, 0.0, "> 0")
         _check_positive("lmbda_amplify", self._amplify, 1.0, ">= 1")
         _check_positive("lmbda_cap", self._cap, 1.0, ">= 1")
+        if lambda_schedule not in LAMBDA_SCHEDULES:
+            raise ValueError(f"`lambda_schedule` must be one of {LAMBDA_SCHEDULES}, got {lambda_schedule!r}.")
+        ramp = LambdaRamp(partition_step, pruning_end, lambda_growth, lambda_max_scale)
         weights = tuple(float(w) for w in saliency_weights)
         if len(weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
             raise ValueError(
@@ -210,6 +275,13 @@ class DHSPG(Optimizer):
             budget, target_sparsity, tolerance, num_params, group_costs, budget_total
         )
         device = self._index.device
+        self._families = FamilyConstraints(
+            groups, min_kept_per_family, uniform_widths, self._budget, tolerance, known_kinds=GROUP_KINDS
+        ).to(device)
+        if self._families.constrained and uniform_widths and self._budget.kind == "groups":
+            # Uniform widths may need a few more zero groups than round(target * N): the planned count is the target.
+            planned = float(sum(family.max_zero for family in self._families.families))
+            self._budget = dataclasses.replace(self._budget, target_cost=planned, redundant_cost=planned)
         self._costs = self._budget.costs.to(device)
         self._numel = self._index.group_numel
 
@@ -222,6 +294,9 @@ class DHSPG(Optimizer):
         self._epsilon = epsilon
         self._final_epsilon = epsilon if final_epsilon is None else final_epsilon
         self._saliency_weights = weights
+        self.uniform_widths = uniform_widths
+        self.lambda_schedule = lambda_schedule
+        self._ramp = ramp if lambda_schedule == "adaptive" else None
 
         # Run state (all in `state_dict()`).
         num_groups = self._index.num_groups
@@ -230,6 +305,8 @@ class DHSPG(Optimizer):
         self._redundant = torch.zeros(num_groups, dtype=torch.bool, device=device)
         self._priority = torch.arange(num_groups, device=device)
         self._lambda = torch.zeros(num_groups, dtype=torch.float32, device=device)
+        self._lambda_scale = torch.ones(self._families.num_families, dtype=torch.float32, device=device)
+        self._family_order = self._families.family_order(self._priority)
         self._final_num_zero_groups: int | None = None
 
     @classmethod
@@ -296,12 +373,29 @@ class DHSPG(Optimizer):
 
     @property
     def target_num_zero_groups(self) -> int | None:
-        """Groups zero from `pruning_end` on: known upfront for `budget="groups"`, else once the deadline passed."""
+        """Groups zero from `pruning_end` on: known upfront for `budget="groups"` or with `uniform_widths`, else once
+        the deadline passed."""
+        if self._families.constrained and self.uniform_widths:
+            return sum(family.max_zero for family in self._families.families)
         if self._budget.kind == "groups":
             return int(self._budget.target_cost)
         if not self._budget.active:
             return 0
         return self._final_num_zero_groups
+
+    @property
+    def families(self) -> tuple[GroupFamily, ...]:
+        """The families (groups that share tensors, e.g. the heads of one layer) with their constraints; read-only."""
+        return self._families.families
+
+    @property
+    def lambda_scale(self) -> torch.Tensor:
+        """Per-family factor of the adaptive schedule on the lambdas of due groups (ones with `"constant"`); a copy."""
+        return self._lambda_scale.clone()
+
+    def family_zero_counts(self) -> list[int]:
+        """Number of zero groups in each family, in `families` order (reads values back from the device)."""
+        return self._families.zero_counts(self._zero).tolist()
 
     @property
     def lambdas(self) -> torch.Tensor:
@@ -403,13 +497,18 @@ class DHSPG(Optimizer):
 
         if partition:
             scores = redundancy_scores(stats, self._numel, self._zero, self._saliency_weights)
-            redundant, priority = choose_redundant(scores, self._zero.cpu(), self._budget)
+            if self._families.constrained:
+                redundant, priority = self._families.choose_redundant(scores, self._zero.cpu(), self._budget)
+            else:
+                redundant, priority = choose_redundant(scores, self._zero.cpu(), self._budget)
             self._redundant, self._priority = redundant.to(self._zero.device), priority.to(self._zero.device)
+            self._family_order = self._families.family_order(self._priority)
             logger.info("DHSPG step %d: %d redundant groups chosen.", step, int(redundant.sum()))
         zero, coef = self._penalise(stats, step)
         if deadline:
             scores = redundancy_scores(stats, self._numel, zero, self._saliency_weights)
-            chosen = deadline_selection(scores, zero.cpu(), self._redundant.cpu(), self._budget)
+            select = self._families.deadline_selection if self._families.constrained else deadline_selection
+            chosen = select(scores, zero.cpu(), self._redundant.cpu(), self._budget)
             zero = zero | chosen.to(zero.device)
             self._final_num_zero_groups = int(zero.sum())
             logger.info("DHSPG step %d: deadline reached, %d groups zero.", step, self._final_num_zero_groups)
@@ -426,16 +525,23 @@ class DHSPG(Optimizer):
                 lr = group_of[id(param)]["lr"]
                 # In float32: 1 - lr * coef must not round to 1 in a low-precision dtype before it multiplies x.
                 scale = self._expand(coef, position, torch.add).add(decay).mul_(-lr).add_(1).mul_(keep_p)
+                if self._ramp is not None:
+                    # A scaled penalty may overshoot zero in a group the caps keep from projecting; stop it at zero.
+                    scale.clamp_(min=0)
                 param.mul_(scale).addcmul_(d, keep_p, value=-lr)
             for tensor in base_steps.state_tensors(self.state[param]):
                 tensor.mul_(keep_p)
 
     def _penalise(self, stats: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-group lambda, half-space projection and cap; returns the new zero mask and `lambda_g / ||x_g||`."""
+        """Per-group lambda, half-space projection and caps; returns the new zero mask and `lambda_g / ||x_g||`."""
         xx, xd, dd = stats["xx"], stats["xd"], stats["dd"]
         zero = self._zero
+        families = self._families
         active = (self._costs * zero).sum() < self._budget.target_cost
         penalised = self._redundant & ~zero & active
+        if families.constrained:
+            # A family at its quota loses no more groups, so its groups are no longer penalised.
+            penalised &= families.has_room(zero)
         norm = xx.sqrt()
         safe_norm = norm.clamp_min(_TINY)
         grows = xd < 0
@@ -444,14 +550,34 @@ class DHSPG(Optimizer):
         lam = (self._amplify * low).clamp(self._lmbda, self._lmbda * self._cap)
         lam = torch.where(lam > high, (low + high) / 2, lam)
         lam = torch.where(grows, lam, torch.full_like(lam, self._lmbda)) * penalised
+        # The adaptive schedule: the groups due by its ramp get the scaled lambda, and projections follow the ramp
+        # (per family with uniform widths, else in total).
+        progress = None if self._ramp is None else self._ramp.progress(step)
+        per_family = families.constrained and self.uniform_widths
+        if progress is not None:
+            if per_family:
+                due = families.due(penalised, zero, self._family_order, progress)
+            else:
+                need = self._ramp.limit(self._budget, progress) - (self._costs * zero).sum()
+                due = first_within(penalised, self._costs, self._priority, need)
+            lam = lam * torch.where(due, self._lambda_scale[families.family_of], torch.ones_like(lam))
         coef = torch.where(norm > 0, lam / safe_norm, torch.zeros_like(lam))
         # <x_hat, x> for x_hat = x - lr * (d + lam * x / ||x||), with lr folded into axx and axd per parameter. A
         # redundant group that is already exactly zero is simply marked zero.
         inner = xx - stats["axd"] - coef * stats["axx"]
         candidates = penalised & ((inner < self._epsilon_at(step) * xx) | (xx == 0))
-        new = cap_projections(candidates, zero, self._budget, self._costs, self._priority)
+        if families.constrained:
+            candidates = families.cap(candidates, zero, self._family_order, progress if per_family else None)
+        limit = None if progress is None or per_family else self._ramp.limit(self._budget, progress)
+        zero = zero | cap_projections(candidates, zero, self._budget, self._costs, self._priority, limit)
         self._lambda = lam
-        return zero | new, coef
+        if progress is not None:
+            if per_family:
+                lags = families.zero_counts(zero) < families.max_zero * progress
+            else:
+                lags = (self._costs * zero).sum() < self._budget.target_cost * progress
+            self._lambda_scale = self._ramp.rescale(self._lambda_scale, lags)
+        return zero, coef
 
     def _epsilon_at(self, step: int) -> float:
         span = max(1, self._pruning_end - 1 - self._partition_step)
@@ -479,6 +605,8 @@ class DHSPG(Optimizer):
             "redundant": self._redundant.clone(),
             "priority": self._priority.clone(),
             "lambda": self._lambda.clone(),
+            "lambda_scale": self._lambda_scale.clone(),
+            "family_max_zero": self._families.max_zero.clone(),
             "final_num_zero_groups": self._final_num_zero_groups,
         }
         return state
@@ -493,6 +621,12 @@ class DHSPG(Optimizer):
             raise ValueError(
                 f"The state dict is for {extra['num_groups']} groups, but this optimizer has {self.num_groups}."
             )
+        max_zero = extra.get("family_max_zero")
+        if max_zero is not None and not torch.equal(max_zero.cpu(), self._families.max_zero.cpu()):
+            raise ValueError(
+                "The state dict was written with other family quotas (`min_kept_per_family`, `uniform_widths` or "
+                "`target_sparsity` differ); build the optimizer with the arguments of the saved run."
+            )
         super().load_state_dict(state_dict)
         device = self._zero.device
         self._num_steps = int(extra["num_steps"])
@@ -500,6 +634,9 @@ class DHSPG(Optimizer):
         self._redundant = extra["redundant"].to(device=device, dtype=torch.bool).clone()
         self._priority = extra["priority"].to(device=device, dtype=torch.long).clone()
         self._lambda = extra["lambda"].to(device=device, dtype=torch.float32).clone()
+        if "lambda_scale" in extra:
+            self._lambda_scale = extra["lambda_scale"].to(device=device, dtype=torch.float32).clone()
+        self._family_order = self._families.family_order(self._priority)
         self._final_num_zero_groups = extra["final_num_zero_groups"]
 
     def state_nbytes(self) -> int:
@@ -510,9 +647,8 @@ class DHSPG(Optimizer):
             for value in state.values()
             if isinstance(value, torch.Tensor)
         )
-        per_group = sum(
-            t.numel() * t.element_size() for t in (self._zero, self._redundant, self._priority, self._lambda)
-        )
+        group_state = (self._zero, self._redundant, self._priority, self._lambda, self._lambda_scale)
+        per_group = sum(t.numel() * t.element_size() for t in (*group_state, self._family_order))
         return per_param + per_group + self._index.index_nbytes() + self._costs.numel() * self._costs.element_size()
 
 

@@ -10,9 +10,9 @@ and broadcasting. An element may lie on two axes of the same parameter (rows of 
 in a conv or MLP layer whose out-channels and in-channels are both prunable); it then counts in both group norms, as
 in OTO.
 
-**Selection.** Budgets, scores and choices work on per-group vectors of length `num_groups`. `cap_projections` runs
-in every pruning step and uses tensor ops only; the other selection functions run at the rare partition and deadline
-events and may read values back.
+**Selection.** Budgets, scores and choices work on per-group vectors of length `num_groups`. `cap_projections` and
+`first_within` run in every pruning step and use tensor ops only; the other selection functions run at the rare
+partition and deadline events and may read values back.
 """
 
 from __future__ import annotations
@@ -299,13 +299,28 @@ def choose_redundant(scores: torch.Tensor, zero: torch.Tensor, budget: Budget) -
 
 
 def cap_projections(
-    candidates: torch.Tensor, zero: torch.Tensor, budget: Budget, costs: torch.Tensor, priority: torch.Tensor
+    candidates: torch.Tensor,
+    zero: torch.Tensor,
+    budget: Budget,
+    costs: torch.Tensor,
+    priority: torch.Tensor,
+    limit: float | None = None,
 ) -> torch.Tensor:
-    """Keep the candidates, in priority order, whose cumulative cost still fits under the target (no host sync)."""
-    remaining = budget.target_cost - (costs * zero).sum()
+    """Keep the candidates, in priority order, whose cumulative cost still fits under the target (no host sync).
+
+    `limit` (at most the target) replaces the target as the cap on the removed cost, e.g. a ramp towards it.
+    """
+    remaining = (budget.target_cost if limit is None else limit) - (costs * zero).sum()
     ordered = torch.where(candidates, costs, torch.zeros_like(costs))[priority]
     allowed = candidates[priority] & (ordered.cumsum(0) <= remaining)
     return torch.zeros_like(candidates).scatter_(0, priority, allowed)
+
+
+def first_within(mask: torch.Tensor, costs: torch.Tensor, priority: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
+    """Groups of `mask`, in priority order, that start before their cumulative cost reaches `need` (no host sync)."""
+    ordered = torch.where(mask, costs, torch.zeros_like(costs))[priority]
+    within = mask[priority] & (ordered.cumsum(0) - ordered < need)
+    return torch.zeros_like(mask).scatter_(0, priority, within)
 
 
 def deadline_selection(

@@ -1,0 +1,349 @@
+"""Tests for DHSPG's family constraints (`min_kept_per_family`, `uniform_widths`) and adaptive lambda schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oto_hf.optim import DHSPG
+from oto_hf.optim.families import FamilyConstraints
+from oto_hf.optim.group_ops import resolve_budget
+from tests.test_dhspg import (
+    NUM_GROUPS,
+    TinyModel,
+    batch,
+    forbid_host_sync,
+    group_state_is_zero,
+    make,
+    tiny_groups,
+    train_step,
+)
+
+# Aggressive settings: groups project naturally (and early) so that the caps have something to stop.
+EAGER = {"variant": "sgd", "lr": 0.1, "lmbda": 1.0, "final_epsilon": 0.9}
+FLOP_COSTS = [30.0] * 2 + [2.0] * 12 + [30.0] * 2 + [2.0] * 12
+
+
+def run(model, groups, optimizer, steps: int = 32) -> list[list[int]]:
+    """Train, checking after every step that no family exceeds its quota; returns the per-family zero counts."""
+    quotas = [family.max_zero for family in optimizer.families]
+    history = []
+    for step in range(steps):
+        train_step(model, optimizer, step)
+        counts = optimizer.family_zero_counts()
+        assert all(c <= q for c, q in zip(counts, quotas)), f"step {step}: {counts} above the quotas {quotas}"
+        history.append(counts)
+    assert optimizer.zero_group_ids() == groups.zero_group_ids(model)
+    assert group_state_is_zero(model, groups, optimizer, optimizer.zero_group_ids())
+    return history
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def test_families_are_computed_from_shared_tensors_and_read_only():
+    _, groups, optimizer = make(target_sparsity=0.5)
+    families = optimizer.families
+    assert [(f.kind, f.size) for f in families] == [("head", 2), ("neuron", 12), ("head", 2), ("neuron", 12)]
+    assert families[0].group_ids == (0, 1) and families[1].group_ids == tuple(range(2, 14))
+    for family in families:
+        key = tuple(sorted((s.name, s.dim) for s in groups[family.group_ids[0]].slices))
+        assert family.tensors == key
+        # Unconstrained: any number may be zero.
+        assert family.min_kept == 0 and family.max_zero == family.size
+    assert isinstance(families, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        families[0].max_zero = 0
+
+
+def test_a_family_with_two_kinds_only_fails_under_constraints():
+    model = TinyModel()
+    groups = list(tiny_groups(model))
+    groups[1] = dataclasses.replace(groups[1], kind="neuron")
+    optimizer = DHSPG(model.parameters(), groups, model.named_parameters(), pruning_end=10)
+    assert optimizer.families[0].kind == "head" and optimizer.families[0].size == 2
+    with pytest.raises(ValueError, match=r"Groups 0 \('head'\) and 1 \('neuron'\) slice the same tensors"):
+        DHSPG(model.parameters(), groups, model.named_parameters(), pruning_end=10, uniform_widths=True)
+
+
+# ----------------------------------------------------------------------------- min_kept_per_family
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {**EAGER, "target_sparsity": 0.8, "min_kept_per_family": 1},
+        {**EAGER, "target_sparsity": 0.8, "min_kept_per_family": {"head": 1}, "lambda_schedule": "adaptive"},
+        {"variant": "adamw", "lr": 0.01, "lmbda": 5.0, "target_sparsity": 0.7, "min_kept_per_family": {"head": 1}},
+        {**EAGER, "target_sparsity": 0.55, "budget": "params", "min_kept_per_family": 1},
+        {"target_sparsity": 0.55, "budget": "flops", "group_costs": FLOP_COSTS, "min_kept_per_family": 1,
+         "lambda_schedule": "adaptive"},
+    ],
+    ids=["int", "dict-adaptive", "adamw", "params", "flops-adaptive"],
+)  # fmt: skip
+def test_min_kept_per_family_holds_at_every_step_and_the_target_is_met(kwargs):
+    model, groups, optimizer = make(**kwargs)
+    minimum = kwargs["min_kept_per_family"]
+    for family in optimizer.families:
+        wanted = minimum if isinstance(minimum, int) else minimum.get(family.kind, 0)
+        assert family.min_kept == wanted and family.max_zero == family.size - wanted
+    history = run(model, groups, optimizer)
+    final = history[optimizer.pruning_end - 1]
+    assert history[-1] == final
+    if kwargs.get("budget", "groups") == "groups":
+        assert (
+            sum(final) == optimizer.target_num_zero_groups == math.floor(kwargs["target_sparsity"] * NUM_GROUPS + 0.5)
+        )
+    else:
+        assert optimizer.removed_fraction() >= kwargs["target_sparsity"]
+
+
+def test_families_not_larger_than_the_minimum_are_never_pruned():
+    model, groups, optimizer = make(**EAGER, target_sparsity=0.6, min_kept_per_family={"head": 5})
+    assert [f.max_zero for f in optimizer.families] == [0, 12, 0, 12]
+    history = run(model, groups, optimizer)
+    assert history[-1][0] == history[-1][2] == 0 and sum(history[-1]) == 17
+
+
+# ----------------------------------------------------------------------------- uniform widths
+
+# Tiny model: per layer one family of 2 heads and one of 12 neurons. Per class (kind, size), steps "one more zero
+# group in every family of the class" are taken by increasing width fraction k / size (ties: heads, which come first)
+# until the total reaches round(target * 28): the smallest total at or above it, as every step adds 2 groups here.
+UNIFORM_CASES = [
+    # target, min_kept_per_family, zero heads per layer, zero neurons per layer
+    (0.1, 0, 0, 2),  # needs 3: 4
+    (0.3, 0, 0, 4),  # 8
+    (0.5, 0, 1, 6),  # 14: heads at 1/2 before neurons at 6/12
+    (0.7, 0, 1, 9),  # 20
+    (0.9, 0, 2, 11),  # needs 25: 26, heads at 2/2 before neurons at 12/12
+    (0.9, {"head": 1}, 1, 12),  # needs 25: 26, heads capped at 1
+]
+
+
+@pytest.mark.parametrize("target, minimum, heads, neurons", UNIFORM_CASES)
+def test_uniform_widths_plan(target, minimum, heads, neurons):
+    _, _, optimizer = make(target_sparsity=target, uniform_widths=True, min_kept_per_family=minimum)
+    assert [f.max_zero for f in optimizer.families] == [heads, neurons] * 2
+    needed = math.floor(target * NUM_GROUPS + 0.5)
+    assert optimizer.target_num_zero_groups == 2 * (heads + neurons)
+    assert 0 <= optimizer.target_num_zero_groups - needed < 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {**EAGER, "target_sparsity": 0.5},
+        {**EAGER, "target_sparsity": 0.7, "min_kept_per_family": {"head": 1}, "lambda_schedule": "adaptive"},
+        {"variant": "adamw", "lr": 0.01, "target_sparsity": 0.5, "lambda_schedule": "adaptive"},
+        {**EAGER, "target_sparsity": 0.3, "budget": "params"},
+        {"target_sparsity": 0.4, "budget": "flops", "group_costs": FLOP_COSTS, "lambda_schedule": "adaptive"},
+    ],
+    ids=["groups", "min-kept-adaptive", "adamw-adaptive", "params", "flops-adaptive"],
+)
+def test_uniform_widths_fill_every_family_exactly(kwargs):
+    model, groups, optimizer = make(uniform_widths=True, **kwargs)
+    quotas = [family.max_zero for family in optimizer.families]
+    assert quotas[0] == quotas[2] and quotas[1] == quotas[3]
+    history = run(model, groups, optimizer)
+    assert history[optimizer.pruning_end - 1] == history[-1] == quotas
+    assert optimizer.num_zero_groups() == optimizer.target_num_zero_groups == sum(quotas)
+    if kwargs.get("budget", "groups") != "groups":
+        # At or above the target; planned with the cheapest groups of each family, so never below it.
+        assert optimizer.removed_fraction() >= kwargs["target_sparsity"]
+    # Natural projections happened before the deadline (the caps were exercised), within the quotas.
+    assert sum(history[optimizer.pruning_end - 2]) > 0
+
+
+def test_uniform_deadline_takes_the_least_salient_groups_of_each_family():
+    model = TinyModel()
+    groups = tiny_groups(model)
+    budget = resolve_budget("groups", 0.5, 0.05, [g.num_params for g in groups], None, None)
+    families = FamilyConstraints(groups, {"head": 1}, True, budget, tolerance=0.05)
+    scores = torch.rand(NUM_GROUPS, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    zero = torch.zeros(NUM_GROUPS, dtype=torch.bool)
+    zero[[2, 3]] = True  # two neurons of layer 0 are already zero
+    scores[zero] = math.inf
+    redundant, priority = families.choose_redundant(scores, zero, budget)
+    chosen = families.deadline_selection(scores, zero, redundant, budget)
+    for family in families.families:
+        ids = torch.tensor(family.group_ids)
+        already = int(zero[ids].sum())
+        expected = ids[torch.sort(scores[ids], descending=True, stable=True).indices][already : family.max_zero]
+        assert sorted(torch.nonzero(chosen[ids]).flatten().add(ids[0]).tolist()) == sorted(expected.tolist())
+        # The redundant set of a family: its quota plus round(0.05 * size) groups, the least salient first.
+        top = ids[torch.sort(scores[ids], descending=True, stable=True).indices]
+        share = 0 if family.max_zero == 0 else min(family.size, family.max_zero + round(0.05 * family.size))
+        assert sorted(ids[redundant[ids]].tolist()) == sorted(top[:share].tolist())
+    assert int((chosen | zero).sum()) == 14
+
+
+def test_family_cap_keeps_candidates_in_priority_order_within_each_quota():
+    model = TinyModel()
+    groups = tiny_groups(model)
+    budget = resolve_budget("groups", 0.5, 0.05, [g.num_params for g in groups], None, None)
+    families = FamilyConstraints(groups, 0, True, budget, tolerance=0.05)  # quotas [1, 6, 1, 6]
+    priority = torch.randperm(NUM_GROUPS, generator=torch.Generator().manual_seed(1))
+    zero = torch.zeros(NUM_GROUPS, dtype=torch.bool)
+    zero[[4, 5]] = True
+    candidates = ~zero
+    allowed = families.cap(candidates, zero, families.family_order(priority))
+    rank = torch.empty_like(priority)
+    rank[priority] = torch.arange(NUM_GROUPS)
+    for family in families.families:
+        ids = torch.tensor(family.group_ids)
+        room = family.max_zero - int(zero[ids].sum())
+        free = ids[candidates[ids]]
+        expected = free[torch.sort(rank[free]).indices][:room]
+        assert sorted(ids[allowed[ids]].tolist()) == sorted(expected.tolist())
+    # A ramp at 40% allows ceil(0.4 * quota) zero groups per family.
+    allowed = families.cap(candidates, zero, families.family_order(priority), progress=0.4)
+    counts = families.zero_counts(allowed | zero).tolist()
+    assert counts == [1, 3, 1, 3]
+
+
+# ----------------------------------------------------------------------------- adaptive lambda schedule
+
+
+@pytest.mark.parametrize("variant, lr", [("sgd", 0.05), ("adamw", 0.01)])
+def test_adaptive_lambda_prunes_progressively_before_the_deadline(variant, lr):
+    """Reference lambda defaults: without the schedule no group projects before the deadline; with it the zero count
+    follows the linear ramp and most of the target is zero before the last pruning step."""
+    before_deadline = {}
+    for schedule in ("constant", "adaptive"):
+        model, groups, optimizer = make(variant=variant, lr=lr, target_sparsity=0.5, lambda_schedule=schedule)
+        target, start, end = optimizer.target_num_zero_groups, 5, optimizer.pruning_end
+        counts = []
+        for step in range(end):
+            train_step(model, optimizer, step)
+            counts.append(optimizer.num_zero_groups())
+            if schedule == "adaptive" and start <= step < end - 1:
+                # Never ahead of the ramp's whole number of groups.
+                assert counts[-1] <= math.ceil(target * (step + 1 - start) / (end - start) - 1e-9)
+        assert counts == sorted(counts) and counts[-1] == target
+        before_deadline[schedule] = counts[end - 2]
+        assert 1 <= float(optimizer.lambda_scale.min()) <= float(optimizer.lambda_scale.max()) <= 1e6
+    assert before_deadline["constant"] == 0
+    assert before_deadline["adaptive"] >= 0.5 * 14
+    # Measured: all 14 groups are zero before step pruning_end - 1 (sgd and adamw), none without the schedule.
+
+
+def test_adaptive_lambda_scale_grows_when_lagging_and_applies_to_the_groups_due():
+    _, _, optimizer = make(target_sparsity=0.5)
+    assert optimizer.lambda_schedule == "constant" and torch.equal(optimizer.lambda_scale, torch.ones(4))
+    runs = {}
+    for growth in (1.0, 2.0):
+        model, _, optimizer = make(target_sparsity=0.5, lambda_schedule="adaptive", lambda_growth=growth)
+        for step in range(7):
+            train_step(model, optimizer, step)
+        runs[growth] = optimizer
+    # Pruning steps 5 and 6 end behind the ramp with nothing zero: the scale doubled twice.
+    assert runs[2.0].num_zero_groups() == 0
+    assert torch.equal(runs[2.0].lambda_scale, torch.full((4,), 4.0))
+    # Step 6 (scale 2, same weights as without growth) scaled only the ceil(14 * 2 / 20) = 2 groups the ramp wants.
+    base, scaled = runs[1.0].lambdas, runs[2.0].lambdas
+    ratio = scaled[base > 0] / base[base > 0]
+    assert sorted(ratio.tolist()) == [1.0] * (len(ratio) - 2) + [2.0] * 2
+    assert set(torch.nonzero(scaled > base).flatten().tolist()) <= set(runs[2.0].redundant_group_ids())
+
+
+# ----------------------------------------------------------------------------- resume and host sync
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"uniform_widths": True, "min_kept_per_family": {"head": 1}, "lambda_schedule": "adaptive"},
+        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "adaptive", "num_partition_periods": 2},
+    ],
+    ids=["uniform", "min-kept-params"],
+)
+def test_resume_with_constraints_and_schedule_is_bit_identical(tmp_path, kwargs):
+    kwargs = {"variant": "adamw", "lr": 0.01, "target_sparsity": 0.6, **kwargs}
+    reference, _, reference_optimizer = make(**kwargs)
+    for step in range(30):
+        train_step(reference, reference_optimizer, step)
+
+    model, _, optimizer = make(**kwargs)
+    for step in range(13):
+        train_step(model, optimizer, step)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    state = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    assert state["dhspg"]["lambda_scale"].shape == (4,) and bool((state["dhspg"]["lambda_scale"] > 1).any())
+
+    resumed, _, resumed_optimizer = make(seed=123, **kwargs)
+    resumed.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    resumed_optimizer.load_state_dict(state)
+    for step in range(13, 30):
+        train_step(resumed, resumed_optimizer, step)
+    for (name, p), q in zip(resumed.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), name
+    assert torch.equal(resumed_optimizer.lambda_scale, reference_optimizer.lambda_scale)
+    assert resumed_optimizer.zero_group_ids() == reference_optimizer.zero_group_ids()
+
+    _, _, other = make(**{**kwargs, "min_kept_per_family": 0, "uniform_widths": False})
+    with pytest.raises(ValueError, match="other family quotas"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"uniform_widths": True, "lambda_schedule": "adaptive"},
+        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "adaptive"},
+    ],
+    ids=["uniform", "min-kept-params"],
+)
+def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
+    model, _, optimizer = make(**EAGER, target_sparsity=0.5, partition_step=2, pruning_end=12, **kwargs)
+    events = {*optimizer.partition_steps, optimizer.pruning_end - 1}
+    for step in range(14):
+        x, y = batch(step)
+        optimizer.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        if step in events:
+            optimizer.step()
+            continue
+        with forbid_host_sync(monkeypatch):
+            optimizer.step()
+    assert optimizer.num_zero_groups() == optimizer.target_num_zero_groups
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"target_sparsity": 0.9, "min_kept_per_family": 1},
+            r"Unreachable target under `min_kept_per_family=1`: the target needs 25 zero groups, but keeping that "
+            r"minimum in every family, at most 24 of the 28 groups can be zero\. Lower `target_sparsity` to at most "
+            r"0\.8571 or lower `min_kept_per_family`",
+        ),
+        (
+            {"target_sparsity": 0.9, "min_kept_per_family": {"neuron": 2}, "uniform_widths": True},
+            r"Unreachable target under `min_kept_per_family=\{'neuron': 2\}`",
+        ),
+        (
+            {"target_sparsity": 0.5, "budget": "params", "min_kept_per_family": {"head": 2, "neuron": 10}},
+            r"the target needs removing 484 \(params\), but .* cost at least 68 \(counting each family's cheapest\)",
+        ),
+        ({"min_kept_per_family": -1}, r"`min_kept_per_family` must be an int >= 0 \(or a dict of kind to int\), got"),
+        ({"min_kept_per_family": {"head": 1.5}}, r"`min_kept_per_family\['head'\]` must be an int >= 0"),
+        ({"min_kept_per_family": {"heads": 1}}, r"unknown kind 'heads'; use kinds among \['channel', 'head', 'neur"),
+        ({"uniform_widths": "yes"}, r"`uniform_widths` must be a bool, got 'yes'"),
+        ({"lambda_schedule": "fast"}, r"`lambda_schedule` must be one of \('adaptive', 'constant'\), got 'fast'"),
+        ({"lambda_growth": 0.5}, r"`lambda_growth` must be a finite number >= 1, got 0.5"),
+        ({"lambda_max_scale": 0.0}, r"`lambda_max_scale` must be a finite number >= 1, got 0.0"),
+    ],
+)  # fmt: skip
+def test_constraint_argument_validation(kwargs, message):
+    model = TinyModel()
+    with pytest.raises(ValueError, match=message):
+        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, **kwargs)
