@@ -1,0 +1,296 @@
+"""write_model_card: the card as plain text, its Hub metadata, the plot, bad input, and the template in a wheel."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, metadata_load
+from transformers import TrainingArguments
+
+from oto_hf import OTOTrainingArguments, construct_subnet, discover_groups, save_pruned
+from oto_hf.model_card import PLOT_NAME, build_model_card, template_path, write_model_card
+from tests.utils.asserts import random_nonuniform_ids
+from tests.utils.tiny_models import CASES
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ["## Base model", "## Task and dataset", "## Method", "## What was removed", "## Size and speed",
+            "## Evaluation", "## How to load", "## Citation"]
+EVAL = {"eval_exact_match": 61.25, "eval_f1": 70.5, "eval_loss": 1.75, "eval_runtime": 3.2, "epoch": 2.0}
+DENSE_EVAL = {"eval_exact_match": 63.0, "eval_f1": 72.0, "eval_loss": 1.5}
+
+
+def _case(name):
+    return next(case for case in CASES if case.name == name)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A BERT pruned non-uniformly (oto_bert config) and a LLaMA pruned uniformly (stock config), both saved."""
+    root = tmp_path_factory.mktemp("cards")
+    torch.manual_seed(0)
+    bert = _case("bert").build().eval()
+    groups = discover_groups(bert)
+    pruned_bert = construct_subnet(bert, groups, random_nonuniform_ids(groups, seed=3))
+    save_pruned(pruned_bert, root / "bert-pruned")
+
+    llama = _case("llama").build().eval()
+    groups = discover_groups(llama)
+    first_of_each = {}
+    for group in groups:
+        first_of_each.setdefault((group.kind, group.layer), group.id)
+    pruned_llama = construct_subnet(llama, groups, sorted(first_of_each.values()))
+    save_pruned(pruned_llama, root / "llama-pruned")
+    return {"bert": (pruned_bert, root / "bert-pruned"), "llama": (pruned_llama, root / "llama-pruned")}
+
+
+@pytest.fixture
+def bert_folder(saved, tmp_path):
+    """A fresh copy of the saved BERT folder (cards are written into it)."""
+    return Path(shutil.copytree(saved["bert"][1], tmp_path / "bert-pruned"))
+
+
+def _oto_args(tmp_path):
+    return OTOTrainingArguments(str(tmp_path / "run"), max_steps=100, learning_rate=3e-5, target_sparsity=0.4,
+                                sparsity_budget="params", hub_token="hf_secret_never_in_cards", report_to=[])
+
+
+def _full_card(folder, model, tmp_path, **overrides):
+    kwargs = dict(model=model, base_model="google-bert/bert-base-uncased", dataset="rajpurkar/squad",
+                  training_args=_oto_args(tmp_path), eval_results=EVAL, dense_eval_results=DENSE_EVAL,
+                  latency_ratio=0.5, metric_source="https://example.org/eval-log", license="apache-2.0")
+    kwargs.update(overrides)
+    return write_model_card(folder, **kwargs)
+
+
+def test_card_text_has_every_section_and_the_right_numbers(saved, bert_folder, tmp_path):
+    model, _ = saved["bert"]
+    record = model.oto_pruning
+    readme = _full_card(bert_folder, model, tmp_path)
+    assert readme == bert_folder / "README.md"
+    text = readme.read_text(encoding="utf-8")
+
+    positions = [text.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)
+    # Sizes: both counts and the ratio, as the pruning record has them.
+    before, after = record["params_before"], record["params_after"]
+    assert f"| parameters | {before:,} | {after:,} | {after / before:.1%} |" in text
+    assert f"| FLOPs | {record['flops_before']:,} | {record['flops_after']:,} |" in text
+    assert f"{1 - after / before:.1%} fewer than the starting model's {before:,}" in text
+    # Groups removed per kind, and kept per layer.
+    heads = [layer for layer in record["layers"] if layer["kind"] == "head"]
+    kept_heads, total_heads = sum(layer["kept"] for layer in heads), sum(layer["total"] for layer in heads)
+    assert f"| attention heads | {record['removed_groups']['head']} | {kept_heads} / {total_heads} |" in text
+    assert record["removed_groups"]["head"] == total_heads - kept_heads
+    for layer in record["layers"]:
+        kind, index, module, kept, total = (layer[key] for key in ("kind", "layer", "module", "kept", "total"))
+        assert f"| {kind} | {index} | `{module}` | {kept} / {total} |" in text
+    # Method and hyper-parameters, with the schedule in steps (as OTOTrainingArguments.pruning_schedule computes it).
+    assert "DHSPG" in text and "| `target_sparsity` | 0.4 |" in text and "| `sparsity_budget` | `params` |" in text
+    assert "| `learning_rate` | 3e-05 |" in text and "| `max_steps` | 100 |" in text
+    partition, end = _oto_args(tmp_path).pruning_schedule(100)
+    assert f"(step {partition})" in text and f"(step {end})" in text
+    assert "hf_secret_never_in_cards" not in text and "hub_token" not in text
+    # Latency and evaluation (Trainer prefixes stripped, runtime/epoch left out, dense side by side).
+    assert "| latency | | | 0.50 (2.00× faster) |" in text
+    assert "| exact_match | 61.25 | 63 | -1.75 |" in text and "| f1 | 70.5 | 72 | -1.5 |" in text
+    assert "| loss | 1.75 | 1.5 | +0.25 |" in text and "runtime" not in text and "| epoch" not in text
+    assert "Source: https://example.org/eval-log" in text
+    # Loading an oto_bert folder: with oto_hf, or with remote code.
+    assert "import oto_hf" in text and "trust_remote_code=True" in text and "modeling_oto_bert.py" in text
+    assert "AutoModelForQuestionAnswering.from_pretrained(model_id)" in text
+    # Citations of OTOv1, v2 and v3.
+    for fact in ("Only Train Once: A One-Shot Neural Network Training And Pruning Framework", "2107.07467",
+                 "Neural Information Processing Systems", "{OTOv2}: Automatic, Generic, User-Friendly",
+                 "Learning Representations", "2312.09411", "Erasing Operators"):
+        assert fact in text
+    # The plot, referenced from the card.
+    assert f"![Groups kept per layer]({PLOT_NAME})" in text
+    png = (bert_folder / PLOT_NAME).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) < 100_000
+
+
+def test_card_metadata_parses_with_huggingface_hub(saved, bert_folder, tmp_path):
+    model, _ = saved["bert"]
+    readme = _full_card(bert_folder, model, tmp_path)
+    metadata = metadata_load(readme)
+    assert metadata["library_name"] == "transformers"
+    assert metadata["base_model"] == "google-bert/bert-base-uncased"
+    assert {"oto_hf", "pruning"} <= set(metadata["tags"])
+    assert metadata["datasets"] == ["rajpurkar/squad"]
+    assert metadata["pipeline_tag"] == "question-answering"  # from the saved class name
+    assert metadata["license"] == "apache-2.0" and metadata["language"] == "en"
+    (entry,) = metadata["model-index"]
+    assert entry["name"] == "bert-pruned"
+    (result,) = entry["results"]
+    assert result["task"]["type"] == "question-answering" and result["dataset"]["type"] == "rajpurkar/squad"
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {"exact_match": 61.25, "f1": 70.5, "loss": 1.75}
+    assert result["source"]["url"] == "https://example.org/eval-log"
+
+    card = ModelCard.load(readme)
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"exact_match": 61.25, "f1": 70.5,
+                                                                            "loss": 1.75}
+    assert card.data.base_model == "google-bert/bert-base-uncased"
+
+
+def test_card_from_config_summary_equals_card_from_model(saved, bert_folder, tmp_path):
+    model, _ = saved["bert"]
+    from_model = _full_card(bert_folder, model, tmp_path).read_text(encoding="utf-8")
+    from_config = _full_card(bert_folder, None, tmp_path).read_text(encoding="utf-8")
+    assert from_config == from_model
+
+
+def test_stock_config_card_loads_with_plain_transformers(saved, tmp_path):
+    _, source = saved["llama"]
+    folder = Path(shutil.copytree(source, tmp_path / "llama-pruned"))
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
+    text = write_model_card(folder, language=None).read_text(encoding="utf-8")
+    assert "oto_hf is not needed" in text and "AutoModelForCausalLM.from_pretrained(model_id)" in text
+    assert "trust_remote_code" not in text and "import oto_hf" not in text
+    metadata = metadata_load(folder / "README.md")
+    assert metadata["pipeline_tag"] == "text-generation" and "language" not in metadata
+    assert "model-index" not in metadata and "model_name" not in metadata
+    assert "| latency | | | not measured |" in text and "The training arguments were not recorded" in text
+    assert "No evaluation results were given" in text
+
+
+def test_training_arguments_of_other_kinds(bert_folder, tmp_path):
+    plain = TrainingArguments(str(tmp_path / "plain"), learning_rate=1e-4, max_steps=7, report_to=[])
+    text = str(build_model_card(bert_folder, training_args=plain))
+    assert "| `learning_rate` | 0.0001 |" in text and "(`TrainingArguments`)" in text
+    assert "The OTO settings (target sparsity, budget, schedule) were not recorded" in text
+
+    text = str(build_model_card(bert_folder, training_args={"target_sparsity": 0.3, "partition_steps": 5,
+                                                             "pruning_end_steps": 20, "max_steps": 40}))
+    assert "| `target_sparsity` | 0.3 |" in text and "chosen at step 5" in text and "zero by step 20" in text
+    assert "were not recorded" not in text
+    assert not (bert_folder / "README.md").exists()  # build_model_card writes nothing
+
+
+def test_model_index_needs_task_and_dataset(bert_folder, caplog):
+    with caplog.at_level(logging.WARNING, logger="oto_hf.model_card"):
+        readme = write_model_card(bert_folder, eval_results={"f1": 70.5})
+    assert "model-index" not in metadata_load(readme) and "| f1 | 70.5 |" in readme.read_text(encoding="utf-8")
+    assert "needs both `task` and `dataset`" in caplog.text
+
+
+def test_without_matplotlib_the_card_has_no_plot(bert_folder, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with caplog.at_level(logging.WARNING, logger="oto_hf.model_card"):
+        readme = write_model_card(bert_folder)
+    assert "matplotlib" in caplog.text
+    assert not (bert_folder / PLOT_NAME).exists()
+    assert PLOT_NAME not in readme.read_text(encoding="utf-8")
+
+
+def _folder_without_summary(bert_folder):
+    config = json.loads((bert_folder / "config.json").read_text())
+    del config["oto_pruning_summary"]
+    (bert_folder / "config.json").write_text(json.dumps(config))
+    return bert_folder
+
+
+@pytest.mark.parametrize(
+    "make_folder, kwargs, match",
+    [
+        (lambda f: f / "missing", {}, "is not a folder"),
+        (lambda f: (f / "config.json").unlink() or f, {}, "has no config.json"),
+        (lambda f: (f / "config.json").write_text("{not json") and f, {}, "is not valid JSON"),
+        (_folder_without_summary, {}, "no `oto_pruning_summary`"),
+        (lambda f: f, {"model": torch.nn.Linear(2, 2)}, "has no `oto_pruning` record"),
+        (lambda f: f, {"eval_results": {"f1": "high"}}, r"`eval_results\['f1'\]` must be a finite number"),
+        (lambda f: f, {"eval_results": [0.5]}, "must be a dict"),
+        (lambda f: f, {"dense_eval_results": {"f1": 1.0}}, "without `eval_results`"),
+        (lambda f: f, {"latency_ratio": -1.0}, "`latency_ratio` must be a positive number"),
+        (lambda f: f, {"training_args": 3}, "`training_args` must be"),
+        (lambda f: f, {"base_model": ""}, "`base_model` must be a non-empty string"),
+    ],
+    ids=["missing", "no-config", "bad-json", "no-summary", "not-pruned-model", "metric-type", "results-type",
+         "dense-only", "latency", "args-type", "empty-base-model"],
+)
+def test_bad_input_is_a_clear_value_error(bert_folder, make_folder, kwargs, match):
+    folder = make_folder(bert_folder)
+    with pytest.raises(ValueError, match=match):
+        write_model_card(folder, **kwargs)
+    assert not (bert_folder / "README.md").exists() and not (bert_folder / PLOT_NAME).exists()
+
+
+def test_template_is_found_in_the_source_tree():
+    assert template_path() == REPO / "model_cards" / "pruned_model_card.md"
+
+
+def test_template_ships_in_the_wheel(saved, tmp_path):
+    """Build a wheel, install it in a fresh venv, and render a card there, outside the repository."""
+    source = tmp_path / "src"  # build from a copy: the build writes build/ and *.egg-info next to the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("oto_hf", "model_cards"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    # With setuptools here, build offline; without it (Python >= 3.12 venvs), pip fetches it from the package index.
+    isolation = ["--no-build-isolation"] if _has_setuptools() else []
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp_path / "dist"),
+         str(source)],
+        capture_output=True, text=True, timeout=240,
+    )
+    if build.returncode != 0 and not isolation:
+        pytest.skip(f"setuptools is not installed here and could not be fetched to build the wheel: {build.stderr}")
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("oto_hf-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-compile", "--quiet",
+         str(wheel)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert install.returncode == 0, install.stderr
+    # torch, transformers & co. live in this test's environment, which may itself be a venv: make them visible to
+    # the new venv (its --system-site-packages only reaches the base interpreter). Only the path is added, so the
+    # editable install's import hook (a .pth file there) is not run and oto_hf comes from the wheel.
+    site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    outer = [path for path in sys.path if path.endswith("site-packages") and Path(path).is_dir()]
+    Path(site_packages, "_outer_environment.pth").write_text("\n".join(outer) + "\n")
+
+    folder = Path(shutil.copytree(saved["bert"][1], tmp_path / "card-from-wheel"))
+    script = textwrap.dedent(
+        f"""
+        import json, oto_hf
+        from oto_hf.model_card import template_path, write_model_card
+        readme = write_model_card({str(folder)!r}, base_model="google-bert/bert-base-uncased")
+        print(json.dumps({{"oto_hf": oto_hf.__file__, "template": str(template_path()), "readme": str(readme)}}))
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(result["oto_hf"]).resolve().is_relative_to(venv.resolve())
+    assert Path(result["template"]).resolve().is_relative_to(venv.resolve())
+    assert Path(result["template"]).read_text() == (REPO / "model_cards" / "pruned_model_card.md").read_text()
+    text = Path(result["readme"]).read_text(encoding="utf-8")
+    assert "## How to load" in text
+    assert metadata_load(result["readme"])["base_model"] == "google-bert/bert-base-uncased"
+
+
+def _has_setuptools() -> bool:
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
