@@ -1,0 +1,1 @@
+"""Graph analysis: tracing, channel propagation and zero-invariant groups."""
