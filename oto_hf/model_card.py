@@ -312,15 +312,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 def _pruning_record(folder: Path, model: Any, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pruning figures: `model.oto_pruning` when a model is given, else `oto_pruning_summary` of config.json."""
-    if model is not None:
-        record = getattr(model, "oto_pruning", None)
-        if not isinstance(record, Mapping):
-            raise ValueError(
-                f"`model` ({type(model).__name__}) has no `oto_pruning` record: it was not made by "
-                "`construct_subnet`. Pass the pruned model, or `model=None` to use config.json."
-            )
+    if model is not None and isinstance(getattr(model, "oto_pruning", None), Mapping):
+        record = model.oto_pruning
         source = "`model.oto_pruning`"
-    else:
+    else:  # no model, or one reloaded from a folder: the summary save_pruned wrote
         record = (config if config is not None else _read_config(folder)).get("oto_pruning_summary")
         if not isinstance(record, Mapping):
             raise ValueError(

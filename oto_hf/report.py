@@ -33,17 +33,26 @@ def measure_latency(model: nn.Module, example_inputs: Any, repeats: int = 20, wa
 
 
 def dense_reference(pruned: nn.Module) -> nn.Module:
-    """The unpruned architecture of `pruned` (stock class from its config, random weights), for latency and FLOPs."""
+    """The unpruned architecture of `pruned` (its stock class, random weights), for latency and FLOPs.
+
+    The widths come from the unpruned config that `save_pruned` records in `oto_pruning_summary` (a stock config of
+    a uniformly pruned model already holds the pruned widths), else from the model's config.
+    """
     config = getattr(pruned, "config", None)
+    if config is None:
+        raise ValueError("dense_reference needs a transformers model with a config; pass the dense model instead.")
     base = type(pruned)
     while getattr(base, "__name__", "").startswith("OTO") and len(base.__mro__) > 2:
         base = base.__mro__[2]  # OTO<Name> derives from (PrunedModelMixin, <Name>)
-    if config is None:
-        raise ValueError("dense_reference needs a transformers model with a config; pass the dense model instead.")
-    stock = copy.deepcopy(config)
-    for key in ("oto_tensor_shapes", "oto_module_attributes"):
-        if hasattr(stock, key):
-            delattr(stock, key)
+    summary = getattr(config, "oto_pruning_summary", None) or {}
+    if summary.get("dense_config"):
+        values = {k: v for k, v in summary["dense_config"].items() if k not in ("model_type", "transformers_version")}
+        stock = base.config_class(**values)
+    else:
+        stock = copy.deepcopy(config)
+        for key in ("oto_tensor_shapes", "oto_module_attributes"):
+            if hasattr(stock, key):
+                delattr(stock, key)
     return base(stock).to(next(pruned.parameters()).device).eval()
 
 
@@ -52,7 +61,7 @@ def compression_report(
 ) -> dict[str, Any]:
     """Parameters, FLOPs and median latency of `dense` and `pruned` on the same inputs, plus kept widths per layer.
 
-    The latency ratio (pruned / dense) is measured here, in one run, alternating nothing else between the two.
+    The latency ratio (pruned / dense) is measured here, in one run: the median over interleaved rounds of both.
     """
     record = getattr(pruned, "oto_pruning", None) or getattr(getattr(pruned, "config", None), "oto_pruning_summary", {})
     report: dict[str, Any] = {
@@ -63,9 +72,12 @@ def compression_report(
     }
     report["params_ratio"] = report["params_pruned"] / report["params_dense"]
     report["flops_ratio"] = report["flops_pruned"] / report["flops_dense"] if report["flops_dense"] else None
-    report["latency_dense_ms"] = measure_latency(dense, example_inputs, latency_repeats)
-    report["latency_pruned_ms"] = measure_latency(pruned, example_inputs, latency_repeats)
-    report["latency_ratio"] = report["latency_pruned_ms"] / report["latency_dense_ms"]
+    # Interleaved rounds, so that load changes on the machine hit both models alike.
+    rounds = [(measure_latency(dense, example_inputs, 5), measure_latency(pruned, example_inputs, 5))
+              for _ in range(max(1, latency_repeats // 5))]
+    report["latency_dense_ms"] = statistics.median(d for d, _ in rounds)
+    report["latency_pruned_ms"] = statistics.median(p for _, p in rounds)
+    report["latency_ratio"] = statistics.median(p / d for d, p in rounds)
     report["removed_groups"] = record.get("removed_groups", {})
     report["kept_per_layer"] = [
         {key: layer[key] for key in ("kind", "layer", "module", "kept", "total")} for layer in record.get("layers", [])

@@ -95,7 +95,7 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     stock = _stock_config(model, record)
     if stock is not None:
         stock.oto_hf_version = __version__
-        stock.oto_pruning_summary = _summary(record)
+        stock.oto_pruning_summary = _summary(record, base_config)
         return stock, None
     model_type = base_config.model_type.removeprefix("oto_")
     config_class = register_pruned_architecture(model_type)
@@ -104,7 +104,7 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     setattr(config, TENSOR_SHAPES_KEY, _relative_names(model, record["tensor_shapes"]))
     setattr(config, MODULE_ATTRIBUTES_KEY, _relative_names(model, record["module_attributes"], modules=True))
     config.oto_hf_version = __version__
-    config.oto_pruning_summary = _summary(record)
+    config.oto_pruning_summary = _summary(record, base_config)
     module = _remote_module_name(model_type)
     classes = model_classes_for(model_type)
     config.auto_map = {"AutoConfig": f"{module}.{config_class.__name__}"}
@@ -112,10 +112,13 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     return config, [f"OTO{type(model).__name__.removeprefix('OTO')}"]
 
 
-def _summary(record: dict) -> dict[str, Any]:
-    """What was removed, for model cards and reports of the reloaded model (`config.oto_pruning_summary`)."""
+def _summary(record: dict, dense_config: Any) -> dict[str, Any]:
+    """What was removed, and the unpruned config, for cards and reports of the reloaded model."""
     keys = ("removed_groups", "layers", "params_before", "params_after", "flops_before", "flops_after")
-    return {key: record.get(key) for key in keys}
+    summary = {key: record.get(key) for key in keys}
+    dense = dense_config.to_dict()
+    summary["dense_config"] = {k: v for k, v in dense.items() if not k.startswith("oto_") and k != "auto_map"}
+    return summary
 
 
 def _stock_config(model: PreTrainedModel, record: dict) -> Any | None:

@@ -234,6 +234,10 @@ def _group_flops(model: nn.Module, groups: GroupSet, example_inputs: Any) -> tup
     try:
         meta = _meta_copy(model)
         inputs = _to_device(example_inputs, torch.device("meta"))
+        if isinstance(inputs, dict):
+            # transformers reads padding masks back to the host (`.item()`), which meta tensors cannot do; a mask
+            # does not change the FLOPs of the layers.
+            inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
         dense = count_flops(meta, inputs)
     except Exception as error:  # FLOP counting is informative; never block training on it
         logger.warning(f"Could not count FLOPs ({error}); `kept_flops` will not be logged.")

@@ -204,7 +204,6 @@ def _folder_without_summary(bert_folder):
         (lambda f: (f / "config.json").unlink() or f, {}, "has no config.json"),
         (lambda f: (f / "config.json").write_text("{not json") and f, {}, "is not valid JSON"),
         (_folder_without_summary, {}, "no `oto_pruning_summary`"),
-        (lambda f: f, {"model": torch.nn.Linear(2, 2)}, "has no `oto_pruning` record"),
         (lambda f: f, {"eval_results": {"f1": "high"}}, r"`eval_results\['f1'\]` must be a finite number"),
         (lambda f: f, {"eval_results": [0.5]}, "must be a dict"),
         (lambda f: f, {"dense_eval_results": {"f1": 1.0}}, "without `eval_results`"),
@@ -212,7 +211,7 @@ def _folder_without_summary(bert_folder):
         (lambda f: f, {"training_args": 3}, "`training_args` must be"),
         (lambda f: f, {"base_model": ""}, "`base_model` must be a non-empty string"),
     ],
-    ids=["missing", "no-config", "bad-json", "no-summary", "not-pruned-model", "metric-type", "results-type",
+    ids=["missing", "no-config", "bad-json", "no-summary", "metric-type", "results-type",
          "dense-only", "latency", "args-type", "empty-base-model"],
 )
 def test_bad_input_is_a_clear_value_error(bert_folder, make_folder, kwargs, match):
@@ -220,6 +219,12 @@ def test_bad_input_is_a_clear_value_error(bert_folder, make_folder, kwargs, matc
     with pytest.raises(ValueError, match=match):
         write_model_card(folder, **kwargs)
     assert not (bert_folder / "README.md").exists() and not (bert_folder / PLOT_NAME).exists()
+
+
+def test_a_reloaded_model_falls_back_to_the_saved_summary(bert_folder):
+    reloaded = torch.nn.Linear(2, 2)  # like a model loaded from the folder: no `oto_pruning` attribute
+    with_model = write_model_card(bert_folder, model=reloaded).read_text()
+    assert with_model == write_model_card(bert_folder).read_text()
 
 
 def test_template_is_found_in_the_source_tree():
