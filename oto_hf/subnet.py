@@ -103,7 +103,9 @@ def construct_subnet(
         flops_after=flops_after,
     )
     result.oto_pruning = record
-    logger.info(
+    # Meta-device calls (e.g. FLOP costs per block) are bookkeeping, not pruning: keep them out of the INFO log.
+    logger.log(
+        logging.DEBUG if on_meta else logging.INFO,
         "Removed %d groups: %s -> %s parameters%s",
         len(ids),
         f"{params_before:,}",
