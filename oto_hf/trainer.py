@@ -87,7 +87,8 @@ class OTOTrainer(Trainer):
             return self.optimizer
         opt_model = self.model if model is None else model
         args = self.args
-        steps = self._num_training_steps or args.max_steps
+        # transformers 5.23 may call create_optimizer() directly, after setting state.max_steps from the epochs.
+        steps = self._num_training_steps or getattr(self.state, "max_steps", 0) or args.max_steps
         if steps is None or steps <= 0:
             raise ValueError("OTOTrainer needs the number of training steps: set `max_steps` or a sized train dataset.")
         partition_step, pruning_end = args.pruning_schedule(steps)

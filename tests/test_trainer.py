@@ -184,3 +184,11 @@ def test_heads_whose_loss_ignores_num_items_in_batch(tmp_path):
     causal = OTOTrainer(LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)), tiny_args(str(tmp_path)),
                         train_dataset=LanguageModelling())
     assert causal.model_accepts_loss_kwargs is True
+
+
+def test_training_by_epochs(tmp_path):
+    args = tiny_args(str(tmp_path), max_steps=-1, num_train_epochs=3, partition_steps=0, pruning_end_steps=0,
+                     partition_ratio=0.1, pruning_end_ratio=0.5)
+    trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
+    trainer.train()  # 64 examples / 8 = 8 steps per epoch, 24 steps
+    assert _zero_count(trainer) == round(0.3 * len(trainer.groups))
