@@ -73,7 +73,7 @@ def construct_subnet(
         changed module attributes, the groups kept per layer, and parameters/FLOPs before and after.
     """
     ids = groups.check_ids(groups.zero_group_ids(model) if group_ids is None else group_ids)
-    families = _families(groups)
+    families = groups.families()
     _check_empty_layers(groups, families, ids, allow_empty_layers)
     result = model if inplace else copy.deepcopy(model)
     inputs = groups.example_inputs if example_inputs is None else example_inputs
@@ -116,13 +116,6 @@ def construct_subnet(
 
 
 # ---- families: groups that share the same tensors (the heads of one layer, the neurons of one FFN) -------------------
-def _families(groups: GroupSet) -> dict[tuple, list[ZeroInvariantGroup]]:
-    families: dict[tuple, list[ZeroInvariantGroup]] = defaultdict(list)
-    for group in groups:
-        families[tuple(sorted((s.name, s.dim) for s in group.slices))].append(group)
-    return families
-
-
 def _check_empty_layers(groups: GroupSet, families: dict, ids: list[int], allow: bool) -> None:
     if allow:
         return

@@ -244,14 +244,11 @@ def _group_flops(model: nn.Module, groups: GroupSet, example_inputs: Any) -> tup
         logger.warning(f"Could not count FLOPs ({error}); `kept_flops` will not be logged.")
         return 0, [0] * len(groups)
     costs = [0] * len(groups)
-    families: dict[tuple, list[int]] = {}
-    for group in groups:
-        families.setdefault(tuple(sorted((s.name, s.dim) for s in group.slices)), []).append(group.id)
-    for members in families.values():
-        smaller = construct_subnet(meta, groups, members[:1], verify=False, allow_empty_layers=True)
+    for members in groups.families().values():
+        smaller = construct_subnet(meta, groups, [members[0].id], verify=False, allow_empty_layers=True)
         per_group = dense - count_flops(smaller, inputs)
-        for group_id in members:
-            costs[group_id] = per_group
+        for group in members:
+            costs[group.id] = per_group
     return dense, costs
 
 

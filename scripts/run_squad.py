@@ -484,8 +484,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
 def _set_max_steps(trainer: OTOTrainer) -> None:
     """Turn `num_train_epochs` into `max_steps`, as `Trainer.set_initial_training_values` does.
 
-    OTOTrainer needs the step count when it builds DHSPG (the pruning schedule is in steps), and transformers 5.23
-    builds the optimizer without passing it. Remove once `OTOTrainer.create_optimizer` reads `self.state.max_steps`.
+    The pruning schedule is in steps: knowing them before training lets the script log when groups are chosen and
+    by which step the target is exactly zero.
     """
     args = trainer.args
     if args.max_steps > 0:

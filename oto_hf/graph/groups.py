@@ -110,6 +110,13 @@ class GroupSet(Sequence[ZeroInvariantGroup]):
             table[group.layer][group.kind] += 1
         return {layer: dict(counter) for layer, counter in table.items()}
 
+    def families(self) -> dict[tuple, list[ZeroInvariantGroup]]:
+        """Groups that share the same tensors (the heads of one layer, the neurons of one FFN), keyed by them."""
+        families: dict[tuple, list[ZeroInvariantGroup]] = defaultdict(list)
+        for group in self.groups:
+            families[tuple(sorted((s.name, s.dim) for s in group.slices))].append(group)
+        return dict(families)
+
     def summary(self) -> str:
         """A readable table: groups per layer and kind, then the unprunable components with their reasons."""
         lines = [f"GroupSet: {len(self)} groups ({_format_counts(self.counts())}), {self.num_params:,} parameters"]
