@@ -16,14 +16,12 @@ from transformers import PreTrainedModel
 from . import __version__
 from .models import model_classes_for, register_pruned_architecture
 from .models import pruned as pruned_module
-from .models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY
+from .models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY, get_module_attribute
+from .subnet import FFN_CONFIG_KEYS, HEAD_CONFIG_KEYS
 
 
 logger = logging.getLogger(__name__)
 
-# Config keys that hold the width of feed-forward blocks, and the number of heads, in common architectures.
-FFN_CONFIG_KEYS = ("intermediate_size", "n_inner", "hidden_dim", "ffn_dim", "decoder_ffn_dim", "encoder_ffn_dim")
-HEAD_CONFIG_KEYS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "num_key_value_heads")
 
 
 def save_pruned(
@@ -164,7 +162,7 @@ def _matches(model: PreTrainedModel, config: Any, record: dict) -> bool:
     for module_name, values in record["module_attributes"].items():
         module = modules.get(module_name)
         for attr, value in values.items():
-            current = getattr(module, attr, None)
+            current = get_module_attribute(module, attr) if module is not None else None
             if (list(current) if isinstance(current, tuple) else current) != value:
                 return False
     return True

@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .graph.groups import GroupSet, ZeroInvariantGroup
+from .models.pruned import CONFIG_PREFIX, get_module_attribute, set_module_attribute
 from .stats import count_parameters, forward_outputs
 
 
@@ -32,6 +34,9 @@ HEAD_ATTRIBUTES = (
 )
 # Integer attributes of feed-forward modules that hold their hidden width.
 NEURON_ATTRIBUTES = ("intermediate_size", "ffn_dim", "n_inner")
+# Config keys that hold the number of heads, and the width of feed-forward blocks, in common architectures.
+HEAD_CONFIG_KEYS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "num_key_value_heads")
+FFN_CONFIG_KEYS = ("intermediate_size", "n_inner", "hidden_dim", "ffn_dim", "decoder_ffn_dim", "encoder_ffn_dim")
 
 
 class SubnetMismatchError(RuntimeError):
@@ -221,20 +226,31 @@ def _layer_widths(module: nn.Module) -> dict[str, Any]:
 
 
 def _scale_block_attributes(model: nn.Module, members: list[ZeroInvariantGroup], kept: int, attributes: dict) -> None:
-    """Scale head counts (or FFN widths) of the modules that own a family's tensors."""
-    names = HEAD_ATTRIBUTES if members[0].kind == "head" else NEURON_ATTRIBUTES
+    """Scale head counts (or FFN widths) of the modules that own a family's tensors, and of their own configs."""
+    kind = members[0].kind
+    names = HEAD_ATTRIBUTES if kind == "head" else NEURON_ATTRIBUTES
+    config_keys = HEAD_CONFIG_KEYS if kind == "head" else FFN_CONFIG_KEYS
     prefix = _common_module(members[0])
     total = len(members)
     for module_name, module in model.named_modules():
-        if module_name != prefix and not module_name.startswith(prefix + ".") and prefix:
-            continue
-        for attr in names:
-            value = getattr(module, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0 and (value * kept) % total == 0:
-                scaled = value * kept // total
-                if scaled != value:
-                    setattr(module, attr, scaled)
-                    attributes[module_name][attr] = scaled
+        if not prefix or module_name == prefix or module_name.startswith(prefix + "."):
+            for attr in names:
+                _scale(module_name, module, attr, kept, total, attributes)
+            config = getattr(module, "config", None)
+            if prefix and isinstance(config, PretrainedConfig) and not isinstance(module, PreTrainedModel):
+                # Layers that read widths from the shared config at every forward (fused qkv split points, modules
+                # rebuilt from the config) get their own copy with their own widths.
+                for key in config_keys:
+                    _scale(module_name, module, CONFIG_PREFIX + key, kept, total, attributes)
+
+
+def _scale(module_name: str, module: nn.Module, attr: str, kept: int, total: int, attributes: dict) -> None:
+    value = get_module_attribute(module, attr)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0 and (value * kept) % total == 0:
+        scaled = value * kept // total
+        if scaled != value:
+            set_module_attribute(module, attr, scaled)
+            attributes[module_name][attr] = scaled
 
 
 def _common_module(group: ZeroInvariantGroup) -> str:
@@ -271,7 +287,9 @@ def _snapshot(model: nn.Module, groups: GroupSet, ids: list[int]) -> dict:
     return {
         "tensors": [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()],
         "values": [(params[name], params[name].detach().clone()) for name in touched],
-        "attributes": [(m, {k: v for k, v in vars(m).items() if isinstance(v, (int, tuple))}) for m in model.modules()],
+        "attributes": [
+            (m, {k: v for k, v in vars(m).items() if isinstance(v, (int, tuple, PretrainedConfig))}) for m in model.modules()
+        ],
     }
 
 

@@ -72,13 +72,40 @@ def export_model(model: nn.Module, example_inputs: Any) -> torch.export.Exported
     with eval_mode(model):
         try:
             return torch.export.export(model, args, kwargs, strict=False)
-        except Exception as error:  # torch.export raises many types; re-raise with what to do about it
-            raise RuntimeError(
-                f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}\n"
-                "oto_hf discovers groups from the exported graph. Check that `example_inputs` are valid inputs for "
-                "the model's forward (a dict of keyword arguments), and that the forward has no data-dependent "
-                "Python control flow."
+        except Exception as error:  # torch.export raises many types; re-raise with where and what to do about it
+            where = failing_module(model, error)
+            inside = f" inside module '{where[0]}' ({where[1]})" if where else ""
+            raise TracingError(
+                f"torch.export could not trace {type(model).__name__}{inside}: {type(error).__name__}: "
+                f"{_first_lines(error)}\n"
+                "oto_hf discovers groups from the exported graph, so it cannot analyse this model as it is. Check that "
+                "`example_inputs` are valid inputs for the model's forward (a dict of keyword arguments). If the module "
+                "itself cannot be traced (data-dependent Python control flow, unsupported tensor ops), wrap it in a "
+                "custom op (`torch.library.custom_op`) and register a rule for that op with "
+                "`oto_hf.register_op_rule(op, oto_hf.rules.unsupported)`: its tensors are then left out of every group."
             ) from error
+
+
+class TracingError(RuntimeError):
+    """`torch.export` failed on the model: the message names the module where it failed and what to do."""
+
+
+def failing_module(model: nn.Module, error: BaseException) -> tuple[str, str] | None:
+    """(path, class name) of the innermost submodule of `model` whose code was running when `error` was raised."""
+    names = {id(module): name for name, module in model.named_modules()}
+    found = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        owner = traceback.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = (names[id(owner)] or "<root>", type(owner).__name__)
+        traceback = traceback.tb_next
+    return found
+
+
+def _first_lines(error: BaseException, count: int = 3) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return "\n".join(lines[:count])
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,9 @@ from transformers.utils import logging as hf_logging
 from .channels import ChannelRegistry
 from .labels import Label, TensorRef, labeled_ids, varies_along
 from .rules import RuleContext, module_path, rule_for, unsupported
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,11 +76,25 @@ def _run(
             continue
         forbidden: set[int] = set()
         rule = rule_for(node.target) or unsupported
-        label = rule(RuleContext(node, labels, result.registry, forbidden))
+        try:
+            label = rule(RuleContext(node, labels, result.registry, forbidden))
+        except Exception as error:  # a rule that cannot follow this node: keep its channels out of every group
+            label = _rule_failed(node, labels, result.registry, error)
         labels[node] = label
         for item in (label if isinstance(label, tuple) else (label,)):
             if isinstance(item, torch.Tensor) and item.numel():
                 result.values.append((node, item, frozenset(forbidden)))
+    return None
+
+
+def _rule_failed(node: fx.Node, labels: dict[fx.Node, Label], registry: ChannelRegistry, error: Exception) -> Label:
+    """Everything flowing into a node whose rule raised stays unprunable, with the error as the reason."""
+    message = " ".join(str(error).split())[:200]
+    logger.warning("Channel propagation failed at node %r (%s): %s", node.name, node.target, message)
+    ctx = RuleContext(node, labels, registry, set())
+    for arg in ctx.tensor_args():
+        ctx.poison(ctx.label(arg), f"the propagation rule failed ({type(error).__name__}: {message}); register a "
+                                   "rule with oto_hf.register_op_rule")
     return None
 
 

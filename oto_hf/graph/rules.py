@@ -187,6 +187,8 @@ def elementwise(ctx: RuleContext) -> Label:
                 ctx.forbid(d)
     for ref, shape in refs:
         offset = rank - len(shape)
+        if _shared(out, ref, offset):
+            continue  # the same entries meet different channels along a broadcast dim (e.g. a per-head norm's weight)
         for i in ref.channel_dims():
             d = i + offset
             if varies_along(out, d):
@@ -210,7 +212,11 @@ def movement(ctx: RuleContext) -> Label:
     replaced = {a: ctx.dense(a) for a in args}
     call_args = fx.node.map_arg(ctx.node.args, lambda n: replaced.get(n, n))
     call_kwargs = fx.node.map_arg(ctx.node.kwargs, lambda n: replaced.get(n, n))
-    result = ctx.node.target(*call_args, **call_kwargs)
+    target = ctx.node.target
+    if target in (aten.view.default, aten._unsafe_view.default):
+        # Labels need not share the strides of the values they describe (e.g. after `contiguous`): reshape them.
+        target = aten.reshape.default
+    result = target(*call_args, **call_kwargs)
     if isinstance(result, (list, tuple)):
         return tuple(r.clone() if isinstance(r, torch.Tensor) else None for r in result)
     return result.clone()
@@ -269,7 +275,7 @@ def reduction(ctx: RuleContext) -> Label:
     dims = list(range(dense.dim())) if dims is None or dims == [] else ([dims] if isinstance(dims, int) else list(dims))
     dims = sorted(d % max(dense.dim(), 1) for d in dims)
     if any(varies_along(dense, d) for d in dims):
-        ctx.poison(dense, "reduction over a channel dimension")
+        dense = tie_reduced(ctx, dense, dims, "reduction over a channel dimension")
     reduced = dense
     for d in dims:
         reduced = reduced.narrow(d, 0, 1)
@@ -369,7 +375,10 @@ def matmul(ctx: RuleContext) -> Label:
         return _weighted(ctx, a, lb, in_dim=0, out_dim=1, bias_arg=None)
     if isinstance(la, TensorRef) or isinstance(lb, TensorRef):
         return unsupported(ctx)
-    return contract(ctx, ctx.dense(a), ctx.dense(b), ctx.out_shape)
+    dense_a, dense_b = ctx.dense(a), ctx.dense(b)
+    for label in (dense_a, dense_b):  # two activations contracted: attention scores or their use (eager attention)
+        ctx.registry.mark_attention(label)
+    return contract(ctx, dense_a, dense_b, ctx.out_shape)
 
 
 def contract(ctx: RuleContext, a: torch.Tensor, b: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -484,8 +493,11 @@ def layer_norm(ctx: RuleContext, normalised_dims: list[int] | None = None) -> La
     for ref in (ctx.label(a) for a in ctx.tensor_args()[1:]):
         if not isinstance(ref, TensorRef):
             continue
+        offset = dense.dim() - len(ref.shape)
         for i in ref.channel_dims():  # affine parameters join the channels they scale
-            d = dense.dim() - len(ref.shape) + i if normalised_dims is not None else 1
+            d = offset + i if normalised_dims is not None else 1
+            if normalised_dims is not None and _shared(dense, ref, offset):
+                continue  # one parameter for every head (a per-head norm): kept, never sliced
             if varies_along(dense, d):
                 ctx.registry.union_along(dense, d, ref.elements(ctx.registry, i))
             else:
@@ -494,9 +506,26 @@ def layer_norm(ctx: RuleContext, normalised_dims: list[int] | None = None) -> La
         return (None,) + extra if extra else None
     if normalised_dims is None:
         normalised_dims = list(range(1, dense.dim()))
-    if any(varies_along(dense, d % dense.dim()) for d in normalised_dims):
-        ctx.poison(dense, "normalisation over a channel dimension")
+    normalised_dims = sorted(d % dense.dim() for d in normalised_dims)
+    if any(varies_along(dense, d) for d in normalised_dims):
+        dense = tie_reduced(ctx, dense, normalised_dims, "normalisation over a channel dimension")
     return (dense,) + extra if extra else dense
+
+
+def tie_reduced(ctx: RuleContext, dense: torch.Tensor, dims: list[int], why: str) -> torch.Tensor:
+    """Entries reduced together (a norm's statistics) must be removed together: tie each reduced slice.
+
+    This keeps per-head norms (QK-norm over `head_dim`) prunable by whole heads: the slices are heads, and removing
+    one leaves the statistics of the others unchanged. A reduction over every channel of the tensor (LayerNorm over
+    the hidden size), or over channels mixed with plain data, leaves its channels unprunable instead.
+    """
+    high = dense.amax(dim=dims, keepdim=True)
+    low = dense.amin(dim=dims, keepdim=True)
+    if bool((low < 0).logical_and(high >= 0).any()) or not any(varies_along(high, d) for d in range(high.dim())):
+        ctx.poison(dense, why)
+        return dense
+    ctx.registry.union(dense, high)
+    return high.expand_as(dense).clone()
 
 
 def _layer_norm(ctx: RuleContext) -> Label:
@@ -518,6 +547,22 @@ def getitem(ctx: RuleContext) -> Label:
 def _aligned(shape: tuple[int, ...], rank: int) -> Iterator[tuple[int, int]]:
     offset = rank - len(shape)
     return ((i + offset, n) for i, n in enumerate(shape))
+
+
+def _shared(label: torch.Tensor, ref: TensorRef, offset: int) -> bool:
+    """Whether the parameter `ref` (aligned at `offset`) is broadcast along a dim where `label`'s channels vary.
+
+    Such a parameter serves several channels with each entry: removing one of them must keep it whole. Only dims
+    that carry channels matter: a conv bias broadcast over pixels is not shared.
+    """
+    if not ref.channel_dims():
+        return False
+    for d in range(label.dim()):
+        i = d - offset
+        broadcast = i < 0 or ref.dims[i] is None or ref.shape[i] == 1
+        if broadcast and varies_along(label, d):
+            return True
+    return False
 
 
 def _broadcast_ref(ref: TensorRef, shape: tuple[int, ...], out_shape: tuple[int, ...]) -> TensorRef:

@@ -7,6 +7,7 @@ transformers.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 TENSOR_SHAPES_KEY = "oto_tensor_shapes"
 MODULE_ATTRIBUTES_KEY = "oto_module_attributes"
+CONFIG_PREFIX = "config."  # a recorded attribute `config.<key>`: the key in the module's own copy of the config
 
 
 def pruned_config_class(base: type) -> type:
@@ -81,7 +83,27 @@ def resize_to_config(model: nn.Module, config: Any) -> None:
         module = modules.get(_resolve(model, module_name, modules))
         if module is not None:
             for attr, value in values.items():
-                setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+                set_module_attribute(module, attr, tuple(value) if isinstance(value, list) else value)
+
+
+def set_module_attribute(module: nn.Module, attr: str, value: Any) -> None:
+    """`setattr`, where `config.<key>` gives the module its own copy of the config with `key` set.
+
+    Some layers read their widths from the (shared) config at every forward, e.g. the split points of a fused qkv
+    projection; a private copy lets each layer keep its own number of heads.
+    """
+    key = attr.removeprefix(CONFIG_PREFIX)
+    if key == attr:
+        setattr(module, attr, value)
+        return
+    config = copy.copy(module.config)
+    setattr(config, key, value)
+    module.config = config
+
+
+def get_module_attribute(module: nn.Module, attr: str) -> Any:
+    key = attr.removeprefix(CONFIG_PREFIX)
+    return getattr(getattr(module, "config", None), key, None) if key != attr else getattr(module, attr, None)
 
 
 def _resolve(model: nn.Module, name: str, modules: dict[str, nn.Module]) -> str | None:
