@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from accelerate.logging import get_logger
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from .bottlenecks import bottleneck_families
+from .distillation import distillation_loss, freeze, load_teacher
 from .graph.discover import discover_groups
 from .graph.export import default_example_inputs, eval_mode
 from .graph.groups import GroupSet
@@ -29,6 +32,11 @@ class OTOTrainer(Trainer):
     """`Trainer` with Only-Train-Once: discovers the model's zero-invariant groups, trains with DHSPG so that exactly
     the target is zero by `pruning_end`, logs the sparsity, and saves the physically smaller model.
 
+    Families whose removal would disconnect the output from the input (found by `bottleneck_families`, e.g. the dense
+    layer of a classifier's pooler) always keep a group. With `args.distillation`, the loss mixes the task's with a
+    distillation loss from a frozen teacher (the dense starting model, a saved model, or `teacher`); the teacher runs
+    in eval mode without gradients and is never saved.
+
     Args:
         model (`PreTrainedModel` or `nn.Module`): the model to train and prune.
         args (`OTOTrainingArguments` or `TrainingArguments`, *optional*): plain `TrainingArguments` are upgraded with
@@ -36,6 +44,7 @@ class OTOTrainer(Trainer):
         groups (`GroupSet`, *optional*): groups to prune; discovered from the model (traced on one training example
             when a train dataset is given, else on inputs derived from its config) when omitted.
         example_inputs (*optional*): inputs for tracing and FLOP counts, overriding the above.
+        teacher (`nn.Module`, *optional*): the teacher for distillation, overriding `args.distillation`'s source.
         **kwargs: every other `Trainer` argument (datasets, collator, `processing_class`, callbacks, ...).
 
     Example:
@@ -52,6 +61,7 @@ class OTOTrainer(Trainer):
         args: TrainingArguments | None = None,
         groups: GroupSet | None = None,
         example_inputs: Any = None,
+        teacher: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -73,7 +83,20 @@ class OTOTrainer(Trainer):
         )
         self.dense_params = count_parameters(self.model)
         self.dense_flops, self.group_flops = _group_flops(self.model, self.groups, self.example_inputs)
+        self.never_empty = bottleneck_families(self.model, self.groups, self.example_inputs) if self.groups else []
+        if self.never_empty:
+            logger.info(
+                f"{len(self.never_empty)} families always keep a group (removing all of one disconnects the output): "
+                + ", ".join(key[0][0] for key in self.never_empty),
+                main_process_only=True,
+            )
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = freeze(teacher)
+        elif args.distillation != "off":
+            self.teacher = load_teacher(args.distillation, self.accelerator.unwrap_model(self.model))
         self._num_training_steps: int | None = None
+        self._last_log: tuple[float, int] | None = None
         self._check_budget()
 
     # ---- optimizer -----------------------------------------------------------------------------------------------
@@ -113,16 +136,19 @@ class OTOTrainer(Trainer):
             budget_total=self._budget_total(),
             partition_step=partition_step,
             pruning_end=pruning_end,
-            num_partition_periods=args.num_partition_periods,
+            num_partition_periods=min(args.num_partition_periods, pruning_end - partition_step),
             lmbda=args.dhspg_lambda,
             lmbda_amplify=args.dhspg_lambda_amplify,
             lmbda_cap=args.dhspg_lambda_cap,
             epsilon=args.dhspg_epsilon,
             final_epsilon=args.dhspg_final_epsilon,
             tolerance=args.dhspg_tolerance,
+            saliency=args.dhspg_saliency,
             saliency_weights=(args.saliency_cosine_weight, args.saliency_magnitude_weight),
             # A layer may lose its whole FFN (exact: the block adds its bias only), never all heads or conv channels.
             min_kept_per_family={"head": args.min_heads_per_layer, "channel": 1},
+            max_family_sparsity=args.max_family_sparsity,
+            never_empty=self.never_empty,
             uniform_widths=args.uniform_widths,
             lambda_schedule=args.dhspg_lambda_schedule,
         )
@@ -150,7 +176,9 @@ class OTOTrainer(Trainer):
 
     # ---- logging ---------------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add `group_sparsity`, `kept_params` and `kept_flops` (fractions of the dense model) to the training logs."""
+        """Add `group_sparsity`, `kept_params`, `kept_flops` (fractions of the dense model), the sparsity of each kind
+        (`sparsity/head`, ...) and the zero groups the optimizer reached itself or the deadline forced
+        (`dhspg/natural_zero`, `dhspg/forced_zero`) to the training logs; warn when the loss jumps as groups go."""
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
         if isinstance(optimizer, DHSPG) and "loss" in logs:
             zero = optimizer.zero_group_ids()
@@ -158,7 +186,58 @@ class OTOTrainer(Trainer):
             logs["kept_params"] = round(1 - sum(self.groups[i].num_params for i in zero) / self.dense_params, 4)
             if self.dense_flops:
                 logs["kept_flops"] = round(1 - sum(self.group_flops[i] for i in zero) / self.dense_flops, 4)
+            totals = self.groups.counts()
+            zero_kinds = Counter(self.groups[i].kind for i in zero)
+            for kind, total in totals.items():
+                logs[f"sparsity/{kind}"] = round(zero_kinds[kind] / total, 4)
+            forced = optimizer.num_forced_zero_groups
+            logs["dhspg/natural_zero"] = len(zero) - forced
+            logs["dhspg/forced_zero"] = forced
+            self._warn_on_loss_jump(float(logs["loss"]), len(zero))
         super().log(logs, start_time)
+
+    def _warn_on_loss_jump(self, loss: float, num_zero: int) -> None:
+        """Log a warning when the training loss rose by half or more over an interval in which groups became zero."""
+        if self._last_log is not None:
+            previous_loss, previous_zero = self._last_log
+            if num_zero > previous_zero and loss > 1.5 * previous_loss + 0.05:
+                logger.warning(
+                    f"Step {self.state.global_step}: the training loss rose from {previous_loss:.4f} to {loss:.4f} "
+                    f"while {num_zero - previous_zero} groups became zero. Prune more slowly (a longer window, more "
+                    "`num_partition_periods`) or to a lower target.",
+                    main_process_only=True,
+                )
+        self._last_log = (loss, num_zero)
+
+    # ---- distillation ----------------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The task loss, mixed with the distillation loss when a teacher is set (`args.distillation`)."""
+        if self.teacher is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        args = self.args
+        hidden = args.distillation_hidden_weight > 0
+        if hidden:
+            inputs = {**inputs, "output_hidden_states": True}
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        device = next(model.parameters()).device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        features = {k: v for k, v in inputs.items() if k not in _LABEL_NAMES and k not in (self.label_names or [])}
+        with torch.no_grad(), self.compute_loss_context_manager():
+            teacher_outputs = self.teacher(**features)
+        distil = distillation_loss(outputs, teacher_outputs, args.distillation_temperature, args.distillation_hidden_weight)
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # transformers then leaves the loss undivided by the accumulation steps; the distillation term is a
+            # per-batch mean, so it is divided here to weigh the same in every step.
+            distil = distil / self.current_gradient_accumulation_steps
+        loss = (1 - args.distillation_alpha) * loss + args.distillation_alpha * distil
+        return (loss, outputs) if return_outputs else loss
 
     # ---- export ----------------------------------------------------------------------------------------------------
     def pruned_model(self) -> nn.Module:
@@ -202,7 +281,7 @@ class OTOTrainer(Trainer):
         """One collated training example without labels, else inputs derived from the model's config."""
         batch = self._first_examples()
         if batch is not None:
-            labels = set(self.label_names or []) | {"labels", "label", "start_positions", "end_positions"}
+            labels = set(self.label_names or []) | _LABEL_NAMES
             batch = {k: v for k, v in batch.items() if k not in labels}
             if batch:
                 return batch
@@ -224,6 +303,9 @@ class OTOTrainer(Trainer):
                 loss = output["loss"] if isinstance(output, dict) else output[0]
                 losses.append(loss)
         return not torch.equal(losses[0], losses[1])
+
+
+_LABEL_NAMES = {"labels", "label", "start_positions", "end_positions"}
 
 
 def _to_device(inputs: Any, device: torch.device) -> Any:

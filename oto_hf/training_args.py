@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .graph.groups import GROUP_KINDS
-
-
-BUDGETS = ("groups", "params", "flops")
-VARIANTS = ("adamw", "adam", "sgd")
-LAMBDA_SCHEDULES = ("constant", "adaptive")
+from .optim.base_steps import VARIANTS
+from .optim.dhspg import LAMBDA_SCHEDULES, SALIENCIES
+from .optim.group_ops import BUDGETS
 
 
 @dataclass
@@ -23,7 +21,7 @@ class OTOTrainingArguments(TrainingArguments):
 
     Example:
     ```python
-    >>> args = OTOTrainingArguments("out", target_sparsity=0.5, sparsity_budget="flops", pruning_end_ratio=0.6)
+    >>> args = OTOTrainingArguments("out", target_sparsity=0.5, pruning_end_ratio=0.6)  # half the FLOPs
     ```
     """
 
@@ -32,8 +30,11 @@ class OTOTrainingArguments(TrainingArguments):
         metadata={"help": "Fraction to remove, in [0, 1): of the groups, the prunable parameters or the FLOPs."},
     )
     sparsity_budget: str = field(
-        default="groups",
-        metadata={"help": "What `target_sparsity` counts: 'groups' (OTO), 'params' or 'flops'."},
+        default="flops",
+        metadata={
+            "help": "What `target_sparsity` counts: 'flops' (of the whole model, on one training example), "
+            "'params' (of the prunable groups) or 'groups' (a count, as in OTOv2)."
+        },
     )
     prune_kinds: list[str] = field(
         default_factory=lambda: list(GROUP_KINDS),
@@ -50,7 +51,11 @@ class OTOTrainingArguments(TrainingArguments):
         default=0.5, metadata={"help": "`pruning_end` as a fraction of training, used when `pruning_end_steps` is 0."}
     )
     num_partition_periods: int = field(
-        default=1, metadata={"help": "Re-score groups and re-choose the redundant set this many times."}
+        default=5,
+        metadata={
+            "help": "Periods of the pruning window: each re-scores the groups and (progressive schedule) drives the "
+            "next share of the target to zero."
+        },
     )
     dhspg_variant: str = field(default="adamw", metadata={"help": "Base optimizer: 'adamw', 'adam' or 'sgd'."})
     dhspg_epsilon: float = field(default=0.0, metadata={"help": "Half-space projection threshold, in [0, 1)."})
@@ -65,14 +70,28 @@ class OTOTrainingArguments(TrainingArguments):
     dhspg_tolerance: float = field(
         default=0.05, metadata={"help": "The redundant set covers target + tolerance of the budget."}
     )
+    dhspg_saliency: str = field(
+        default="fisher",
+        metadata={
+            "help": "How groups are ranked: 'fisher' (loss-based importance per unit of the budget's cost) or "
+            "'otov2' (OTOv2's cosine and magnitude mix)."
+        },
+    )
     saliency_cosine_weight: float = field(
-        default=0.5, metadata={"help": "Weight of cos(x_g, d_g) in the redundancy score."}
+        default=0.5, metadata={"help": "With `dhspg_saliency='otov2'`: weight of cos(x_g, d_g)."}
     )
     saliency_magnitude_weight: float = field(
-        default=0.5, metadata={"help": "Weight of the inverse group magnitude in the redundancy score."}
+        default=0.5, metadata={"help": "With `dhspg_saliency='otov2'`: weight of the inverse group magnitude."}
     )
     min_heads_per_layer: int = field(
         default=1, metadata={"help": "Attention heads (KV groups with GQA) every layer keeps, whatever the target."}
+    )
+    max_family_sparsity: float = field(
+        default=0.9,
+        metadata={
+            "help": "Most of one layer's heads, FFN neurons or channels that may be removed, in (0, 1]. Families "
+            "whose removal would disconnect the output (e.g. a classifier's pooler) always keep a group."
+        },
     )
     uniform_widths: bool = field(
         default=False,
@@ -82,11 +101,26 @@ class OTOTrainingArguments(TrainingArguments):
         },
     )
     dhspg_lambda_schedule: str = field(
-        default="constant",
+        default="progressive",
         metadata={
-            "help": "'adaptive' raises lambda on the groups a linear ramp of the zero count still lacks, so groups "
-            "reach zero progressively instead of at the deadline; 'constant' is OTOv2's rule."
+            "help": "'progressive' drives one share of the target to zero per period along planned trajectories; "
+            "'constant' is OTOv2's rule alone (the deadline then does most of the pruning)."
         },
+    )
+    distillation: str = field(
+        default="off",
+        metadata={
+            "help": "Distil into the pruned model while it trains: 'off', 'dense' (from the starting model, frozen) "
+            "or the path or Hub name of a teacher with the same task head."
+        },
+    )
+    distillation_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the distillation loss; the task loss gets 1 - alpha."}
+    )
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of distillation."})
+    distillation_hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a mean-squared error between student and teacher hidden states (0: off)."},
     )
 
     def __post_init__(self) -> None:
@@ -98,6 +132,18 @@ class OTOTrainingArguments(TrainingArguments):
         unknown = [kind for kind in self.prune_kinds if kind not in GROUP_KINDS]
         if unknown or not self.prune_kinds:
             raise ValueError(f"`prune_kinds` must be a non-empty subset of {list(GROUP_KINDS)}, got {self.prune_kinds}.")
+        if self.dhspg_saliency not in SALIENCIES:
+            raise ValueError(f"`dhspg_saliency` must be one of {list(SALIENCIES)}, got {self.dhspg_saliency!r}.")
+        if not 0.0 < self.max_family_sparsity <= 1.0:
+            raise ValueError(f"`max_family_sparsity` must be in (0, 1], got {self.max_family_sparsity}.")
+        if not self.distillation:
+            raise ValueError("`distillation` must be 'off', 'dense' or a teacher's path or Hub name, got ''.")
+        if not 0.0 <= self.distillation_alpha <= 1.0:
+            raise ValueError(f"`distillation_alpha` must be in [0, 1], got {self.distillation_alpha}.")
+        if not self.distillation_temperature > 0:
+            raise ValueError(f"`distillation_temperature` must be > 0, got {self.distillation_temperature}.")
+        if self.distillation_hidden_weight < 0:
+            raise ValueError(f"`distillation_hidden_weight` must be >= 0, got {self.distillation_hidden_weight}.")
         if self.dhspg_lambda_schedule not in LAMBDA_SCHEDULES:
             raise ValueError(
                 f"`dhspg_lambda_schedule` must be one of {list(LAMBDA_SCHEDULES)}, got {self.dhspg_lambda_schedule!r}."

@@ -94,11 +94,15 @@ TINY = {
     "n_routed_experts": 4,
     "num_experts_per_tok": 2,
     "head_dim": 8,
-    "image_size": 32,
+    "image_size": 64,
     "patch_size": 4,
+    "window_size": 2,
     "num_labels": 3,
     "max_position_embeddings": 128,
 }
+# Non-integer choices: BigBird switches from block-sparse to full attention on short inputs anyway, rebuilding its
+# attention layers from the config at run time; start in full attention.
+TINY_CHOICES = {"attention_type": "original_full"}
 # Model types whose Auto entry is only a wrapper around other models (or needs extra inputs).
 WRAPPERS = ("encoder-decoder", "vision-encoder-decoder", "speech-encoder-decoder", "timm_wrapper", "auto")
 
@@ -165,6 +169,7 @@ def tiny_config(model_type: str) -> Any:
             if key in defaults and defaults[key] is None and key not in ("head_dim", "num_key_value_heads"):
                 continue
             kwargs[attribute_map.get(key, key) if key not in defaults else key] = value
+    kwargs.update({key: value for key, value in TINY_CHOICES.items() if key in defaults})
     for key in ("hidden_sizes", "depths", "num_heads", "embed_dims", "mlp_ratios", "encoder_hidden_sizes"):
         value = defaults.get(key)
         if isinstance(value, list) and value and all(isinstance(v, int) for v in value):

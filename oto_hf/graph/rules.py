@@ -246,23 +246,54 @@ def like(ctx: RuleContext) -> Label:
 
 
 def indexing(ctx: RuleContext) -> Label:
-    """Data-dependent indexing (index, gather, index_select): fine only where the indexed dims carry no channel."""
-    source = ctx.tensor_args()[0]
+    """Indexing by data (index, gather, index_select): fine where the indexed dims carry no channel.
+
+    The other dims keep their channels, so a parameter table looked up by a position index (a relative-position
+    bias of shape `(positions, heads)`) follows the heads. The op is replayed on the labels with zero indices.
+    """
+    source = ctx.node.args[0]
     label = ctx.label(source)
     if label is None:
         return None
-    dense = ctx.dense(source)
-    if any(varies_along(dense, d) for d in range(dense.dim())) and ctx.node.target is not aten.index_select.default:
+    shape = ctx.shape(source)
+    indexed = _indexed_dims(ctx, len(shape))
+    if isinstance(label, TensorRef):
+        dims = [d for d in label.channel_dims() if d not in indexed]
+        if len(dims) > 1 or any(d is None for d in label.dims):
+            ctx.poison(label, "indexed parameter with several channel dimensions")
+            return None
+        dense = along(label.elements(ctx.registry, dims[0]), dims[0], shape) if dims else unlabeled(shape)
+    else:
+        dense = ctx.dense(source)
+    if indexed is None or any(varies_along(dense, d) for d in indexed):
         ctx.poison(dense, "indexed by data along a channel dimension")
         return None
-    if ctx.node.target is aten.index_select.default:
-        dim = ctx.argument("dim")
-        if varies_along(dense, dim):
-            ctx.poison(dense, "indexed by data along a channel dimension")
-            return None
-        return dense.narrow(dim, 0, 1).expand(ctx.out_shape).clone()
-    ctx.poison(dense, "indexed by data")
-    return None
+
+    def zeros(node: fx.Node) -> Any:
+        value = node.meta.get("val")
+        if node is source:
+            return dense
+        if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.dtype != torch.bool:
+            return torch.zeros(tuple(value.shape), dtype=torch.long)
+        return node
+
+    try:
+        result = ctx.node.target(*fx.node.map_arg(ctx.node.args, zeros), **fx.node.map_arg(ctx.node.kwargs, zeros))
+    except Exception:  # e.g. boolean masks: the output shape depends on the data
+        result = None
+    if not isinstance(result, torch.Tensor) or tuple(result.shape) != ctx.out_shape:
+        ctx.poison(dense, "indexed by data")
+        return None
+    return result.clone()
+
+
+def _indexed_dims(ctx: RuleContext, rank: int) -> list[int] | None:
+    """The dims an indexing op selects along by data (None if unknown)."""
+    packet = getattr(ctx.node.target, "overloadpacket", None)
+    if packet is aten.index:
+        return [d for d, index in enumerate(ctx.node.args[1]) if index is not None]
+    dim = ctx.argument("dim")
+    return [dim % max(rank, 1)] if isinstance(dim, int) else None
 
 
 def reduction(ctx: RuleContext) -> Label:
@@ -322,8 +353,12 @@ def spatial(ctx: RuleContext) -> Label:
 
 # ---- producers and consumers -------------------------------------------------------------------------------------
 def _consume(ctx: RuleContext, x: Label, x_shape: tuple[int, ...], dim: int, weight: TensorRef, weight_dim: int) -> None:
-    """Slices of `weight` along `weight_dim` read entry i of `x` along `dim` (nothing to tie if `x` has no channel)."""
-    if x is None:
+    """Slices of `weight` along `weight_dim` read entry i of `x` along `dim` (nothing to tie if `x` has no channel).
+
+    A buffer read as data (e.g. a table of relative coordinates) is a constant input, not a channel: models rebuild
+    such buffers from their config.
+    """
+    if x is None or (isinstance(x, TensorRef) and x.is_buffer):
         return
     dense = ctx.densify(x, x_shape)
     ids = weight.elements(ctx.registry, weight_dim)
@@ -417,8 +452,11 @@ def attention(ctx: RuleContext) -> Label:
     scores = contract(ctx, lq, lk.transpose(-2, -1), scores_shape)
     mask = ctx.argument("attn_mask")
     if isinstance(mask, fx.Node):
-        if ctx.label(mask) is not None:
-            ctx.poison(ctx.label(mask), "attention mask with channels")
+        mask_shape = ctx.shape(mask)
+        if ctx.label(mask) is not None:  # a per-head bias (e.g. relative positions): it belongs to its head
+            ctx.registry.union(scores, _aligned_label(ctx.dense(mask), len(scores_shape)))
+        elif len(mask_shape) >= 3 and mask_shape[-3] > 1 and scores.dim() >= 3:
+            ctx.poison(scores, "per-head attention bias that no head owns")
     out = contract(ctx, scores, lv, ctx.out_shape)
     for label in (lq, lk, lv):
         ctx.registry.mark_attention(label)
@@ -547,6 +585,10 @@ def getitem(ctx: RuleContext) -> Label:
 def _aligned(shape: tuple[int, ...], rank: int) -> Iterator[tuple[int, int]]:
     offset = rank - len(shape)
     return ((i + offset, n) for i, n in enumerate(shape))
+
+
+def _aligned_label(label: torch.Tensor, rank: int) -> torch.Tensor:
+    return label.reshape((1,) * (rank - label.dim()) + tuple(label.shape))
 
 
 def _shared(label: torch.Tensor, ref: TensorRef, offset: int) -> bool:

@@ -21,12 +21,37 @@ CONFIG_PREFIX = "config."  # a recorded attribute `config.<key>`: the key in the
 
 def pruned_config_class(base: type) -> type:
     """A subclass of the config class `base` with `model_type = "oto_" + base.model_type`."""
-    return type(f"OTO{base.__name__}", (base,), {"model_type": f"oto_{base.model_type}", "__module__": __name__})
+    config_class = type(f"OTO{base.__name__}", (base,), {"model_type": f"oto_{base.model_type}", "__module__": __name__})
+    _share_key_renames(config_class.model_type, base.model_type)
+    return config_class
 
 
 def pruned_model_class(base: type, config_class: type) -> type:
     """A subclass of the model class `base` that builds the stock model, then resizes it as its config says."""
-    return type(f"OTO{base.__name__}", (PrunedModelMixin, base), {"config_class": config_class, "__module__": __name__})
+    model_class = type(
+        f"OTO{base.__name__}", (PrunedModelMixin, base), {"config_class": config_class, "__module__": __name__}
+    )
+    _share_key_renames(model_class.__name__, base.__name__)
+    return model_class
+
+
+def _share_key_renames(name: str, stock_name: str) -> None:
+    """Give `name` (an `oto_*` model type or `OTO*` class) the checkpoint key renames of the stock one.
+
+    transformers renames some checkpoint keys per model type or class (`transformers.conversion_mapping`, e.g. GPT-NeoX's
+    output embedding) when saving and loading. A pruned folder is saved by the stock class, so its keys are the
+    stock checkpoint's; the pruned classes must read them back the same way.
+    """
+    try:  # transformers >= 5.0
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError:
+        return
+    mapping = get_checkpoint_conversion_mapping(stock_name)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
 
 
 class PrunedModelMixin:
@@ -38,8 +63,10 @@ class PrunedModelMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        """The stock `from_pretrained`, which raises if a weight would be left missing or unused."""
+        want_info = kwargs.pop("output_loading_info", False)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         except RuntimeError as error:
             mismatches = _checkpoint_mismatches(cls, pretrained_model_name_or_path, kwargs.get("config"))
             if not mismatches:
@@ -50,6 +77,33 @@ class PrunedModelMixin:
                 f"config.json ({len(mismatches)} tensors differ: {shown}). The folder was probably edited or mixed with "
                 "another checkpoint; save it again with `oto_hf.save_pruned`."
             ) from error
+        _check_loading_info(model, info, pretrained_model_name_or_path)
+        return (model, info) if want_info else model
+
+
+def _check_loading_info(model: nn.Module, info: dict[str, Any], folder: Any) -> None:
+    """A pruned checkpoint must fill every weight of its own class: nothing missing, nothing left over.
+
+    Loading another class of the architecture may only add or drop a task head (weights outside the base model),
+    as the stock classes do.
+    """
+    missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+    if not missing and not unexpected:
+        return
+    saved_as = getattr(model.config, "architectures", None) or []
+    prefix = getattr(model, "base_model_prefix", "")
+    has_base = bool(prefix) and hasattr(model, prefix)
+    if type(model).__name__ not in saved_as:
+        missing = [k for k in missing if has_base and k.startswith(prefix + ".")]  # a new task head may be missing
+        unexpected = [k for k in unexpected if has_base]  # a base class may leave the task head unused
+    if missing or unexpected:
+        raise ValueError(
+            f"Loading the pruned checkpoint {folder} into {type(model).__name__} would leave weights at random "
+            f"initialisation: missing from the checkpoint {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            f"in the checkpoint but unused {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}. The checkpoint "
+            "keys do not match this class (transformers renames some keys per model type when saving and loading). "
+            "Save the model again with `oto_hf.save_pruned`, and load it with the class it was saved from."
+        )
 
 
 @torch.no_grad()

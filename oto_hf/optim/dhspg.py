@@ -22,11 +22,11 @@ from .group_ops import (
     choose_redundant,
     deadline_selection,
     extend,
-    first_within,
+    importance_scores,
     redundancy_scores,
     resolve_budget,
 )
-from .schedules import LAMBDA_SCHEDULES, LambdaRamp
+from .progressive import DUE_EPSILON, mark_due, planned_lambda
 
 if TYPE_CHECKING:
     from torch.optim.optimizer import ParamsT
@@ -42,28 +42,46 @@ LAMBDA_DEFAULTS: dict[str, tuple[float, float, float]] = {
     "adam": (1e-2, 20.0, 1000.0),
     "adamw": (1e-2, 20.0, 1000.0),
 }
+# "progressive": quotas of groups driven to zero along planned trajectories (default); "constant": OTOv2's lambdas.
+LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
+# "fisher": loss-based importance per unit of cost (default); "otov2": OTOv2's cosine and magnitude mix.
+SALIENCIES: tuple[str, ...] = ("fisher", "otov2")
 _TINY = 1e-30
-_STAT_KEYS = ("xx", "xd", "dd", "axx", "axd", "l1")
+_STAT_KEYS = ("xx", "xd", "dd", "axx", "axd", "xg", "l1")
 
 
 class DHSPG(Optimizer):
-    r"""OTOv2's Dual Half-Space Projected Gradient, with a target that is met exactly by a deadline.
+    r"""OTOv2's Dual Half-Space Projected Gradient, driving groups to exactly zero progressively, with an exact target.
 
     Training runs in three phases, counted in calls to `step()`:
 
     1. **warmup** (steps `[0, partition_step)`): every parameter takes the base step (`"sgd"` with momentum, `"adam"`
        or `"adamw"`, equal to the matching `torch.optim` class step for step).
-    2. **pruning** (steps `[partition_step, pruning_end)`): at each partition step the groups are scored by saliency
-       (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, `d` being the base update direction) and the most redundant
-       ones, covering `target + tolerance` of the budget, form the redundant set. Important groups and parameters
-       outside all groups take the base step. Redundant groups take `x_g - lr * (d_g + lambda_g * x_g / ||x_g||)`,
-       with `lambda_g` adapted per group and step so that the step shrinks the group while staying a descent
-       direction, and are projected to zero when the trial point leaves the half-space
-       `<x_hat_g, x_g> >= epsilon * ||x_g||^2`. Projections never exceed the target: when more groups qualify than
-       the budget has room for, they are taken in saliency order. Once the target is reached the penalty stops. In
-       the last pruning step (`pruning_end - 1`) the groups still missing are projected: the non-zero redundant
-       groups with the highest redundancy score (lowest saliency) first, then the other groups.
+    2. **pruning** (steps `[partition_step, pruning_end)`): at each partition step the groups are scored and the most
+       redundant ones, covering `target + tolerance` of the budget, form the redundant set. The default score
+       (`saliency="fisher"`) is a loss-based importance per unit of the budget's cost: the mean of `<x_g, grad_g>^2`
+       over the steps since the last partition (over the period before the first one), so that heads and neurons
+       compete on one scale. Important groups and parameters outside all groups take the base step. Redundant groups
+       take `x_g - lr * (d_g + lambda_g * x_g / ||x_g||)`, with `lambda_g` adapted per group and step so that the step
+       shrinks the group while staying a descent direction, and are projected to zero when the trial point leaves the
+       half-space `<x_hat_g, x_g> >= epsilon * ||x_g||^2`. Projections never exceed the target. Once it is reached
+       the penalty stops.
     3. **recovery** (steps `>= pruning_end`): base steps; zero groups stay exactly zero, weights and optimizer state.
+
+    **Progressive schedule** (`lambda_schedule="progressive"`, the default). The window is split into
+    `num_partition_periods` periods. At the start of each, the next quota of redundant groups, by score, becomes
+    *due*, so that due and zero groups cover `(k + 1) / P` of the target after period `k` (the last period takes the
+    rest of the target by the deadline rule below). Each due group's `lambda_g` is raised, step by step, to the value
+    that makes its norm follow a linear ramp to zero by the end of its period (learning rate, group size and weight
+    scale cancel out), and the half-space test (threshold 0.05 for due groups) projects it at the ramp's end. So the
+    groups reach zero through the optimizer's own steps, one quota per period. With `"constant"`, OTOv2's rule alone
+    (constant `lmbda`, amplified lower bound, cap) decides; with Adam learning rates it rarely projects a group, and
+    the deadline then does the pruning (for parity studies: `lambda_schedule="constant", saliency="otov2"`).
+
+    **Deadline, a safety net.** In the last pruning step (`pruning_end - 1`) the groups still missing are projected:
+    the non-zero redundant groups with the highest redundancy score first, then the other groups. These *forced*
+    zeros are counted (`num_forced_zero_groups`); a warning is logged when they exceed 1% of the target, since a group
+    projected with most of its norm left is one-shot pruning, not OTO.
 
     **Budgets and the exact rule.** With `budget="groups"` (default), exactly `round(target_sparsity * num_groups)`
     groups (rounding half up; with `uniform_widths`, the planned count below) are zero after `pruning_end` steps.
@@ -89,16 +107,6 @@ class DHSPG(Optimizer):
     many families in every class (e.g. heads and FFN neurons of every layer) it is the smallest count at or above
     `round(target_sparsity * num_groups)` that uniform widths allow; it is `target_num_zero_groups` and the families'
     `max_zero`. A target the constraints make unreachable raises a `ValueError` at construction.
-
-    **Adaptive lambda.** With the reference lambdas, groups rarely leave the half-space before the deadline, so most of
-    the target is projected at once in the last pruning step. `lambda_schedule="adaptive"` makes the zero count follow
-    a linear ramp from `partition_step` to the target at `pruning_end` (per family with `uniform_widths`, else in
-    cost; rounded up to whole groups). In each pruning step the redundant groups the ramp still lacks, taken in
-    priority (saliency) order, are *due*: their `lambda_g` is multiplied by the lambda scale, while the other groups
-    keep the reference lambdas. After the step the scale is multiplied by `lambda_growth` if the zero count is behind
-    the ramp and divided by it otherwise, within `[1, lambda_max_scale]`. Projections never run ahead of the ramp, and
-    a scaled penalty that would carry a group the caps keep from projecting past zero stops at zero instead. The
-    deadline still makes the result exact.
 
     Every step uses a few segmented reductions over all groups and no Python loop over groups; the only host
     synchronisations happen at partition steps and at the deadline. All grouped parameters must sit on one device
@@ -135,9 +143,10 @@ class DHSPG(Optimizer):
             defaults to the total cost of all groups.
         partition_step (`int`, *optional*, defaults to `0`): first pruning step (the number of warm-up steps).
         pruning_end (`int`): number of steps after which the target is met exactly; must exceed `partition_step`.
-        num_partition_periods (`int`, *optional*, defaults to `1`):
-            re-score the groups and re-choose the redundant set this many times, evenly spaced from `partition_step`
-            (see `partition_steps`); zero groups stay zero and stay redundant.
+        num_partition_periods (`int`, *optional*):
+            re-score the groups, re-choose the redundant set and (progressive schedule) mark the next quota due this
+            many times, evenly spaced from `partition_step` (see `partition_steps`); zero groups stay zero and stay
+            redundant. Defaults to `5` with the progressive schedule, `1` with the constant one.
         lmbda (`float`, *optional*): base penalty; defaults to `1e-3` for `"sgd"`, `1e-2` for Adam variants.
         lmbda_amplify (`float`, *optional*): factor on the lower bound; defaults to `2` (`"sgd"`) or `20` (Adam).
         lmbda_cap (`float`, *optional*): `lambda_g <= lmbda * lmbda_cap`; defaults to `10` (`"sgd"`) or `1000` (Adam).
@@ -146,24 +155,29 @@ class DHSPG(Optimizer):
             if set, epsilon ramps linearly from `epsilon` at the first partition step to this value at the deadline,
             making projections easier as the deadline nears; defaults to a constant `epsilon`.
         tolerance (`float`, *optional*, defaults to `0.05`): the redundant set covers `target + tolerance`.
+        saliency (`str`, *optional*, defaults to `"fisher"`):
+            how groups are ranked: `"fisher"` (importance per unit of cost, above) or `"otov2"` (OTOv2's mix of
+            `cos(x_g, d_g)` and `1 / avg|x_g|`, each min-max normalised, blind to cost).
         saliency_weights (`tuple[float, float]`, *optional*, defaults to `(0.5, 0.5)`):
-            weights of the cosine and inverse-magnitude terms of the redundancy score.
+            with `saliency="otov2"`, the weights of the cosine and inverse-magnitude terms.
         min_kept_per_family (`int` or `dict[str, int]`, *optional*, defaults to `0`):
             groups that stay non-zero in each family, always: an int for every family, or `{kind: int}` for the
             families of those kinds (other kinds: 0), e.g. `{"head": 1}` so that no layer loses all its heads. A family
             of at most that many groups is never pruned. With a cost budget, the reachability check counts each
             family's cheapest removable groups.
+        max_family_sparsity (`float`, *optional*, defaults to `1.0`):
+            most of each family's groups that may be zero, in `(0, 1]`, e.g. `0.9` so that no layer loses more than
+            90% of its heads or neurons (rounded down to whole groups).
+        never_empty (`Sequence[tuple]`, *optional*):
+            family keys (see `families`) that always keep at least one group, e.g. the families whose removal
+            disconnects the output from the input (`oto_hf.bottleneck_families` finds them).
         uniform_widths (`bool`, *optional*, defaults to `False`):
             from `pruning_end` on, every family of the same kind and size has the same number of zero groups (the
             rule above), so a stock config can describe the pruned model. The removed cost ends at or above the
             target. Each family's redundant set is its `max_zero` least salient groups plus `round(tolerance * size)`.
-        lambda_schedule (`str`, *optional*, defaults to `"constant"`):
-            `"constant"` (the reference per-group lambdas) or `"adaptive"` (progressive pruning, see above). Not the
-            default: with it, the targets of existing runs are reached earlier, before the deadline.
-        lambda_growth (`float`, *optional*):
-            factor of the adaptive lambda scale per pruning step, `>= 1`; defaults to
-            `max(1.1, lambda_max_scale ** (2 / (pruning_end - partition_step)))`.
-        lambda_max_scale (`float`, *optional*, defaults to `1e6`): upper bound of the adaptive lambda scale, `>= 1`.
+        lambda_schedule (`str`, *optional*, defaults to `"progressive"`):
+            `"progressive"` (quotas driven to zero along planned trajectories, see above) or `"constant"` (OTOv2's
+            per-group lambdas alone).
 
     Example:
 
@@ -178,12 +192,12 @@ class DHSPG(Optimizer):
     0.3
     ```
 
-    Keep at least one head per layer, prune to uniform widths, and prune progressively:
+    Keep at least one head per layer and prune to uniform widths:
 
     ```python
     >>> optimizer = DHSPG.from_model(
     ...     model, groups, lr=1e-4, target_sparsity=0.5, pruning_end=1000,
-    ...     min_kept_per_family={"head": 1}, uniform_widths=True, lambda_schedule="adaptive",
+    ...     min_kept_per_family={"head": 1}, uniform_widths=True,
     ... )
     >>> [(family.kind, family.size, family.max_zero) for family in optimizer.families][:2]
     [('head', 12, 6), ('neuron', 3072, 1536)]
@@ -210,19 +224,20 @@ class DHSPG(Optimizer):
         budget_total: float | None = None,
         partition_step: int = 0,
         pruning_end: int,
-        num_partition_periods: int = 1,
+        num_partition_periods: int | None = None,
         lmbda: float | None = None,
         lmbda_amplify: float | None = None,
         lmbda_cap: float | None = None,
         epsilon: float = 0.0,
         final_epsilon: float | None = None,
         tolerance: float = 0.05,
+        saliency: str = "fisher",
         saliency_weights: tuple[float, float] = (0.5, 0.5),
         min_kept_per_family: int | Mapping[str, int] = 0,
+        max_family_sparsity: float = 1.0,
+        never_empty: Sequence[tuple] = (),
         uniform_widths: bool = False,
-        lambda_schedule: str = "constant",
-        lambda_growth: float | None = None,
-        lambda_max_scale: float = 1e6,
+        lambda_schedule: str = "progressive",
     ) -> None:
         if variant not in base_steps.VARIANTS:
             raise ValueError(f"`variant` must be one of {base_steps.VARIANTS}, got {variant!r}.")
@@ -233,6 +248,12 @@ class DHSPG(Optimizer):
             _check_range("final_epsilon", final_epsilon, 0.0, 1.0)
         _check_int("partition_step", partition_step, 0)
         _check_int("pruning_end", pruning_end, partition_step + 1, f"greater than `partition_step` ({partition_step})")
+        if lambda_schedule not in LAMBDA_SCHEDULES:
+            raise ValueError(f"`lambda_schedule` must be one of {LAMBDA_SCHEDULES}, got {lambda_schedule!r}.")
+        if saliency not in SALIENCIES:
+            raise ValueError(f"`saliency` must be one of {SALIENCIES}, got {saliency!r}.")
+        if num_partition_periods is None:
+            num_partition_periods = min(5, pruning_end - partition_step) if lambda_schedule == "progressive" else 1
         _check_int(
             "num_partition_periods",
             num_partition_periods,
@@ -247,9 +268,6 @@ class DHSPG(Optimizer):
         _check_positive("lmbda", self._lmbda, 0.0, "> 0")
         _check_positive("lmbda_amplify", self._amplify, 1.0, ">= 1")
         _check_positive("lmbda_cap", self._cap, 1.0, ">= 1")
-        if lambda_schedule not in LAMBDA_SCHEDULES:
-            raise ValueError(f"`lambda_schedule` must be one of {LAMBDA_SCHEDULES}, got {lambda_schedule!r}.")
-        ramp = LambdaRamp(partition_step, pruning_end, lambda_growth, lambda_max_scale)
         weights = tuple(float(w) for w in saliency_weights)
         if len(weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
             raise ValueError(
@@ -276,7 +294,14 @@ class DHSPG(Optimizer):
         )
         device = self._index.device
         self._families = FamilyConstraints(
-            groups, min_kept_per_family, uniform_widths, self._budget, tolerance, known_kinds=GROUP_KINDS
+            groups,
+            min_kept_per_family,
+            uniform_widths,
+            self._budget,
+            tolerance,
+            known_kinds=GROUP_KINDS,
+            max_family_sparsity=max_family_sparsity,
+            never_empty=never_empty,
         ).to(device)
         if self._families.constrained and uniform_widths and self._budget.kind == "groups":
             # Uniform widths may need a few more zero groups than round(target * N): the planned count is the target.
@@ -294,9 +319,11 @@ class DHSPG(Optimizer):
         self._epsilon = epsilon
         self._final_epsilon = epsilon if final_epsilon is None else final_epsilon
         self._saliency_weights = weights
+        self.saliency = saliency
         self.uniform_widths = uniform_widths
         self.lambda_schedule = lambda_schedule
-        self._ramp = ramp if lambda_schedule == "adaptive" else None
+        # Importance is accumulated over the pruning steps and over the period before the first partition.
+        self._importance_from = max(0, partition_step - period)
 
         # Run state (all in `state_dict()`).
         num_groups = self._index.num_groups
@@ -305,9 +332,14 @@ class DHSPG(Optimizer):
         self._redundant = torch.zeros(num_groups, dtype=torch.bool, device=device)
         self._priority = torch.arange(num_groups, device=device)
         self._lambda = torch.zeros(num_groups, dtype=torch.float32, device=device)
-        self._lambda_scale = torch.ones(self._families.num_families, dtype=torch.float32, device=device)
         self._family_order = self._families.family_order(self._priority)
         self._final_num_zero_groups: int | None = None
+        self._importance = torch.zeros(num_groups, dtype=torch.float32, device=device)
+        self._importance_steps = 0
+        self._due_start = torch.full((num_groups,), -1, dtype=torch.long, device=device)
+        self._due_end = torch.full((num_groups,), -1, dtype=torch.long, device=device)
+        self._due_norm = torch.zeros(num_groups, dtype=torch.float32, device=device)
+        self._num_forced = 0
 
     @classmethod
     def from_model(
@@ -389,9 +421,19 @@ class DHSPG(Optimizer):
         return self._families.families
 
     @property
-    def lambda_scale(self) -> torch.Tensor:
-        """Per-family factor of the adaptive schedule on the lambdas of due groups (ones with `"constant"`); a copy."""
-        return self._lambda_scale.clone()
+    def importance(self) -> torch.Tensor:
+        """Per group, the mean of `<x_g, grad_g>^2` over the steps since the last partition (the Fisher estimate of
+        the loss increase from zeroing it; accumulated with `saliency="fisher"`); a copy."""
+        return self._importance / max(self._importance_steps, 1)
+
+    @property
+    def num_forced_zero_groups(self) -> int:
+        """Groups the deadline projected because the optimizer's steps had not zeroed them (0 before the deadline)."""
+        return self._num_forced
+
+    def due_group_ids(self) -> list[int]:
+        """Ids of the groups whose ramp to zero has started (progressive schedule), zero ones included."""
+        return torch.nonzero(self._due_start >= 0).flatten().tolist()
 
     def family_zero_counts(self) -> list[int]:
         """Number of zero groups in each family, in `families` order (reads values back from the device)."""
@@ -437,6 +479,8 @@ class DHSPG(Optimizer):
                 loss = closure()
         step = self._num_steps
         if not self._budget.active or step < self._partition_step:
+            if self._budget.active and self.saliency == "fisher" and step >= self._importance_from:
+                self._accumulate_importance()
             self._base_step(masked=False)
         elif step < self._pruning_end:
             self._pruning_step(step)
@@ -457,6 +501,26 @@ class DHSPG(Optimizer):
                     # Zero gradients keep the weights and the state of zero groups exactly zero.
                     grad = grad * self._expand(keep, position, torch.mul).to(grad.dtype)
                 base_steps.update(self.variant, param, grad, self.state[param], group)
+
+    def _accumulate_importance(self, xg: torch.Tensor | None = None) -> None:
+        """Add `<x_g, grad_g>^2` (the squared gradient of a mask on each group) to the running importance."""
+        if xg is None:
+            rows = [
+                axis.sum_over_others(param * param.grad)[None]
+                if param.grad is not None
+                else torch.zeros(1, param.shape[axis.dim], device=param.device)
+                for param, axes in zip(self._index.params, self._index.axes)
+                for axis in axes
+            ]
+            xg = self._index.segment_sums(rows)[0]
+        self._importance += xg.square()
+        self._importance_steps += 1
+
+    def _scores(self, stats: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
+        """Redundancy scores (high: remove first) by the chosen saliency; on the CPU."""
+        if self.saliency == "fisher":
+            return importance_scores(self.importance, self._costs, zero)
+        return redundancy_scores(stats, self._numel, zero, self._saliency_weights)
 
     def _pruning_step(self, step: int) -> None:
         partition = step in self._partition_steps
@@ -482,36 +546,45 @@ class DHSPG(Optimizer):
             for axis in axes:
                 xx = axis.squared_norms(param)
                 if d is None:
-                    xd = dd = torch.zeros_like(xx)
+                    xd = dd = xg = torch.zeros_like(xx)
                 else:
                     xd, dd = axis.sum_over_others(param * d), axis.squared_norms(d)
+                    xg = axis.sum_over_others(param * param.grad)
                 if decay:
                     # Statistics of d + decay * x from those of d, without materialising it.
                     dd = (dd + 2 * decay * xd + decay**2 * xx).clamp_min_(0)
                     xd = xd + decay * xx
-                block = [xx, xd, dd, xx * group["lr"], xd * group["lr"]]
+                block = [xx, xd, dd, xx * group["lr"], xd * group["lr"], xg]
                 if partition or deadline:
                     block.append(axis.sum_over_others(param.abs()))
                 rows.append(torch.stack(block))
         stats = dict(zip(_STAT_KEYS, self._index.segment_sums(rows)))
+        if self.saliency == "fisher":
+            self._accumulate_importance(stats["xg"])
 
         if partition:
-            scores = redundancy_scores(stats, self._numel, self._zero, self._saliency_weights)
-            if self._families.constrained:
-                redundant, priority = self._families.choose_redundant(scores, self._zero.cpu(), self._budget)
-            else:
-                redundant, priority = choose_redundant(scores, self._zero.cpu(), self._budget)
-            self._redundant, self._priority = redundant.to(self._zero.device), priority.to(self._zero.device)
-            self._family_order = self._families.family_order(self._priority)
-            logger.info("DHSPG step %d: %d redundant groups chosen.", step, int(redundant.sum()))
+            self._partition(stats, step)
         zero, coef = self._penalise(stats, step)
         if deadline:
-            scores = redundancy_scores(stats, self._numel, zero, self._saliency_weights)
+            scores = self._scores(stats, zero)
             select = self._families.deadline_selection if self._families.constrained else deadline_selection
-            chosen = select(scores, zero.cpu(), self._redundant.cpu(), self._budget)
-            zero = zero | chosen.to(zero.device)
+            chosen = select(scores, zero.cpu(), self._redundant.cpu(), self._budget).to(zero.device)
+            zero = zero | chosen
+            self._num_forced = int(chosen.sum())
             self._final_num_zero_groups = int(zero.sum())
-            logger.info("DHSPG step %d: deadline reached, %d groups zero.", step, self._final_num_zero_groups)
+            forced_share = float((self._costs * chosen).sum()) / self._budget.target_cost
+            log = logger.warning if forced_share > 0.01 else logger.info
+            log(
+                "DHSPG step %d: deadline reached, %d groups zero, %d of them forced by the deadline (%.1f%% of the "
+                "target)%s.",
+                step,
+                self._final_num_zero_groups,
+                self._num_forced,
+                100 * forced_share,
+                ": the optimizer's steps did not zero them in time; prune over a longer window or more periods"
+                if forced_share > 0.01
+                else "",
+            )
         self._zero = zero
 
         keep = extend((~zero).float(), 1.0)
@@ -525,23 +598,62 @@ class DHSPG(Optimizer):
                 lr = group_of[id(param)]["lr"]
                 # In float32: 1 - lr * coef must not round to 1 in a low-precision dtype before it multiplies x.
                 scale = self._expand(coef, position, torch.add).add(decay).mul_(-lr).add_(1).mul_(keep_p)
-                if self._ramp is not None:
-                    # A scaled penalty may overshoot zero in a group the caps keep from projecting; stop it at zero.
-                    scale.clamp_(min=0)
                 param.mul_(scale).addcmul_(d, keep_p, value=-lr)
             for tensor in base_steps.state_tensors(self.state[param]):
                 tensor.mul_(keep_p)
+
+    def _partition(self, stats: dict[str, torch.Tensor], step: int) -> None:
+        """Re-score, re-choose the redundant set and, with the progressive schedule, mark the next quota due."""
+        scores = self._scores(stats, self._zero)
+        zero = self._zero.cpu()
+        if self._families.constrained:
+            redundant, priority = self._families.choose_redundant(scores, zero, self._budget)
+        else:
+            redundant, priority = choose_redundant(scores, zero, self._budget)
+        device = self._zero.device
+        self._redundant, self._priority = redundant.to(device), priority.to(device)
+        self._family_order = self._families.family_order(self._priority)
+        self._importance.zero_()
+        self._importance_steps = 0
+        logger.info("DHSPG step %d: %d redundant groups chosen.", step, int(redundant.sum()))
+        if self.lambda_schedule != "progressive":
+            return
+        period = self._partition_steps.index(step)
+        last = period == len(self._partition_steps) - 1
+        ramp_end = self._pruning_end - 1 if last else self._partition_steps[period + 1] - 1
+        taken = zero | (self._due_start >= 0).cpu()  # zero, or already on its way
+        families = self._families
+        if families.constrained and self.uniform_widths:
+            candidates = self._redundant.cpu() & ~taken
+            new = families.due(candidates, taken, families.family_order(priority), (period + 1) / len(self._partition_steps))
+        elif last:
+            select = families.deadline_selection if families.constrained else deadline_selection
+            new = select(scores, taken, redundant, self._budget)
+        else:
+            candidates = redundant & ~taken
+            if families.constrained:
+                candidates = families.cap(candidates, taken, families.family_order(priority))
+            quota = self._budget.target_cost * (period + 1) / len(self._partition_steps)
+            new = cap_projections(candidates, taken, self._budget, self._budget.costs, priority, quota)
+        new = new.to(device)
+        self._due_start, self._due_end, self._due_norm = mark_due(
+            new, self._due_start, self._due_end, self._due_norm, stats["xx"].sqrt(), step, ramp_end
+        )
+        logger.info("DHSPG step %d: %d groups start their ramp to zero (end of ramp: step %d).", step, int(new.sum()), ramp_end)
 
     def _penalise(self, stats: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-group lambda, half-space projection and caps; returns the new zero mask and `lambda_g / ||x_g||`."""
         xx, xd, dd = stats["xx"], stats["xd"], stats["dd"]
         zero = self._zero
         families = self._families
+        due = (self._due_start >= 0) & ~zero
         active = (self._costs * zero).sum() < self._budget.target_cost
         penalised = self._redundant & ~zero & active
         if families.constrained:
             # A family at its quota loses no more groups, so its groups are no longer penalised.
-            penalised &= families.has_room(zero)
+            penalised &= families.has_room(zero | due)
+        # Due groups were budgeted when they became due: they are penalised until they are zero.
+        penalised |= due
         norm = xx.sqrt()
         safe_norm = norm.clamp_min(_TINY)
         grows = xd < 0
@@ -550,33 +662,26 @@ class DHSPG(Optimizer):
         lam = (self._amplify * low).clamp(self._lmbda, self._lmbda * self._cap)
         lam = torch.where(lam > high, (low + high) / 2, lam)
         lam = torch.where(grows, lam, torch.full_like(lam, self._lmbda)) * penalised
-        # The adaptive schedule: the groups due by its ramp get the scaled lambda, and projections follow the ramp
-        # (per family with uniform widths, else in total).
-        progress = None if self._ramp is None else self._ramp.progress(step)
-        per_family = families.constrained and self.uniform_widths
-        if progress is not None:
-            if per_family:
-                due = families.due(penalised, zero, self._family_order, progress)
-            else:
-                need = self._ramp.limit(self._budget, progress) - (self._costs * zero).sum()
-                due = first_within(penalised, self._costs, self._priority, need)
-            lam = lam * torch.where(due, self._lambda_scale[families.family_of], torch.ones_like(lam))
+        if self.lambda_schedule == "progressive":
+            planned = planned_lambda(
+                xx, stats["axd"], stats["axx"], self._due_start, self._due_end, self._due_norm, step
+            )
+            lam = torch.where(due, torch.maximum(lam, planned), lam)
         coef = torch.where(norm > 0, lam / safe_norm, torch.zeros_like(lam))
         # <x_hat, x> for x_hat = x - lr * (d + lam * x / ||x||), with lr folded into axx and axd per parameter. A
         # redundant group that is already exactly zero is simply marked zero.
         inner = xx - stats["axd"] - coef * stats["axx"]
-        candidates = penalised & ((inner < self._epsilon_at(step) * xx) | (xx == 0))
+        epsilon = self._epsilon_at(step)
+        threshold = torch.where(due, max(DUE_EPSILON, epsilon), epsilon)
+        candidates = penalised & ((inner < threshold * xx) | (xx == 0))
+        # Due groups project within their budget; others within what the due groups leave of the target.
+        others = candidates & ~due
+        taken = zero | due
         if families.constrained:
-            candidates = families.cap(candidates, zero, self._family_order, progress if per_family else None)
-        limit = None if progress is None or per_family else self._ramp.limit(self._budget, progress)
-        zero = zero | cap_projections(candidates, zero, self._budget, self._costs, self._priority, limit)
+            others = families.cap(others, taken, self._family_order)
+        others = cap_projections(others, taken, self._budget, self._costs, self._priority)
+        zero = zero | (candidates & due) | others
         self._lambda = lam
-        if progress is not None:
-            if per_family:
-                lags = families.zero_counts(zero) < families.max_zero * progress
-            else:
-                lags = (self._costs * zero).sum() < self._budget.target_cost * progress
-            self._lambda_scale = self._ramp.rescale(self._lambda_scale, lags)
         return zero, coef
 
     def _epsilon_at(self, step: int) -> float:
@@ -595,7 +700,7 @@ class DHSPG(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The `torch.optim` state dict plus a `"dhspg"` entry: step count, zero and redundant masks, priority order,
-        last per-group lambdas, and the group count; plain Python values and tensors only, so it loads with
+        last per-group lambdas, importance, ramps of due groups, forced count and the group count; plain Python values and tensors only, so it loads with
         `torch.load(path, weights_only=True)`."""
         state = super().state_dict()
         state["dhspg"] = {
@@ -605,9 +710,14 @@ class DHSPG(Optimizer):
             "redundant": self._redundant.clone(),
             "priority": self._priority.clone(),
             "lambda": self._lambda.clone(),
-            "lambda_scale": self._lambda_scale.clone(),
             "family_max_zero": self._families.max_zero.clone(),
             "final_num_zero_groups": self._final_num_zero_groups,
+            "importance": self._importance.clone(),
+            "importance_steps": self._importance_steps,
+            "due_start": self._due_start.clone(),
+            "due_end": self._due_end.clone(),
+            "due_norm": self._due_norm.clone(),
+            "num_forced": self._num_forced,
         }
         return state
 
@@ -634,8 +744,12 @@ class DHSPG(Optimizer):
         self._redundant = extra["redundant"].to(device=device, dtype=torch.bool).clone()
         self._priority = extra["priority"].to(device=device, dtype=torch.long).clone()
         self._lambda = extra["lambda"].to(device=device, dtype=torch.float32).clone()
-        if "lambda_scale" in extra:
-            self._lambda_scale = extra["lambda_scale"].to(device=device, dtype=torch.float32).clone()
+        self._importance = extra["importance"].to(device=device, dtype=torch.float32).clone()
+        self._importance_steps = int(extra["importance_steps"])
+        self._due_start = extra["due_start"].to(device=device, dtype=torch.long).clone()
+        self._due_end = extra["due_end"].to(device=device, dtype=torch.long).clone()
+        self._due_norm = extra["due_norm"].to(device=device, dtype=torch.float32).clone()
+        self._num_forced = int(extra["num_forced"])
         self._family_order = self._families.family_order(self._priority)
         self._final_num_zero_groups = extra["final_num_zero_groups"]
 
@@ -647,7 +761,10 @@ class DHSPG(Optimizer):
             for value in state.values()
             if isinstance(value, torch.Tensor)
         )
-        group_state = (self._zero, self._redundant, self._priority, self._lambda, self._lambda_scale)
+        group_state = (
+            self._zero, self._redundant, self._priority, self._lambda,
+            self._importance, self._due_start, self._due_end, self._due_norm,
+        )  # fmt: skip
         per_group = sum(t.numel() * t.element_size() for t in (*group_state, self._family_order))
         return per_param + per_group + self._index.index_nbytes() + self._costs.numel() * self._costs.element_size()
 

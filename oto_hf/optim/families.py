@@ -4,7 +4,8 @@ A *family* is the set of groups that slice the same tensors along the same dims,
 layer or the neurons of one FFN. Its key is `tuple(sorted((name, dim) for name, dim, _ in group.slices))`.
 
 **Quotas.** Every family `f` gets `max_zero[f]`, the most groups of it that may be zero. Without `uniform_widths` it
-is `size - min(size, min_kept)`; with `uniform_widths` it is the planned number of zero groups of the family (see
+is `size - min(size, min_kept)`, also at most `floor(max_family_sparsity * size)`, and at most `size - 1` for a family
+in `never_empty`; with `uniform_widths` it is the planned number of zero groups of the family (see
 `plan_uniform_quotas`), which the deadline then fills exactly.
 
 **Segmented ranks.** To cap projections per family without a loop over groups, a priority order of the groups is
@@ -158,6 +159,8 @@ class FamilyConstraints:
         budget (`Budget`): the resolved budget (its costs plan the quotas).
         tolerance (`float`): extra share of each family's width penalised beyond its quota with `uniform_widths`.
         known_kinds (`Sequence[str]`): kinds accepted as keys of a `min_kept_per_family` dict.
+        max_family_sparsity (`float`): most of each family's groups that may be zero, in `(0, 1]`.
+        never_empty (`Sequence[FamilyKey]`): families that always keep at least one group.
     """
 
     def __init__(
@@ -168,11 +171,26 @@ class FamilyConstraints:
         budget: Budget,
         tolerance: float,
         known_kinds: Sequence[str] = (),
+        max_family_sparsity: float = 1.0,
+        never_empty: Sequence[FamilyKey] = (),
     ) -> None:
         if not isinstance(uniform_widths, bool):
             raise ValueError(f"`uniform_widths` must be a bool, got {uniform_widths!r}.")
+        if not isinstance(max_family_sparsity, (int, float)) or not 0 < max_family_sparsity <= 1:
+            raise ValueError(f"`max_family_sparsity` must be in (0, 1], got {max_family_sparsity!r}.")
         keys, kinds, members, mixed = find_families(groups)
+        unknown = set(map(tuple, never_empty)) - set(keys)
+        if unknown:
+            raise ValueError(
+                f"`never_empty` names {len(unknown)} family key(s) that no group has, e.g. {sorted(unknown)[0]!r}; "
+                "use keys of `DHSPG.families` (`family.tensors`)."
+            )
+        protected = set(map(tuple, never_empty))
         minimum = resolve_min_kept(min_kept_per_family, kinds, known_kinds)
+        minimum = [
+            max(m, len(ids) - math.floor(max_family_sparsity * len(ids) + 1e-9), int(key in protected))
+            for m, ids, key in zip(minimum, members, keys)
+        ]
         kept = [min(len(ids), m) for ids, m in zip(members, minimum)]
         most = [len(ids) - k for ids, k in zip(members, kept)]
         self.uniform = uniform_widths
@@ -182,7 +200,12 @@ class FamilyConstraints:
         if self.constrained and mixed:
             raise ValueError(mixed)
         if self.constrained:
-            _check_capacity(min_kept_per_family, kinds, members, most, budget)
+            limits = f"`min_kept_per_family={min_kept_per_family!r}`"
+            if max_family_sparsity < 1:
+                limits += f", `max_family_sparsity={max_family_sparsity:g}`"
+            if protected:
+                limits += f" and {len(protected)} `never_empty` families"
+            _check_capacity(limits, members, most, budget)
         if self.constrained and uniform_widths:
             quotas = plan_uniform_quotas(kinds, members, most, budget.costs, target)
             # The redundant set of a family: its quota plus `tolerance` of its width, so there is a choice.
@@ -246,33 +269,28 @@ class FamilyConstraints:
         """Per group: whether its family may still lose a group (no host sync)."""
         return (self.zero_counts(zero) < self._device.max_zero)[self._device.family_of]
 
-    def cap(
-        self, candidates: torch.Tensor, zero: torch.Tensor, grouped_order: torch.Tensor, progress: float | None = None
-    ) -> torch.Tensor:
+    def cap(self, candidates: torch.Tensor, zero: torch.Tensor, grouped_order: torch.Tensor) -> torch.Tensor:
         """The candidates that fit in their family's quota, by priority; `grouped_order` is `family_order(priority)`.
 
-        With `progress` in `[0, 1]`, a family may only hold `ceil(progress * quota)` zero groups (a ramp to its quota).
         Tensor ops only, no host sync.
         """
-        limit = self._device.max_zero if progress is None else self._ramp_limit(progress)
-        room = limit - self.zero_counts(zero)
-        ranks = _segment_ranks(candidates, grouped_order, self._device)
-        return candidates & (ranks < room[self._device.family_of])
+        tensors = self._cpu if candidates.device.type == "cpu" else self._device
+        room = tensors.max_zero - self.zero_counts(zero)
+        ranks = _segment_ranks(candidates, grouped_order, tensors)
+        return candidates & (ranks < room[tensors.family_of])
 
     def due(
         self, penalised: torch.Tensor, zero: torch.Tensor, grouped_order: torch.Tensor, progress: float
     ) -> torch.Tensor:
-        """Per family, the first penalised groups by priority that its ramp `ceil(progress * quota)` still lacks.
+        """Per family, the first groups of `penalised` by priority that `ceil(progress * quota)` still lacks.
 
         Tensor ops only, no host sync.
         """
-        need = self._ramp_limit(progress) - self.zero_counts(zero)
-        ranks = _segment_ranks(penalised, grouped_order, self._device)
-        return penalised & (ranks < need[self._device.family_of])
-
-    def _ramp_limit(self, progress: float) -> torch.Tensor:
-        limit = self._device.max_zero
-        return torch.ceil(limit * progress - 1e-9).long().clamp_(max=limit)
+        tensors = self._cpu if penalised.device.type == "cpu" else self._device
+        limit = torch.ceil(tensors.max_zero * progress - 1e-9).long().clamp_(max=tensors.max_zero)
+        need = limit - self.zero_counts(zero)
+        ranks = _segment_ranks(penalised, grouped_order, tensors)
+        return penalised & (ranks < need[tensors.family_of])
 
     def choose_redundant(
         self, scores: torch.Tensor, zero: torch.Tensor, budget: Budget
@@ -357,8 +375,7 @@ def _segment_ranks(mask: torch.Tensor, grouped_order: torch.Tensor, tensors: _Te
 
 
 def _check_capacity(
-    min_kept_per_family: int | Mapping[str, int],
-    kinds: Sequence[str],
+    limits: str,
     members: Sequence[Sequence[int]],
     most: Sequence[int],
     budget: Budget,
@@ -378,7 +395,6 @@ def _check_capacity(
         have = f"the groups that may be removed cost at least {capacity:g} (counting each family's cheapest)"
     most_fraction = capacity / budget.total
     raise ValueError(
-        f"Unreachable target under `min_kept_per_family={min_kept_per_family!r}`: the target {need}, but keeping that "
-        f"minimum in every family, {have}. Lower `target_sparsity` to at most "
-        f"{math.floor(most_fraction * 1e4) / 1e4:g} or lower `min_kept_per_family`."
+        f"Unreachable target under {limits}: the target {need}, but keeping that minimum in every family, {have}. "
+        f"Lower `target_sparsity` to at most {math.floor(most_fraction * 1e4) / 1e4:g} or relax those limits."
     )

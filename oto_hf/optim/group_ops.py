@@ -275,6 +275,22 @@ def redundancy_scores(
     return torch.where(zero, torch.full_like(score, math.inf), score)
 
 
+def importance_scores(
+    importance: torch.Tensor, costs: torch.Tensor, zero: torch.Tensor
+) -> torch.Tensor:
+    """Redundancy from a loss-based importance per unit of cost: `-importance_g / cost_g` (high means redundant).
+
+    `importance_g` estimates the loss increase from zeroing group `g` (the Fisher/OBD estimate: the mean over steps of
+    `<x_g, grad_g>^2`, which is the squared gradient of a mask on the group). It adds up over parameters, so heads and
+    neurons are on one scale, and ranking by importance per cost is the greedy knapsack order for the budget. Zero
+    groups score `+inf`; groups that cost nothing score `-inf` (removing them gains nothing). On the CPU in float64.
+    """
+    importance, costs, zero = importance.double().cpu(), costs.double().cpu(), zero.cpu()
+    score = -importance / costs.clamp_min(_TINY)
+    score = torch.where(costs > 0, score, torch.full_like(score, -math.inf))
+    return torch.where(zero, torch.full_like(score, math.inf), score)
+
+
 def _min_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not bool(mask.any()):
         return torch.zeros_like(values)
@@ -304,11 +320,11 @@ def cap_projections(
     budget: Budget,
     costs: torch.Tensor,
     priority: torch.Tensor,
-    limit: float | None = None,
+    limit: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Keep the candidates, in priority order, whose cumulative cost still fits under the target (no host sync).
 
-    `limit` (at most the target) replaces the target as the cap on the removed cost, e.g. a ramp towards it.
+    `limit` replaces the target as the cap on the removed cost, e.g. a quota of the target.
     """
     remaining = (budget.target_cost if limit is None else limit) - (costs * zero).sum()
     ordered = torch.where(candidates, costs, torch.zeros_like(costs))[priority]

@@ -1,0 +1,106 @@
+"""Families whose removal would disconnect a model's output from its input, found by running the model.
+
+Removing every group of an FFN or of an attention layer is exact and harmless in a residual network: the block then
+adds a constant. Removing every unit of a layer that the whole signal goes through (the dense layer of a classification
+head's pooler, every channel of a plain conv stage) makes the output constant: the model collapses to chance. Such a
+family must keep at least one group (`DHSPG(never_empty=...)`, which `OTOTrainer` fills from this module).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .optim.families import FamilyKey
+from .stats import forward_outputs
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def bottleneck_families(model: nn.Module, groups, example_inputs: Any, seed: int = 0) -> list[FamilyKey]:
+    """Keys of the families whose groups, all zero, make the model's outputs the same for two different inputs.
+
+    The model runs in eval mode, twice per family on `example_inputs` and on a perturbed copy (token ids redrawn,
+    floating inputs re-sampled); weights are restored exactly afterwards. Returns `[]` when the inputs cannot be
+    perturbed or the dense model's outputs do not depend on them.
+
+    Args:
+        model (`nn.Module`): the model the groups were discovered on.
+        groups (`GroupSet`): its groups.
+        example_inputs: inputs as for `discover_groups` (a dict of tensors, a tensor or a tuple).
+        seed (`int`, *optional*, defaults to `0`): seed of the perturbation.
+
+    Example:
+    ```python
+    >>> bottleneck_families(bert_for_classification, groups, inputs)  # the pooler's dense layer
+    [(('bert.pooler.dense.bias', 0), ('bert.pooler.dense.weight', 0), ('classifier.weight', 1))]
+    ```
+    """
+    other = _perturbed(example_inputs, torch.Generator().manual_seed(seed))
+    if other is None:
+        logger.info("No input to perturb: bottleneck families are not checked.")
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        if _same(model, example_inputs, other):
+            return []
+        found = []
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for key, members in groups.families().items():
+            saved = {name: params[name].detach().clone() for name, _ in key}
+            groups.zero_(model, [group.id for group in members])
+            try:
+                if _same(model, example_inputs, other):
+                    found.append(key)
+            finally:
+                for name, value in saved.items():
+                    params[name].data.copy_(value)
+        return found
+    finally:
+        model.train(was_training)
+
+
+def _same(model: nn.Module, first: Any, second: Any) -> bool:
+    """Whether the main output (the first floating tensor: logits, start logits, last hidden state) is unchanged."""
+    output_a = forward_outputs(model, first)[0][0]
+    output_b = forward_outputs(model, second)[0][0]
+    return output_a.shape == output_b.shape and torch.allclose(output_a, output_b, rtol=1e-5, atol=1e-6)
+
+
+def _perturbed(inputs: Any, generator: torch.Generator) -> Any:
+    """A copy of `inputs` with token ids redrawn and floating tensors re-sampled; None when nothing can change."""
+    changed = False
+
+    def perturb(name: str, value: Any) -> Any:
+        nonlocal changed
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.is_floating_point() and "mask" not in name:
+            changed = True
+            noise = torch.randn(value.shape, generator=generator).to(value.device, value.dtype)
+            return value + noise * (value.std() if value.numel() > 1 else 1.0)
+        if name.endswith("input_ids") and value.numel():
+            changed = True
+            high = max(int(value.max()) + 1, 2)
+            redrawn = torch.randint(0, high, value.shape, generator=generator).to(value.device, value.dtype)
+            return torch.where(redrawn == value, (redrawn + 1) % high, redrawn)
+        return value
+
+    if isinstance(inputs, dict):
+        out = {name: perturb(name, value) for name, value in inputs.items()}
+    elif isinstance(inputs, (tuple, list)):
+        out = type(inputs)(perturb(_positional_name(value), value) for value in inputs)
+    else:
+        out = perturb(_positional_name(inputs), inputs)
+    return out if changed else None
+
+
+def _positional_name(value: Any) -> str:
+    """Inputs passed by position: integer tensors are taken as token ids."""
+    is_ids = isinstance(value, torch.Tensor) and not value.is_floating_point() and value.dtype != torch.bool
+    return "input_ids" if is_ids else "x"
