@@ -205,7 +205,8 @@ def test_exact_target_by_pruning_end_and_after(target, variant):
 
 
 def test_half_space_projects_before_deadline_and_penalty_stops_at_target():
-    model, groups, optimizer = make(lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5)
+    # OTOv2's rule alone (constant schedule): natural projections before the deadline, not all of the target.
+    model, groups, optimizer = make(lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5, lambda_schedule="constant")
     counts = []
     for step in range(optimizer.pruning_end - 1):
         train_step(model, optimizer, step)
@@ -215,7 +216,9 @@ def test_half_space_projects_before_deadline_and_penalty_stops_at_target():
     assert counts == sorted(counts)
 
     # A target reached early switches the penalty off: every lambda is zero afterwards.
-    model, _, optimizer = make(lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.1, pruning_end=40)
+    model, _, optimizer = make(
+        lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.1, pruning_end=40, lambda_schedule="constant"
+    )
     for step in range(30):
         train_step(model, optimizer, step)
     assert optimizer.num_zero_groups() == optimizer.target_num_zero_groups == 3
@@ -297,7 +300,9 @@ def test_budget_total_and_unreachable_budget():
     model, groups, optimizer = make(target_sparsity=0.4, budget="params", budget_total=2 * prunable)
     for step in range(25):
         train_step(model, optimizer, step)
-    assert 0.4 <= optimizer.removed_fraction() < 0.4 + 20 / (2 * prunable)
+    # At or above the target, above it by less than the group that closed the gap (here at most a head).
+    largest = max(g.num_params for g in groups)
+    assert 0.4 <= optimizer.removed_fraction() < 0.4 + largest / (2 * prunable)
 
 
 # ----------------------------------------------------------------------------- re-scoring

@@ -1,4 +1,4 @@
-"""Tests for DHSPG's family constraints (`min_kept_per_family`, `uniform_widths`) and adaptive lambda schedule."""
+"""Tests for DHSPG's family constraints (`min_kept_per_family`, `max_family_sparsity`, `never_empty`, `uniform_widths`)."""
 
 from __future__ import annotations
 
@@ -77,13 +77,13 @@ def test_a_family_with_two_kinds_only_fails_under_constraints():
     "kwargs",
     [
         {**EAGER, "target_sparsity": 0.8, "min_kept_per_family": 1},
-        {**EAGER, "target_sparsity": 0.8, "min_kept_per_family": {"head": 1}, "lambda_schedule": "adaptive"},
+        {**EAGER, "target_sparsity": 0.8, "min_kept_per_family": {"head": 1}, "lambda_schedule": "progressive"},
         {"variant": "adamw", "lr": 0.01, "lmbda": 5.0, "target_sparsity": 0.7, "min_kept_per_family": {"head": 1}},
         {**EAGER, "target_sparsity": 0.55, "budget": "params", "min_kept_per_family": 1},
         {"target_sparsity": 0.55, "budget": "flops", "group_costs": FLOP_COSTS, "min_kept_per_family": 1,
-         "lambda_schedule": "adaptive"},
+         "lambda_schedule": "progressive"},
     ],
-    ids=["int", "dict-adaptive", "adamw", "params", "flops-adaptive"],
+    ids=["int", "dict-progressive", "adamw", "params", "flops-progressive"],
 )  # fmt: skip
 def test_min_kept_per_family_holds_at_every_step_and_the_target_is_met(kwargs):
     model, groups, optimizer = make(**kwargs)
@@ -138,12 +138,12 @@ def test_uniform_widths_plan(target, minimum, heads, neurons):
     "kwargs",
     [
         {**EAGER, "target_sparsity": 0.5},
-        {**EAGER, "target_sparsity": 0.7, "min_kept_per_family": {"head": 1}, "lambda_schedule": "adaptive"},
-        {"variant": "adamw", "lr": 0.01, "target_sparsity": 0.5, "lambda_schedule": "adaptive"},
+        {**EAGER, "target_sparsity": 0.7, "min_kept_per_family": {"head": 1}, "lambda_schedule": "progressive"},
+        {"variant": "adamw", "lr": 0.01, "target_sparsity": 0.5, "lambda_schedule": "progressive"},
         {**EAGER, "target_sparsity": 0.3, "budget": "params"},
-        {"target_sparsity": 0.4, "budget": "flops", "group_costs": FLOP_COSTS, "lambda_schedule": "adaptive"},
+        {"target_sparsity": 0.4, "budget": "flops", "group_costs": FLOP_COSTS, "lambda_schedule": "progressive"},
     ],
-    ids=["groups", "min-kept-adaptive", "adamw-adaptive", "params", "flops-adaptive"],
+    ids=["groups", "min-kept-progressive", "adamw-progressive", "params", "flops-progressive"],
 )
 def test_uniform_widths_fill_every_family_exactly(kwargs):
     model, groups, optimizer = make(uniform_widths=True, **kwargs)
@@ -200,55 +200,9 @@ def test_family_cap_keeps_candidates_in_priority_order_within_each_quota():
         free = ids[candidates[ids]]
         expected = free[torch.sort(rank[free]).indices][:room]
         assert sorted(ids[allowed[ids]].tolist()) == sorted(expected.tolist())
-    # A ramp at 40% allows ceil(0.4 * quota) zero groups per family.
-    allowed = families.cap(candidates, zero, families.family_order(priority), progress=0.4)
-    counts = families.zero_counts(allowed | zero).tolist()
-    assert counts == [1, 3, 1, 3]
-
-
-# ----------------------------------------------------------------------------- adaptive lambda schedule
-
-
-@pytest.mark.parametrize("variant, lr", [("sgd", 0.05), ("adamw", 0.01)])
-def test_adaptive_lambda_prunes_progressively_before_the_deadline(variant, lr):
-    """Reference lambda defaults: without the schedule no group projects before the deadline; with it the zero count
-    follows the linear ramp and most of the target is zero before the last pruning step."""
-    before_deadline = {}
-    for schedule in ("constant", "adaptive"):
-        model, groups, optimizer = make(variant=variant, lr=lr, target_sparsity=0.5, lambda_schedule=schedule)
-        target, start, end = optimizer.target_num_zero_groups, 5, optimizer.pruning_end
-        counts = []
-        for step in range(end):
-            train_step(model, optimizer, step)
-            counts.append(optimizer.num_zero_groups())
-            if schedule == "adaptive" and start <= step < end - 1:
-                # Never ahead of the ramp's whole number of groups.
-                assert counts[-1] <= math.ceil(target * (step + 1 - start) / (end - start) - 1e-9)
-        assert counts == sorted(counts) and counts[-1] == target
-        before_deadline[schedule] = counts[end - 2]
-        assert 1 <= float(optimizer.lambda_scale.min()) <= float(optimizer.lambda_scale.max()) <= 1e6
-    assert before_deadline["constant"] == 0
-    assert before_deadline["adaptive"] >= 0.5 * 14
-    # Measured: all 14 groups are zero before step pruning_end - 1 (sgd and adamw), none without the schedule.
-
-
-def test_adaptive_lambda_scale_grows_when_lagging_and_applies_to_the_groups_due():
-    _, _, optimizer = make(target_sparsity=0.5)
-    assert optimizer.lambda_schedule == "constant" and torch.equal(optimizer.lambda_scale, torch.ones(4))
-    runs = {}
-    for growth in (1.0, 2.0):
-        model, _, optimizer = make(target_sparsity=0.5, lambda_schedule="adaptive", lambda_growth=growth)
-        for step in range(7):
-            train_step(model, optimizer, step)
-        runs[growth] = optimizer
-    # Pruning steps 5 and 6 end behind the ramp with nothing zero: the scale doubled twice.
-    assert runs[2.0].num_zero_groups() == 0
-    assert torch.equal(runs[2.0].lambda_scale, torch.full((4,), 4.0))
-    # Step 6 (scale 2, same weights as without growth) scaled only the ceil(14 * 2 / 20) = 2 groups the ramp wants.
-    base, scaled = runs[1.0].lambdas, runs[2.0].lambdas
-    ratio = scaled[base > 0] / base[base > 0]
-    assert sorted(ratio.tolist()) == [1.0] * (len(ratio) - 2) + [2.0] * 2
-    assert set(torch.nonzero(scaled > base).flatten().tolist()) <= set(runs[2.0].redundant_group_ids())
+    # `due` with progress 0.4 takes ceil(0.4 * quota) - zero groups per family, in priority order.
+    due = families.due(candidates, zero, families.family_order(priority), progress=0.4)
+    assert families.zero_counts(due | zero).tolist() == [1, 3, 1, 3]
 
 
 # ----------------------------------------------------------------------------- resume and host sync
@@ -257,8 +211,8 @@ def test_adaptive_lambda_scale_grows_when_lagging_and_applies_to_the_groups_due(
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"uniform_widths": True, "min_kept_per_family": {"head": 1}, "lambda_schedule": "adaptive"},
-        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "adaptive", "num_partition_periods": 2},
+        {"uniform_widths": True, "min_kept_per_family": {"head": 1}, "lambda_schedule": "progressive"},
+        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "progressive", "num_partition_periods": 2},
     ],
     ids=["uniform", "min-kept-params"],
 )
@@ -274,7 +228,7 @@ def test_resume_with_constraints_and_schedule_is_bit_identical(tmp_path, kwargs)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
     state = torch.load(tmp_path / "optimizer.pt", weights_only=True)
-    assert state["dhspg"]["lambda_scale"].shape == (4,) and bool((state["dhspg"]["lambda_scale"] > 1).any())
+    assert bool((state["dhspg"]["due_start"] >= 0).any()) and state["dhspg"]["importance_steps"] > 0
 
     resumed, _, resumed_optimizer = make(seed=123, **kwargs)
     resumed.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
@@ -283,7 +237,7 @@ def test_resume_with_constraints_and_schedule_is_bit_identical(tmp_path, kwargs)
         train_step(resumed, resumed_optimizer, step)
     for (name, p), q in zip(resumed.named_parameters(), reference.parameters()):
         assert torch.equal(p, q), name
-    assert torch.equal(resumed_optimizer.lambda_scale, reference_optimizer.lambda_scale)
+    assert torch.equal(resumed_optimizer.lambdas, reference_optimizer.lambdas)
     assert resumed_optimizer.zero_group_ids() == reference_optimizer.zero_group_ids()
 
     _, _, other = make(**{**kwargs, "min_kept_per_family": 0, "uniform_widths": False})
@@ -294,8 +248,8 @@ def test_resume_with_constraints_and_schedule_is_bit_identical(tmp_path, kwargs)
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"uniform_widths": True, "lambda_schedule": "adaptive"},
-        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "adaptive"},
+        {"uniform_widths": True, "lambda_schedule": "progressive"},
+        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "progressive"},
     ],
     ids=["uniform", "min-kept-params"],
 )
@@ -324,7 +278,7 @@ def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
             {"target_sparsity": 0.9, "min_kept_per_family": 1},
             r"Unreachable target under `min_kept_per_family=1`: the target needs 25 zero groups, but keeping that "
             r"minimum in every family, at most 24 of the 28 groups can be zero\. Lower `target_sparsity` to at most "
-            r"0\.8571 or lower `min_kept_per_family`",
+            r"0\.8571 or relax those limits",
         ),
         (
             {"target_sparsity": 0.9, "min_kept_per_family": {"neuron": 2}, "uniform_widths": True},
@@ -338,9 +292,10 @@ def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
         ({"min_kept_per_family": {"head": 1.5}}, r"`min_kept_per_family\['head'\]` must be an int >= 0"),
         ({"min_kept_per_family": {"heads": 1}}, r"unknown kind 'heads'; use kinds among \['channel', 'head', 'neur"),
         ({"uniform_widths": "yes"}, r"`uniform_widths` must be a bool, got 'yes'"),
-        ({"lambda_schedule": "fast"}, r"`lambda_schedule` must be one of \('adaptive', 'constant'\), got 'fast'"),
-        ({"lambda_growth": 0.5}, r"`lambda_growth` must be a finite number >= 1, got 0.5"),
-        ({"lambda_max_scale": 0.0}, r"`lambda_max_scale` must be a finite number >= 1, got 0.0"),
+        ({"lambda_schedule": "fast"}, r"`lambda_schedule` must be one of \('progressive', 'constant'\), got 'fast'"),
+        ({"saliency": "magnitude"}, r"`saliency` must be one of \('fisher', 'otov2'\), got 'magnitude'"),
+        ({"max_family_sparsity": 0.0}, r"`max_family_sparsity` must be in \(0, 1\], got 0.0"),
+        ({"never_empty": [(("x", 0),)]}, r"`never_empty` names 1 family key\(s\) that no group has"),
     ],
 )  # fmt: skip
 def test_constraint_argument_validation(kwargs, message):

@@ -59,8 +59,8 @@ def test_plain_training_arguments_are_upgraded(tmp_path):
 
 
 def test_every_layer_keeps_its_minimum_of_heads(tmp_path):
-    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), min_heads_per_layer=2, target_sparsity=0.9),
-                         train_dataset=TinyClassification())
+    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), min_heads_per_layer=2, target_sparsity=0.9,
+                                                 max_family_sparsity=1.0), train_dataset=TinyClassification())
     trainer.train()
     zero = set(trainer.groups.zero_group_ids(trainer.model))
     assert len(zero) == round(0.9 * len(trainer.groups))
@@ -148,12 +148,13 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_two_processes_match_one(tmp_path):
+    """DDP with distillation from the dense start: the teacher runs on every rank, outside DDP."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "tests.utils.train_tiny", str(tmp_path / "one"), "8"],
+    single = subprocess.run([sys.executable, "-m", "tests.utils.train_tiny", str(tmp_path / "one"), "8", "dense"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    double = subprocess.run([*launcher, "-m", "tests.utils.train_tiny", str(tmp_path / "two"), "4"],
+    double = subprocess.run([*launcher, "-m", "tests.utils.train_tiny", str(tmp_path / "two"), "4", "dense"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     one = torch.load(tmp_path / "one" / "weights-rank0.pt")
