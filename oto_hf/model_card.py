@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import TrainingArguments
 
 from . import __version__
+from .training_args import OTOTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -23,28 +26,11 @@ CARD_TAGS = ["oto_hf", "pruning", "structured-pruning", "only-train-once"]
 KINDS = ("head", "neuron", "channel")
 KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "channel": "channels"}
 
-# OTOTrainingArguments fields shown in the card, then the TrainingArguments fields that matter for reproduction. The
-# arguments are never dumped whole: they hold secrets such as `hub_token`.
-OTO_SETTINGS = (
-    "target_sparsity",
-    "sparsity_budget",
-    "prune_kinds",
-    "partition_steps",
-    "partition_ratio",
-    "pruning_end_steps",
-    "pruning_end_ratio",
-    "num_partition_periods",
-    "dhspg_variant",
-    "dhspg_epsilon",
-    "dhspg_final_epsilon",
-    "dhspg_lambda",
-    "dhspg_lambda_amplify",
-    "dhspg_lambda_cap",
-    "dhspg_tolerance",
-    "saliency_cosine_weight",
-    "saliency_magnitude_weight",
-    "min_heads_per_layer",
-)
+# Every OTOTrainingArguments field of its own (so that a new argument is never missing from cards), then the
+# TrainingArguments fields that matter for reproduction. The arguments are never dumped whole: they hold secrets such
+# as `hub_token`.
+_TRAINER_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+OTO_SETTINGS = tuple(f.name for f in dataclasses.fields(OTOTrainingArguments) if f.name not in _TRAINER_FIELDS)
 TRAINING_SETTINGS = (
     "learning_rate",
     "lr_scheduler_type",

@@ -63,15 +63,16 @@ def save_pruned(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         config, architectures = config_for_saving(model)
-        original = model.config
-        model.config = config
-        try:
-            model.save_pretrained(staging)
-        finally:
-            model.config = original
+        # The weights are written under the model's own config, so that their keys are exactly those the stock class
+        # writes (transformers renames some keys per model type); then the pruned config replaces config.json.
+        model.save_pretrained(staging)
+        written = json.loads((staging / "config.json").read_text(encoding="utf-8"))
+        config.to_json_file(staging / "config.json")
+        kept = {key: written[key] for key in ("architectures", "dtype") if key in written}
         if architectures is not None:
             _write_remote_code(staging, model, config)
-            _set_architectures(staging / "config.json", architectures)
+            kept["architectures"] = architectures
+        _update_json(staging / "config.json", kept)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         _move_into_place(staging, output_dir)
@@ -202,9 +203,9 @@ def _write_remote_code(folder: Path, model: PreTrainedModel, config: Any) -> Non
     (folder / f"{_remote_module_name(model_type)}.py").write_text(source + "\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _set_architectures(path: Path, architectures: list[str]) -> None:
+def _update_json(path: Path, values: dict[str, Any]) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
-    data["architectures"] = architectures
+    data.update(values)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -120,6 +120,40 @@ def construct_subnet(
     return result
 
 
+# ---- probing: can every family really be sliced? --------------------------------------------------------------------
+def unremovable_families(model: nn.Module, groups: GroupSet) -> dict[tuple, str]:
+    """Families whose removal breaks `model` (a crash or different outputs), with the error, found by bisection.
+
+    Discovery proves that the weights of a group can be zeroed without effect; slicing them away also needs every
+    width the forward uses to follow (split points, head counts). A model that computes a width from something
+    oto_hf does not change (another tensor's shape, a global constant) is caught here. One or two groups are removed
+    from each family (the whole family if it has one group), so neighbouring layers end with different widths.
+    """
+    members = groups.families()
+    keys = list(members)
+
+    def attempt(chosen: list[tuple]) -> str | None:
+        ids = [g.id for index, key in enumerate(chosen) for g in members[key][: 2 if index % 2 and len(members[key]) > 2 else 1]]
+        try:
+            construct_subnet(model, groups, ids)
+        except Exception as error:  # any failure means these families cannot be removed as discovered
+            return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        return None
+
+    def search(chosen: list[tuple], error: str | None) -> dict[tuple, str]:
+        if error is None:
+            return {}
+        if len(chosen) == 1:
+            return {chosen[0]: error}
+        halves = chosen[: len(chosen) // 2], chosen[len(chosen) // 2 :]
+        found = {}
+        for half in halves:
+            found.update(search(half, attempt(half)))
+        return found or {key: error for key in chosen}  # the halves only fail together: keep them all out
+
+    return search(keys, attempt(keys)) if keys else {}
+
+
 # ---- families: groups that share the same tensors (the heads of one layer, the neurons of one FFN) -------------------
 def _check_empty_layers(groups: GroupSet, families: dict, ids: list[int], allow: bool) -> None:
     if allow:

@@ -144,6 +144,7 @@ class OTOTrainer(Trainer):
             final_epsilon=args.dhspg_final_epsilon,
             tolerance=args.dhspg_tolerance,
             saliency=args.dhspg_saliency,
+            importance_window=args.importance_window or None,
             saliency_weights=(args.saliency_cosine_weight, args.saliency_magnitude_weight),
             # A layer may lose its whole FFN (exact: the block adds its bias only), never all heads or conv channels.
             min_kept_per_family={"head": args.min_heads_per_layer, "channel": 1},

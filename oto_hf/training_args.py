@@ -77,6 +77,13 @@ class OTOTrainingArguments(TrainingArguments):
             "'otov2' (OTOv2's cosine and magnitude mix)."
         },
     )
+    importance_window: int = field(
+        default=0,
+        metadata={
+            "help": "With 'fisher': warm-up steps whose gradients score the groups at the first partition (0: one "
+            "period)."
+        },
+    )
     saliency_cosine_weight: float = field(
         default=0.5, metadata={"help": "With `dhspg_saliency='otov2'`: weight of cos(x_g, d_g)."}
     )
@@ -134,6 +141,8 @@ class OTOTrainingArguments(TrainingArguments):
             raise ValueError(f"`prune_kinds` must be a non-empty subset of {list(GROUP_KINDS)}, got {self.prune_kinds}.")
         if self.dhspg_saliency not in SALIENCIES:
             raise ValueError(f"`dhspg_saliency` must be one of {list(SALIENCIES)}, got {self.dhspg_saliency!r}.")
+        if self.importance_window < 0:
+            raise ValueError(f"`importance_window` must be >= 0, got {self.importance_window}.")
         if not 0.0 < self.max_family_sparsity <= 1.0:
             raise ValueError(f"`max_family_sparsity` must be in (0, 1], got {self.max_family_sparsity}.")
         if not self.distillation:

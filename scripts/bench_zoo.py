@@ -120,6 +120,7 @@ class Result:
     removed: int = 0
     params: tuple[int, int] = (0, 0)
     checks: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -280,7 +281,7 @@ def run_architecture(model_type: str, workdir: Path) -> Result:
     except Exception as error:  # any other error is a failure of oto_hf on this architecture
         result.outcome = "failed"
         result.reason = f"{type(error).__name__}: {error}"[:2000]
-        result.checks["traceback"] = traceback.format_exc()[-3000:]  # type: ignore[assignment]
+        result.notes.append(traceback.format_exc()[-3000:])
     result.seconds = round(time.perf_counter() - start, 1)
     return result
 
@@ -322,16 +323,22 @@ def _pipeline(model_type: str, workdir: Path, result: Result) -> None:
     check(result, "reload", relative_diff(expected, forward_outputs(reloaded, inputs)[0]), RELOAD_TOLERANCE)
     torch.save({"inputs": inputs, "outputs": expected, "auto_class": auto_class}, workdir / f"{model_type}.pt")
     if auto_class == "AutoModelForCausalLM":
-        check(result, "generate_tokens_differ", float(_generation_differs(masked, pruned, inputs)), 0)
+        _check_generation(result, masked, pruned, inputs)
 
 
 @torch.no_grad()
-def _generation_differs(masked: torch.nn.Module, pruned: torch.nn.Module, inputs: dict[str, Any]) -> bool:
+def _check_generation(result: Result, masked: torch.nn.Module, pruned: torch.nn.Module, inputs: dict[str, Any]) -> None:
+    """Greedy decoding with the KV cache: the pruned model must produce the zero-masked model's tokens."""
     prompt = inputs["input_ids"][:, :4]
     settings = dict(max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
-    expected = masked.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+    try:
+        expected = masked.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+    except Exception as error:  # the stock model itself cannot generate from this tiny config
+        result.notes.append(f"generate() not checked: the stock model fails: {type(error).__name__}: "
+                            f"{_first_line(error)}")
+        return
     tokens = pruned.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
-    return not torch.equal(expected, tokens)
+    check(result, "generate_tokens_differ", float(not torch.equal(expected, tokens)), 0)
 
 
 _SUBPROCESS = r"""

@@ -34,6 +34,7 @@ class ChannelRegistry:
         self._poison_ids: list[torch.Tensor] = []
         self._poison_reasons: list[str] = []
         self._attention_ids: list[torch.Tensor] = []
+        self._shared_edges: list[torch.Tensor] = []
 
     def elements(self, name: str, dim: int, size: int, is_buffer: bool = False) -> torch.Tensor:
         """Element ids of `name` along `dim`, allocating them on first use."""
@@ -55,11 +56,27 @@ class ChannelRegistry:
             keys = (a[keep] << 32 | b[keep]).unique()  # one int64 per pair: a 1-D unique is much faster
             self._edges.append(torch.stack([keys >> 32, keys & 0xFFFFFFFF]))
 
-    def union_along(self, labels: torch.Tensor, dim: int, ids: torch.Tensor) -> None:
-        """Tie every entry at index i of `labels` along `dim` with `ids[i]`."""
+    def union_along(self, labels: torch.Tensor, dim: int, ids: torch.Tensor, shared: bool = False) -> None:
+        """Tie every entry at index i of `labels` along `dim` with `ids[i]` (see `union_shared` for `shared`)."""
         shape = [1] * labels.dim()
         shape[dim] = -1
-        self.union(labels, ids.reshape(shape))
+        if shared:
+            self.union_shared(ids.reshape(shape), labels)
+        else:
+            self.union(labels, ids.reshape(shape))
+
+    def union_shared(self, parameter_ids: torch.Tensor, labels: torch.Tensor) -> None:
+        """Tie parameter entries to the channels they meet, but only if those channels end up in one group.
+
+        A parameter broadcast over channels (one norm weight for every head) serves several groups with each entry:
+        such an entry is kept whole, outside every group, and the groups stay apart. If everything it meets is one
+        group anyway (a per-head gate bias broadcast over the head's own channels), it joins that group.
+        """
+        a, b = torch.broadcast_tensors(parameter_ids, labels)
+        keep = (a >= 0) & (b >= 0)
+        if keep.any():
+            keys = (a[keep] << 32 | b[keep]).unique()
+            self._shared_edges.append(torch.stack([keys >> 32, keys & 0xFFFFFFFF]))
 
     def poison(self, ids: torch.Tensor, reason: str) -> None:
         """Mark elements (entries < 0 are ignored) as unprunable."""
@@ -75,11 +92,32 @@ class ChannelRegistry:
             self._attention_ids.append(ids.unique())
 
     def components(self) -> torch.Tensor:
-        """Component id (the smallest element id in it) of every element."""
-        labels = torch.arange(self.num_elements)
-        if not self._edges:
+        """Component id (the smallest element id in it) of every element.
+
+        Shared parameter entries (`union_shared`) join the one group they meet; entries that meet several groups
+        are poisoned here (kept whole), which leaves the groups apart.
+        """
+        labels = self._connect(self._edges)
+        if not self._shared_edges:
             return labels
-        edges = torch.cat(self._edges, dim=1)
+        shared = torch.cat(self._shared_edges, dim=1)
+        self._shared_edges = []
+        parameter, other = shared[0], labels[shared[1]]
+        low = torch.full((self.num_elements,), self.num_elements).scatter_reduce(0, parameter, other, reduce="amin")
+        high = torch.full((self.num_elements,), -1).scatter_reduce(0, parameter, other, reduce="amax")
+        single = (low[parameter] == high[parameter])
+        self._edges.append(shared[:, single])
+        split = parameter[~single].unique()
+        if split.numel():
+            self._poison_ids.append(split)
+            self._poison_reasons.append("a parameter shared by several groups (e.g. one norm weight for all heads)")
+        return self._connect(self._edges)
+
+    def _connect(self, edge_list: list[torch.Tensor]) -> torch.Tensor:
+        labels = torch.arange(self.num_elements)
+        if not edge_list:
+            return labels
+        edges = torch.cat(edge_list, dim=1)
         src, dst = edges[0], edges[1]
         while True:
             previous = labels

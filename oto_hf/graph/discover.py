@@ -26,6 +26,7 @@ def discover_groups(
     *,
     kinds: Iterable[str] = GROUP_KINDS,
     show_progress: bool | None = None,
+    probe: bool = True,
 ) -> GroupSet:
     """Find the zero-invariant groups of `model` from its `torch.export` graph.
 
@@ -41,6 +42,9 @@ def discover_groups(
         kinds (`Iterable[str]`, *optional*, defaults to all): which of `"head"`, `"neuron"`, `"channel"` to return.
         show_progress (`bool`, *optional*): show a progress bar while propagating; by default only for large graphs
             (over 1,000 nodes). `transformers.utils.logging.disable_progress_bar()` turns it off.
+        probe (`bool`, *optional*, defaults to `True`): slice a copy of the model (one or two groups per layer) and
+            compare its outputs with the zero-masked model; groups whose removal breaks the forward (a width the
+            model computes from something else) are moved to `unprunable`. Skipped on the `meta` device.
 
     Returns:
         `GroupSet`: the groups, in graph order, and the unprunable components with their reasons.
@@ -80,8 +84,38 @@ def discover_groups(
             "rule for it with `oto_hf.register_op_rule`."
         )
     result = GroupSet(groups, unprunable, example_inputs)
+    if probe and not any(p.is_meta for p in model.parameters()):
+        result = _drop_unremovable(model, result)
     logger.info("%s", result.summary())
     return result
+
+
+def _drop_unremovable(model: nn.Module, groups: GroupSet) -> GroupSet:
+    """Probe-slice a copy of the model; families whose removal breaks it become unprunable, with the error."""
+    from ..subnet import unremovable_families  # construct_subnet sits above discovery; the probe borrows it
+
+    failures = unremovable_families(model, groups)
+    if not failures:
+        return groups
+    families = groups.families()
+    dropped = {g.id for key in failures for g in families[key]}
+    kept = [g for g in groups if g.id not in dropped]
+    for index, group in enumerate(kept):
+        group.id = index
+    unprunable = list(groups.unprunable)
+    for key, error in failures.items():
+        first = families[key][0]
+        logger.warning("Leaving out the %ss of %s: removing them breaks the model (%s)", first.kind, first.module, error)
+        unprunable.append(UnprunableComponent(
+            f"removing {first.kind}s of '{first.module}' breaks the model's forward ({error}); a width the model "
+            "computes from something oto_hf does not change", sorted({s.name for s in first.slices})))
+    if not kept:
+        details = "\n".join(f"  - {c.reason}" for c in unprunable[-10:])
+        raise ValueError(
+            f"{type(model).__name__} has nothing prunable: every group discovery found breaks the model when "
+            f"removed:\n{details}"
+        )
+    return GroupSet(kept, unprunable, groups.example_inputs)
 
 
 def _build_groups(

@@ -187,12 +187,11 @@ def elementwise(ctx: RuleContext) -> Label:
                 ctx.forbid(d)
     for ref, shape in refs:
         offset = rank - len(shape)
-        if _shared(out, ref, offset):
-            continue  # the same entries meet different channels along a broadcast dim (e.g. a per-head norm's weight)
+        shared = _shared(out, ref, offset)  # each entry meets several channels (e.g. one norm weight for all heads)
         for i in ref.channel_dims():
             d = i + offset
             if varies_along(out, d):
-                ctx.registry.union_along(out, d, ref.elements(ctx.registry, i))
+                ctx.registry.union_along(out, d, ref.elements(ctx.registry, i), shared=shared)
             else:
                 ctx.forbid(d)
                 ctx.registry.poison(ref.elements(ctx.registry, i), f"a dimension that carries no channel: {ctx.where}")
@@ -534,10 +533,9 @@ def layer_norm(ctx: RuleContext, normalised_dims: list[int] | None = None) -> La
         offset = dense.dim() - len(ref.shape)
         for i in ref.channel_dims():  # affine parameters join the channels they scale
             d = offset + i if normalised_dims is not None else 1
-            if normalised_dims is not None and _shared(dense, ref, offset):
-                continue  # one parameter for every head (a per-head norm): kept, never sliced
+            shared = normalised_dims is not None and _shared(dense, ref, offset)  # a per-head norm's parameters
             if varies_along(dense, d):
-                ctx.registry.union_along(dense, d, ref.elements(ctx.registry, i))
+                ctx.registry.union_along(dense, d, ref.elements(ctx.registry, i), shared=shared)
             else:
                 ctx.registry.poison(ref.elements(ctx.registry, i), f"normalisation parameters: {ctx.where}")
     if ctx.label(x) is None:

@@ -158,6 +158,9 @@ class DHSPG(Optimizer):
         saliency (`str`, *optional*, defaults to `"fisher"`):
             how groups are ranked: `"fisher"` (importance per unit of cost, above) or `"otov2"` (OTOv2's mix of
             `cos(x_g, d_g)` and `1 / avg|x_g|`, each min-max normalised, blind to cost).
+        importance_window (`int`, *optional*):
+            with `saliency="fisher"`, the warm-up steps whose gradients score the groups at the first partition;
+            defaults to one period.
         saliency_weights (`tuple[float, float]`, *optional*, defaults to `(0.5, 0.5)`):
             with `saliency="otov2"`, the weights of the cosine and inverse-magnitude terms.
         min_kept_per_family (`int` or `dict[str, int]`, *optional*, defaults to `0`):
@@ -232,6 +235,7 @@ class DHSPG(Optimizer):
         final_epsilon: float | None = None,
         tolerance: float = 0.05,
         saliency: str = "fisher",
+        importance_window: int | None = None,
         saliency_weights: tuple[float, float] = (0.5, 0.5),
         min_kept_per_family: int | Mapping[str, int] = 0,
         max_family_sparsity: float = 1.0,
@@ -323,7 +327,9 @@ class DHSPG(Optimizer):
         self.uniform_widths = uniform_widths
         self.lambda_schedule = lambda_schedule
         # Importance is accumulated over the pruning steps and over the period before the first partition.
-        self._importance_from = max(0, partition_step - period)
+        if importance_window is not None:
+            _check_int("importance_window", importance_window, 1)
+        self._importance_from = max(0, partition_step - (importance_window or period))
 
         # Run state (all in `state_dict()`).
         num_groups = self._index.num_groups
