@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from oto_hf import default_example_inputs, discover_groups
+from oto_hf import construct_subnet, default_example_inputs, discover_groups
+from oto_hf.graph.export import TracingError
 from tests.utils.tiny_models import CASE_IDS, CASES, TEXT
 
 
@@ -161,3 +162,50 @@ def test_untraceable_inputs_are_a_clear_error():
     model = BertModel(BertConfig(**TEXT))
     with pytest.raises(RuntimeError, match="torch.export could not trace BertModel"):
         discover_groups(model, example_inputs={"not_an_argument": torch.ones(1, 3)})
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if self.proj(x).sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+            return x
+        return -x
+
+
+def test_tracing_failure_names_the_module_and_what_to_do():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), _DataDependent()))
+    with pytest.raises(RuntimeError, match=r"(?s)inside module '1\.1' \(_DataDependent\).*register_op_rule") as info:
+        discover_groups(model, example_inputs=(torch.randn(2, 4),))
+    assert isinstance(info.value, TracingError)
+
+
+class _WidthFromInput(nn.Module):
+    """Splits a fused projection at a point computed from the input's width, which pruning does not change."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = nn.Linear(6, 12)
+        self.down = nn.Linear(6, 6)
+        self.mlp_up, self.mlp_down = nn.Linear(6, 5), nn.Linear(5, 6)
+
+    def forward(self, x):
+        a, b = self.fused(x).split([x.shape[-1], x.shape[-1]], dim=-1)
+        y = x + self.down(a * torch.sigmoid(b))
+        return y + self.mlp_down(torch.relu(self.mlp_up(y)))
+
+
+def test_groups_whose_removal_breaks_the_forward_are_left_out_with_the_error():
+    model = _WidthFromInput().eval()
+    inputs = (torch.randn(2, 6),)
+    unprobed = discover_groups(model, example_inputs=inputs, probe=False)
+    assert unprobed.counts() == {"neuron": 6 + 5}
+    groups = discover_groups(model, example_inputs=inputs)
+    assert groups.counts() == {"neuron": 5}  # only the MLP can really be sliced
+    reason = next(c.reason for c in groups.unprunable if "breaks the model's forward" in c.reason)
+    assert "split_with_sizes" in reason and "fused.weight" in next(
+        c.tensors for c in groups.unprunable if c.reason == reason
+    )
+    construct_subnet(model, groups, [0, 3])

@@ -93,3 +93,102 @@ def test_channels_mixed_with_a_constant_along_the_channel_dim_stay_unprunable():
 
     with pytest.raises(ValueError, match="nothing prunable"):
         discover_groups(AddConstant(), example_inputs=(torch.randn(3, 4),))
+
+
+class HeadAttention(nn.Module):
+    """Four heads of width 3 with optional per-head norm, per-head bias table and per-head gate bias."""
+
+    def __init__(self, qk_norm: bool = False, bias_table: bool = False, gate_bias: bool = False):
+        super().__init__()
+        self.heads, self.head_dim = 4, 3
+        self.q, self.k, self.v = (nn.Linear(8, 12) for _ in range(3))
+        self.out = nn.Linear(12, 8)
+        self.norm_weight = nn.Parameter(torch.rand(3) + 0.5) if qk_norm else None
+        self.table = nn.Parameter(torch.randn(9, 4)) if bias_table else None
+        self.register_buffer("index", torch.randint(0, 9, (5, 5)), persistent=False)
+        self.gate = nn.Parameter(torch.randn(4)) if gate_bias else None
+
+    def split(self, x):
+        return x.view(1, 5, -1, self.head_dim).transpose(1, 2)
+
+    def rms(self, x):
+        return self.norm_weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+    def forward(self, x):
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        if self.norm_weight is not None:
+            q, k = self.rms(q), self.rms(k)
+        mask = self.table[self.index].permute(2, 0, 1).unsqueeze(0) if self.table is not None else None
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.gate is not None:
+            out = out * torch.sigmoid(self.gate[None, :, None, None])
+        return self.out(out.transpose(1, 2).reshape(1, 5, -1))
+
+
+def _heads(groups):
+    return [g for g in groups if g.kind == "head"]
+
+
+def _exact(model, groups, ids):
+    return construct_subnet(model, groups, ids)  # raises unless it equals the zero-masked model
+
+
+def test_per_head_norm_keeps_head_groups_and_its_shared_weight_whole():
+    model = HeadAttention(qk_norm=True).eval()
+    groups = discover_groups(model, example_inputs=(torch.randn(1, 5, 8),))
+    assert len(_heads(groups)) == 4
+    assert not any(s.name == "norm_weight" for g in groups for s in g.slices)
+    assert any("shared by several groups" in c.reason and "norm_weight" in c.tensors for c in groups.unprunable)
+    pruned = _exact(model, groups, [_heads(groups)[1].id])
+    assert pruned.q.out_features == 9 and pruned.norm_weight.shape == (3,)
+
+
+def test_norm_over_all_heads_mixes_them():
+    class WholeNorm(HeadAttention):
+        def split(self, x):
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # over every head's channels
+            return super().split(x)
+
+    with pytest.raises(ValueError, match="(?s)nothing prunable.*reduction over a channel dimension"):
+        discover_groups(WholeNorm().eval(), example_inputs=(torch.randn(1, 5, 8),), kinds=["head"])
+
+
+def test_relative_position_table_follows_its_head():
+    model = HeadAttention(bias_table=True).eval()
+    groups = discover_groups(model, example_inputs=(torch.randn(1, 5, 8),))
+    heads = _heads(groups)
+    assert len(heads) == 4
+    table = {s.name: (s.dim, s.indices.tolist()) for s in heads[2].slices}["table"]
+    assert table == (1, [2])
+    pruned = _exact(model, groups, [heads[0].id, heads[2].id])
+    assert pruned.table.shape == (9, 2)
+
+
+def test_per_head_gate_bias_joins_its_head():
+    model = HeadAttention(gate_bias=True).eval()
+    groups = discover_groups(model, example_inputs=(torch.randn(1, 5, 8),))
+    heads = _heads(groups)
+    assert len(heads) == 4 and {s.name: s.indices.tolist() for s in heads[3].slices}["gate"] == [3]
+    assert _exact(model, groups, [heads[3].id]).gate.shape == (3,)
+
+
+def test_a_failing_rule_leaves_its_channels_unprunable(restore_rules):
+    def broken(ctx):
+        raise IndexError("rule bug")
+
+    register_op_rule(torch.ops.aten.gelu.default, broken)
+
+    class GeluMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 4)
+            self.c, self.d = nn.Linear(4, 5), nn.Linear(5, 4)
+
+        def forward(self, x):
+            return self.d(torch.relu(self.c(self.b(nn.functional.gelu(self.a(x))))))
+
+    groups = discover_groups(GeluMLP().eval(), example_inputs=(torch.randn(2, 4),))
+    assert groups.counts() == {"neuron": 4 + 5}  # b -> c and c -> d; a -> gelu -> b is left out
+    assert not any(s.name.startswith("a.") for g in groups for s in g.slices)
+    reason = next(c for c in groups.unprunable if "propagation rule failed (IndexError: rule bug)" in c.reason)
+    assert "a.weight" in reason.tensors

@@ -210,3 +210,42 @@ def test_weights_that_do_not_match_the_config_are_a_clear_error(saved, tmp_path)
 def test_save_pruned_needs_a_transformers_model(tmp_path):
     with pytest.raises(TypeError, match="PreTrainedModel"):
         save_pruned(torch.nn.Linear(2, 2), tmp_path / "out")
+
+
+def test_checkpoint_keys_are_the_stock_ones_when_transformers_renames_them(tmp_path):
+    """GPT-NeoX's output embedding is renamed by transformers on save and load; an `oto_*` folder must agree."""
+    from safetensors import safe_open
+
+    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**TEXT)).eval()
+    model.save_pretrained(tmp_path / "stock")
+    groups = discover_groups(model)
+    pruned = construct_subnet(model, groups, random_nonuniform_ids(groups, seed=1))
+    folder = save_pruned(pruned, tmp_path / "pruned")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "oto_gpt_neox"
+
+    def keys(path):
+        with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+            return set(handle.keys())
+
+    assert keys(folder) == keys(tmp_path / "stock")
+    loaded, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for a, b in zip(_outputs(pruned, groups.example_inputs), _outputs(loaded, groups.example_inputs)):
+        assert float((a - b).abs().max()) <= 1e-6
+
+
+def test_a_weight_left_missing_or_unused_is_an_error(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, results = saved
+    _, _, _, folder = results["bert"]
+    broken = tmp_path / "renamed"
+    broken.mkdir()
+    (broken / "config.json").write_text((folder / "config.json").read_text())
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["qa_head.weight"] = tensors.pop("qa_outputs.weight")
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"(?s)missing from the checkpoint \['qa_outputs.weight'\].*unused \['qa_head.weight'\]"):
+        transformers.AutoModelForQuestionAnswering.from_pretrained(broken)
+    base = transformers.AutoModel.from_pretrained(folder)  # a base class may leave the task head unused
+    assert type(base).__name__ == "OTOBertModel"

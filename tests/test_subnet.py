@@ -101,3 +101,35 @@ def test_a_wrong_result_is_never_returned(monkeypatch):
         construct_subnet(model, groups, [0, 5], inplace=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.transformer.h[0].attn.c_attn.nf == 96
+
+
+def test_fused_qkv_and_gate_up_projections_get_per_layer_widths():
+    """Phi-3 splits `qkv_proj` at points read from the config at every forward: each layer gets its own copy."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    model = Phi3ForCausalLM(Phi3Config(**TEXT, num_key_value_heads=2, pad_token_id=0)).eval()
+    groups = discover_groups(model)
+    assert groups.counts() == {"head": 2 * 2, "neuron": 2 * 37}
+    head = next(g for g in groups if g.kind == "head" and g.layer == 1)
+    qkv = next(s for s in head.slices if s.name.endswith("qkv_proj.weight"))
+    # KV head 0 with its two query heads: query rows 0-15, key rows 32-39, value rows 48-55 of the fused weight
+    assert qkv.indices.tolist() == list(range(0, 16)) + list(range(32, 40)) + list(range(48, 56))
+    layer0_heads = [g.id for g in groups if g.kind == "head" and g.layer == 0][:1]
+    layer1_neurons = [g.id for g in groups if g.kind == "neuron" and g.layer == 1][:5]
+    ids = layer0_heads + layer1_neurons
+    pruned = construct_subnet(model, groups, ids)
+    assert max_output_diff(pruned, masked_copy(model, groups, ids), groups.example_inputs) <= 1e-5
+    layers = pruned.model.layers
+    assert (layers[0].self_attn.config.num_attention_heads, layers[0].self_attn.config.num_key_value_heads) == (2, 1)
+    assert layers[1].self_attn.config.num_attention_heads == 4 and layers[1].mlp.config.intermediate_size == 32
+    assert pruned.config.num_attention_heads == 4 and pruned.config.intermediate_size == 37  # the model's own
+    assert layers[1].mlp.gate_up_proj.out_features == 2 * 32
+
+
+def test_eager_attention_heads_are_heads_and_their_counts_follow():
+    """Attention written as matmuls (no SDPA) still yields head groups, so `num_attention_heads` is scaled."""
+    model = BertModel(BertConfig(**TEXT, attn_implementation="eager")).eval()
+    groups = discover_groups(model)
+    assert groups.counts()["head"] == 8
+    pruned = construct_subnet(model, groups, [0])
+    assert pruned.encoder.layer[0].attention.self.num_attention_heads == 3
