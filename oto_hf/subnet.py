@@ -133,11 +133,17 @@ def unremovable_families(model: nn.Module, groups: GroupSet) -> dict[tuple, str]
     keys = list(members)
 
     def attempt(chosen: list[tuple]) -> str | None:
-        ids = [g.id for index, key in enumerate(chosen) for g in members[key][: 2 if index % 2 and len(members[key]) > 2 else 1]]
+        ids = [
+            g.id for index, key in enumerate(chosen) for g in members[key][: 2 if index % 2 and len(members[key]) > 2 else 1]
+        ]
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # a probe, not a pruning: keep "Removed ... groups" out of the INFO log
         try:
             construct_subnet(model, groups, ids)
         except Exception as error:  # any failure means these families cannot be removed as discovered
             return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        finally:
+            logger.setLevel(level)
         return None
 
     def search(chosen: list[tuple], error: str | None) -> dict[tuple, str]:

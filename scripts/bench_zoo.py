@@ -51,6 +51,7 @@ SUBNET_TOLERANCE = 1e-5  # pruned vs zero-masked, relative to the largest output
 RELOAD_TOLERANCE = 1e-6  # reloaded vs pruned
 QK_SCALE = 10.0  # near-uniform random attention hides heads mixed by mistake: sharpen it
 PER_ARCHITECTURE_SECONDS = 180
+MAX_PARAMETERS = 10_000_000  # a "tiny" model above this kept some large default the generic shrinking missed
 
 # (Auto class, mapping) in the order a main task head is chosen.
 TASKS = (
@@ -213,6 +214,9 @@ def build(model_type: str) -> tuple[torch.nn.Module, str]:
         model = model_class(config).float().eval()
     except Exception as error:
         raise Skip(f"{class_name} cannot be built from the tiny config: {type(error).__name__}: {_first_line(error)}")
+    size = sum(p.numel() for p in model.parameters())
+    if size > MAX_PARAMETERS:
+        raise Skip(f"still {size / 1e6:.0f}M parameters after shrinking the usual config keys")
     if getattr(model, "main_input_name", "input_ids") not in ("input_ids", "pixel_values"):
         raise Skip(f"main input {model.main_input_name!r} (only token ids and pixels are generated)")
     return model, auto_class

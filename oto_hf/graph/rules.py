@@ -626,6 +626,8 @@ def _move_ref(ctx: RuleContext, ref: TensorRef) -> TensorRef | None:
         return ref.with_dims(out_shape, tuple(dims))
     if packet is aten.permute:
         return ref.with_dims(out_shape, tuple(dims[d % len(dims)] for d in ctx.node.args[1]))
+    if packet is aten.numpy_T:  # `weight.T`: all dims reversed
+        return ref.with_dims(out_shape, tuple(reversed(dims)))
     if packet in (aten.expand, aten.view, aten.reshape, aten._unsafe_view, aten.unsqueeze, aten.squeeze, aten.broadcast_to):
         kept = [(d, n) for d, n in zip(dims, ref.shape) if n != 1]
         if packet in (aten.expand, aten.broadcast_to):
@@ -674,7 +676,7 @@ _ELEMENTWISE = (
     "addcmul addcdiv floor_divide"
 )
 _MOVEMENT = (
-    "view reshape _unsafe_view transpose t permute unsqueeze squeeze expand expand_as broadcast_to flatten "
+    "view reshape _unsafe_view transpose t numpy_T permute unsqueeze squeeze expand expand_as broadcast_to flatten "
     "unflatten slice select split split_with_sizes chunk unbind cat concat stack narrow repeat movedim swapaxes flip "
     "roll view_as reshape_as tensor_split unfold"
 )
