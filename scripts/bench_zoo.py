@@ -88,19 +88,23 @@ TINY = {
     "ffn_dim": 37,
     "n_inner": 37,
     "d_ff": 37,
-    "moe_intermediate_size": 40,  # grouped matmuls of experts need 16-byte aligned strides
-    "shared_expert_intermediate_size": 40,
+    "moe_intermediate_size": 37,
+    "shared_expert_intermediate_size": 37,
     "num_experts": 4,
     "num_local_experts": 4,
     "n_routed_experts": 4,
     "num_experts_per_tok": 2,
     "head_dim": 8,
+    "rotary_dim": 4,
     "image_size": 64,
     "patch_size": 4,
     "window_size": 2,
     "num_labels": 3,
     "max_position_embeddings": 128,
 }
+FFN_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "moe_intermediate_size", "shared_expert_intermediate_size")
+EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+EXPERT_FFN = 40
 # Non-integer choices: BigBird switches from block-sparse to full attention on short inputs anyway, rebuilding its
 # attention layers from the config at run time; start in full attention.
 TINY_CHOICES = {"attention_type": "original_full"}
@@ -165,7 +169,10 @@ def tiny_config(model_type: str) -> Any:
         raise Skip(f"composite config ({', '.join(config_class.sub_configs)}): not a single tiny model")
     attribute_map = getattr(config_class, "attribute_map", {}) or {}
     kwargs: dict[str, Any] = {}
+    experts = any(key in defaults for key in EXPERT_KEYS)
     for key, value in TINY.items():
+        if experts and key in FFN_KEYS:
+            value = EXPERT_FFN  # grouped matmuls of experts need 16-byte aligned strides
         present = key in defaults or key in attribute_map
         if present and isinstance(defaults.get(key, 0), (int, type(None))) and not isinstance(defaults.get(key), bool):
             if key in defaults and defaults[key] is None and key not in ("head_dim", "num_key_value_heads"):
