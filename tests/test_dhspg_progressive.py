@@ -3,8 +3,13 @@ the Fisher importance per cost that ranks them; the constant (OTOv2) schedule fo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +146,15 @@ def test_importance_is_the_squared_mask_gradient_accumulated_before_the_first_pa
                 expected[g.id] += mask_grad**2
         optimizer.step()
     torch.testing.assert_close(optimizer.importance, expected / 4, rtol=1e-4, atol=1e-10)
+
+
+def test_ranks_with_different_statistics_agree_on_every_decision(tmp_path):
+    """Local decisions differ when each rank's statistics differ; taken from rank 0, the zero masks agree."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
+    out = tmp_path / "agreement.json"
+    run = subprocess.run([*launcher, "-m", "tests.utils.rank_agreement", str(out)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(out.read_text()) == {"synced": True, "local": False}

