@@ -23,7 +23,6 @@ from .subnet import FFN_CONFIG_KEYS, HEAD_CONFIG_KEYS
 logger = logging.getLogger(__name__)
 
 
-
 def save_pruned(
     model: PreTrainedModel,
     output_dir: str | Path,

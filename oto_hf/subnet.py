@@ -14,7 +14,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .graph.groups import GroupSet, ZeroInvariantGroup
-from .models.pruned import CONFIG_PREFIX, get_module_attribute, set_module_attribute
+from .models.pruned import CONFIG_PREFIX, LayerConfig, get_module_attribute, set_module_attribute
 from .stats import count_parameters, forward_outputs
 
 
@@ -133,9 +133,7 @@ def unremovable_families(model: nn.Module, groups: GroupSet) -> dict[tuple, str]
     keys = list(members)
 
     def attempt(chosen: list[tuple]) -> str | None:
-        ids = [
-            g.id for index, key in enumerate(chosen) for g in members[key][: 2 if index % 2 and len(members[key]) > 2 else 1]
-        ]
+        ids = [g.id for index, key in enumerate(chosen) for g in members[key][: _probe_count(index, members[key])]]
         level = logger.level
         logger.setLevel(logging.WARNING)  # a probe, not a pruning: keep "Removed ... groups" out of the INFO log
         try:
@@ -158,6 +156,10 @@ def unremovable_families(model: nn.Module, groups: GroupSet) -> dict[tuple, str]
         return found or {key: error for key in chosen}  # the halves only fail together: keep them all out
 
     return search(keys, attempt(keys)) if keys else {}
+
+
+def _probe_count(index: int, members: list[ZeroInvariantGroup]) -> int:
+    return 2 if index % 2 and len(members) > 2 else 1
 
 
 # ---- families: groups that share the same tensors (the heads of one layer, the neurons of one FFN) -------------------
@@ -277,7 +279,8 @@ def _scale_block_attributes(model: nn.Module, members: list[ZeroInvariantGroup],
             for attr in names:
                 _scale(module_name, module, attr, kept, total, attributes)
             config = getattr(module, "config", None)
-            if prefix and isinstance(config, PretrainedConfig) and not isinstance(module, PreTrainedModel):
+            layer_config = isinstance(config, (PretrainedConfig, LayerConfig))
+            if prefix and layer_config and not isinstance(module, PreTrainedModel):
                 # Layers that read widths from the shared config at every forward (fused qkv split points, modules
                 # rebuilt from the config) get their own copy with their own widths.
                 for key in config_keys:
@@ -328,7 +331,8 @@ def _snapshot(model: nn.Module, groups: GroupSet, ids: list[int]) -> dict:
         "tensors": [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()],
         "values": [(params[name], params[name].detach().clone()) for name in touched],
         "attributes": [
-            (m, {k: v for k, v in vars(m).items() if isinstance(v, (int, tuple, PretrainedConfig))}) for m in model.modules()
+            (m, {k: v for k, v in vars(m).items() if isinstance(v, (int, tuple, PretrainedConfig, LayerConfig))})
+            for m in model.modules()
         ],
     }
 

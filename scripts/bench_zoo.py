@@ -2,7 +2,7 @@
 
     python scripts/bench_zoo.py                                  # the whole zoo; writes outputs/zoo.json
     python scripts/bench_zoo.py --only llama phi3 deberta-v2     # a few model types
-    python scripts/bench_zoo.py --json /tmp/zoo.json --list      # only list the architectures that build
+    python scripts/bench_zoo.py --json /tmp/zoo.json --no-subprocess   # quicker: no reload without oto_hf
 
 For each model type with a main task head (image classification; causal LM for decoders; else sequence
 classification; else question answering) the model is built from its config class with shrunk defaults (hidden 32,
@@ -102,7 +102,9 @@ TINY = {
     "num_labels": 3,
     "max_position_embeddings": 128,
 }
-FFN_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "moe_intermediate_size", "shared_expert_intermediate_size")
+FFN_KEYS = (
+    "intermediate_size", "ffn_dim", "n_inner", "d_ff", "moe_intermediate_size", "shared_expert_intermediate_size"
+)
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 EXPERT_FFN = 40
 # Non-integer choices: BigBird switches from block-sparse to full attention on short inputs anyway, rebuilding its
@@ -137,7 +139,7 @@ class Refused(Exception):
     """Discovery refused the model with a reason."""
 
 
-# ---- building ---------------------------------------------------------------------------------------------------------
+# ---- building -------------------------------------------------------------------------------------------------------
 def main_task(model_type: str) -> tuple[str, str] | None:
     """(Auto class, model class name) of the architecture's main task head."""
     masked = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -229,7 +231,7 @@ def build(model_type: str) -> tuple[torch.nn.Module, str]:
     return model, auto_class
 
 
-# ---- checks -----------------------------------------------------------------------------------------------------------
+# ---- checks ---------------------------------------------------------------------------------------------------------
 def random_nonuniform_ids(groups: Any, seed: int = 0) -> list[int]:
     """A different number of groups per family (block), never a whole family."""
     generator = torch.Generator().manual_seed(seed)
@@ -237,7 +239,8 @@ def random_nonuniform_ids(groups: Any, seed: int = 0) -> list[int]:
     for position, members in enumerate(groups.families().values()):
         if len(members) < 2:
             continue
-        count = 1 + (position + int(torch.randint(0, len(members) - 1, (1,), generator=generator))) % (len(members) - 1)
+        offset = int(torch.randint(0, len(members) - 1, (1,), generator=generator))
+        count = 1 + (position + offset) % (len(members) - 1)
         order = torch.randperm(len(members), generator=generator)[:count]
         chosen += [members[i].id for i in order.tolist()]
     return sorted(chosen)
@@ -338,7 +341,8 @@ def _pipeline(model_type: str, workdir: Path, result: Result) -> None:
 
 
 @torch.no_grad()
-def _check_generation(result: Result, masked: torch.nn.Module, pruned: torch.nn.Module, inputs: dict[str, Any]) -> None:
+def _check_generation(result: Result, masked: torch.nn.Module, pruned: torch.nn.Module, inputs: dict[str, Any]
+                      ) -> None:
     """Greedy decoding with the KV cache: the pruned model must produce the zero-masked model's tokens."""
     prompt = inputs["input_ids"][:, :4]
     settings = dict(max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
@@ -398,7 +402,7 @@ def reload_without_oto_hf(results: list[Result], workdir: Path) -> None:
             result.outcome, result.reason = "failed", f"reload without oto_hf: {value}"
 
 
-# ---- running and reporting --------------------------------------------------------------------------------------------
+# ---- running and reporting ------------------------------------------------------------------------------------------
 def sweep(model_types: list[str], workdir: Path, subprocess_check: bool = True, verbose: bool = True) -> list[Result]:
     results = []
     for model_type in model_types:
@@ -422,7 +426,8 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.model_type:28s} {r.model_class:44s} {r.outcome:8s} {detail}")
     total = len(swept)
     lines.append("")
-    lines.append(f"{total} architectures: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("exact", "refused", "failed"))
+    outcomes = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("exact", "refused", "failed"))
+    lines.append(f"{total} architectures: {outcomes}"
                  + (f" ({100 * counts.get('exact', 0) / total:.0f}% exact)" if total else ""))
     skipped = len(results) - total
     if skipped:

@@ -124,6 +124,9 @@ def test_fused_qkv_and_gate_up_projections_get_per_layer_widths():
     assert layers[1].self_attn.config.num_attention_heads == 4 and layers[1].mlp.config.intermediate_size == 32
     assert pruned.config.num_attention_heads == 4 and pruned.config.intermediate_size == 37  # the model's own
     assert layers[1].mlp.gate_up_proj.out_features == 2 * 32
+    pruned.set_attn_implementation("eager")  # settings changed later on the model's config still reach the layers
+    assert layers[0].self_attn.config._attn_implementation == "eager"
+    assert max_output_diff(pruned, masked_copy(model, groups, ids), groups.example_inputs) <= 1e-5
 
 
 def test_eager_attention_heads_are_heads_and_their_counts_follow():

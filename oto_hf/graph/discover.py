@@ -105,7 +105,8 @@ def _drop_unremovable(model: nn.Module, groups: GroupSet) -> GroupSet:
     unprunable = list(groups.unprunable)
     for key, error in failures.items():
         first = families[key][0]
-        logger.warning("Leaving out the %ss of %s: removing them breaks the model (%s)", first.kind, first.module, error)
+        logger.warning("Leaving out the %ss of %s: removing them breaks the model (%s)", first.kind, first.module,
+                       error)
         unprunable.append(UnprunableComponent(
             f"removing {first.kind}s of '{first.module}' breaks the model's forward ({error}); a width the model "
             "computes from something oto_hf does not change", sorted({s.name for s in first.slices})))

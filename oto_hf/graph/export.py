@@ -78,11 +78,12 @@ def export_model(model: nn.Module, example_inputs: Any) -> torch.export.Exported
             raise TracingError(
                 f"torch.export could not trace {type(model).__name__}{inside}: {type(error).__name__}: "
                 f"{_first_lines(error)}\n"
-                "oto_hf discovers groups from the exported graph, so it cannot analyse this model as it is. Check that "
-                "`example_inputs` are valid inputs for the model's forward (a dict of keyword arguments). If the module "
-                "itself cannot be traced (data-dependent Python control flow, unsupported tensor ops), wrap it in a "
-                "custom op (`torch.library.custom_op`) and register a rule for that op with "
-                "`oto_hf.register_op_rule(op, oto_hf.rules.unsupported)`: its tensors are then left out of every group."
+                "oto_hf discovers groups from the exported graph, so it cannot analyse this model as it is. Check "
+                "that `example_inputs` are valid inputs for the model's forward (a dict of keyword arguments). If "
+                "the module itself cannot be traced (data-dependent Python control flow, unsupported tensor ops), "
+                "wrap it in a custom op (`torch.library.custom_op`) and register a rule for that op with "
+                "`oto_hf.register_op_rule(op, oto_hf.rules.unsupported)`: its tensors are then left out of every "
+                "group."
             ) from error
 
 

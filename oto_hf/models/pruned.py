@@ -7,7 +7,6 @@ transformers.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -21,7 +20,8 @@ CONFIG_PREFIX = "config."  # a recorded attribute `config.<key>`: the key in the
 
 def pruned_config_class(base: type) -> type:
     """A subclass of the config class `base` with `model_type = "oto_" + base.model_type`."""
-    config_class = type(f"OTO{base.__name__}", (base,), {"model_type": f"oto_{base.model_type}", "__module__": __name__})
+    attributes = {"model_type": f"oto_{base.model_type}", "__module__": __name__}
+    config_class = type(f"OTO{base.__name__}", (base,), attributes)
     _share_key_renames(config_class.model_type, base.model_type)
     return config_class
 
@@ -38,9 +38,9 @@ def pruned_model_class(base: type, config_class: type) -> type:
 def _share_key_renames(name: str, stock_name: str) -> None:
     """Give `name` (an `oto_*` model type or `OTO*` class) the checkpoint key renames of the stock one.
 
-    transformers renames some checkpoint keys per model type or class (`transformers.conversion_mapping`, e.g. GPT-NeoX's
-    output embedding) when saving and loading. A pruned folder is saved by the stock class, so its keys are the
-    stock checkpoint's; the pruned classes must read them back the same way.
+    transformers renames some checkpoint keys per model type or class (`transformers.conversion_mapping`, e.g.
+    GPT-NeoX's output embedding) when saving and loading. A pruned folder is saved by the stock class, so its keys
+    are the stock checkpoint's; the pruned classes must read them back the same way.
     """
     try:  # transformers >= 5.0
         from transformers.conversion_mapping import (
@@ -66,7 +66,9 @@ class PrunedModelMixin:
         """The stock `from_pretrained`, which raises if a weight would be left missing or unused."""
         want_info = kwargs.pop("output_loading_info", False)
         try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except RuntimeError as error:
             mismatches = _checkpoint_mismatches(cls, pretrained_model_name_or_path, kwargs.get("config"))
             if not mismatches:
@@ -141,18 +143,46 @@ def resize_to_config(model: nn.Module, config: Any) -> None:
 
 
 def set_module_attribute(module: nn.Module, attr: str, value: Any) -> None:
-    """`setattr`, where `config.<key>` gives the module its own copy of the config with `key` set.
-
-    Some layers read their widths from the (shared) config at every forward, e.g. the split points of a fused qkv
-    projection; a private copy lets each layer keep its own number of heads.
-    """
+    """`setattr`, where `config.<key>` gives the module a `LayerConfig` with its own value of `key`."""
     key = attr.removeprefix(CONFIG_PREFIX)
     if key == attr:
         setattr(module, attr, value)
         return
-    config = copy.copy(module.config)
-    setattr(config, key, value)
-    module.config = config
+    config = module.config
+    if isinstance(config, LayerConfig):
+        module.config = LayerConfig(config._shared, **{**config._widths, key: value})
+    else:
+        module.config = LayerConfig(config, **{key: value})
+
+
+class LayerConfig:
+    """The model's config as one layer sees it: its own widths, everything else read from the shared config.
+
+    Some layers read their widths from the config at every forward (the split points of a fused qkv projection,
+    Phi-3) or rebuild submodules from it. After non-uniform pruning each such layer needs its own head count or
+    FFN width, while settings changed later on the model's config (e.g. `set_attn_implementation`) must still reach
+    it.
+    """
+
+    def __init__(self, shared: Any, **widths: Any) -> None:
+        object.__setattr__(self, "_shared", shared)
+        object.__setattr__(self, "_widths", widths)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_shared", "_widths") or name.startswith("__"):  # not set yet (copying, unpickling)
+            raise AttributeError(name)
+        if name in self._widths:
+            return self._widths[name]
+        return getattr(self._shared, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._widths:
+            self._widths[name] = value
+        else:
+            setattr(self._shared, name, value)
+
+    def __repr__(self) -> str:
+        return f"LayerConfig({type(self._shared).__name__}, {self._widths})"
 
 
 def get_module_attribute(module: nn.Module, attr: str) -> Any:
