@@ -27,7 +27,9 @@ def default_example_inputs(model: nn.Module) -> dict[str, Any]:
             "e.g. `discover_groups(model, example_inputs={'x': torch.randn(1, 16)})`."
         )
     device = _device_of(model)
-    accepted = set(inspect.signature(model.forward).parameters)
+    parameters = inspect.signature(model.forward).parameters
+    accepted = set(parameters)
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     main_input = getattr(model, "main_input_name", "input_ids")
     inputs: dict[str, Any] = {}
     if main_input == "pixel_values":
@@ -47,8 +49,8 @@ def default_example_inputs(model: nn.Module) -> dict[str, Any]:
             f"Cannot derive example inputs for {type(model).__name__} (main input {main_input!r}). Pass "
             "`example_inputs` as a dict of keyword arguments for its forward."
         )
-    if "use_cache" in accepted:
-        inputs["use_cache"] = False
+    if "use_cache" in accepted or (passes_on and hasattr(config, "use_cache")):
+        inputs["use_cache"] = False  # a returned cache object cannot be exported (nor is it needed)
     return inputs
 
 
