@@ -331,7 +331,9 @@ def _pipeline(model_type: str, workdir: Path, result: Result) -> None:
           relative_diff(forward_outputs(sharp_masked, inputs)[0], forward_outputs(sharp_pruned, inputs)[0]),
           SUBNET_TOLERANCE)
 
-    folder = save_pruned(pruned, workdir / model_type, overwrite=True)
+    # Not a valid Python name: a folder named like an optional package (`xlstm`) in the working directory would be
+    # imported as that package by transformers' availability checks.
+    folder = save_pruned(pruned, workdir / f"pruned-{model_type}", overwrite=True)
     expected = forward_outputs(pruned, inputs)[0]
     reloaded = getattr(transformers, auto_class).from_pretrained(folder).eval()
     check(result, "reload", relative_diff(expected, forward_outputs(reloaded, inputs)[0]), RELOAD_TOLERANCE)
@@ -366,7 +368,7 @@ for name in names:
     try:
         data = torch.load(f"{root}/{name}.pt", weights_only=False)
         auto = getattr(transformers, data["auto_class"])
-        model = auto.from_pretrained(f"{root}/{name}", trust_remote_code=True).float().eval()
+        model = auto.from_pretrained(f"{root}/pruned-{name}", trust_remote_code=True).float().eval()
         with torch.no_grad():
             out = model(**data["inputs"])
         leaves = [t for t in torch.utils._pytree.tree_leaves(out) if torch.is_tensor(t) and t.is_floating_point()]
