@@ -24,7 +24,6 @@ from .stats import count_flops, count_parameters
 from .subnet import construct_subnet
 from .training_args import OTOTrainingArguments
 
-
 logger = get_logger(__name__)
 
 
@@ -78,8 +77,8 @@ class OTOTrainer(Trainer):
             # loss by the number of processes; a head that ignores it would train with a world-size-times larger step.
             self.model_accepts_loss_kwargs = False
         self.example_inputs = example_inputs if example_inputs is not None else self._example_batch()
-        self.groups = groups if groups is not None else discover_groups(
-            self.model, self.example_inputs, kinds=args.prune_kinds
+        self.groups = (
+            groups if groups is not None else discover_groups(self.model, self.example_inputs, kinds=args.prune_kinds)
         )
         self.dense_params = count_parameters(self.model)
         self.dense_flops, self.group_flops = _group_flops(self.model, self.groups, self.example_inputs)
@@ -113,7 +112,9 @@ class OTOTrainer(Trainer):
         # transformers 5.23 may call create_optimizer() directly, after setting state.max_steps from the epochs.
         steps = self._num_training_steps or getattr(self.state, "max_steps", 0) or args.max_steps
         if steps is None or steps <= 0:
-            raise ValueError("OTOTrainer needs the number of training steps: set `max_steps` or a sized train dataset.")
+            raise ValueError(
+                "OTOTrainer needs the number of training steps: set `max_steps` or a sized train dataset."
+            )
         partition_step, pruning_end = args.pruning_schedule(steps)
         decay = set(self.get_decay_parameter_names(opt_model))
         named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
@@ -232,7 +233,9 @@ class OTOTrainer(Trainer):
         features = {k: v for k, v in inputs.items() if k not in _LABEL_NAMES and k not in (self.label_names or [])}
         with torch.no_grad(), self.compute_loss_context_manager():
             teacher_outputs = self.teacher(**features)
-        distil = distillation_loss(outputs, teacher_outputs, args.distillation_temperature, args.distillation_hidden_weight)
+        distil = distillation_loss(
+            outputs, teacher_outputs, args.distillation_temperature, args.distillation_hidden_weight
+        )
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             # transformers then leaves the loss undivided by the accumulation steps; the distillation term is a
             # per-batch mean, so it is divided here to weigh the same in every step.

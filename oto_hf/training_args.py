@@ -138,7 +138,9 @@ class OTOTrainingArguments(TrainingArguments):
             raise ValueError(f"`sparsity_budget` must be one of {list(BUDGETS)}, got {self.sparsity_budget!r}.")
         unknown = [kind for kind in self.prune_kinds if kind not in GROUP_KINDS]
         if unknown or not self.prune_kinds:
-            raise ValueError(f"`prune_kinds` must be a non-empty subset of {list(GROUP_KINDS)}, got {self.prune_kinds}.")
+            raise ValueError(
+                f"`prune_kinds` must be a non-empty subset of {list(GROUP_KINDS)}, got {self.prune_kinds}."
+            )
         if self.dhspg_saliency not in SALIENCIES:
             raise ValueError(f"`dhspg_saliency` must be one of {list(SALIENCIES)}, got {self.dhspg_saliency!r}.")
         if self.importance_window < 0:

@@ -2,8 +2,9 @@
 
 Measures, in one run, the median step time of DHSPG (AdamW variant) before the partition step (warm-up) and after it
 (pruning phase, penalty active on the redundant groups), each relative to `torch.optim.AdamW`, and the bytes of
-optimizer state kept between steps. A second pruning-phase measurement adds the family constraints and the adaptive
-lambda schedule (`min_kept_per_family={"head": 1}`, `uniform_widths=True`, `lambda_schedule="adaptive"`).
+optimizer state kept between steps (the default progressive schedule, with Fisher importance accumulated in every
+measured step). A second pruning-phase measurement adds the family constraints (`min_kept_per_family={"head": 1}`,
+`uniform_widths=True`).
 
     python scripts/bench_optimizer.py
     python scripts/bench_optimizer.py --repeats 9 --device cuda
@@ -168,11 +169,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         constrained = DHSPG(
             params, groups, model.named_parameters(), lr=1e-5, weight_decay=0.01, variant="adamw",
             target_sparsity=args.target, partition_step=0, pruning_end=10**9,
-            min_kept_per_family={"head": 1}, uniform_widths=True, lambda_schedule="adaptive",
+            min_kept_per_family={"head": 1}, uniform_widths=True,
         )  # fmt: skip
         constrained.step()  # the partition step
         constrained_pruning = time_steps(constrained.step, args.warmup, args.repeats, device)
-        print(f"DHSPG step, pruning phase with min_kept_per_family, uniform_widths, adaptive lambda: "
+        print(f"DHSPG step, pruning phase with min_kept_per_family and uniform_widths: "
               f"{constrained_pruning * 1e3:.1f} ms   ratio {constrained_pruning / adamw_time:.2f}x "
               f"(target {constrained.target_num_zero_groups} zero groups)")  # fmt: skip
         del constrained

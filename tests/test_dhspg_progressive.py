@@ -23,7 +23,9 @@ def group_norms(model, groups) -> torch.Tensor:
     params = dict(model.named_parameters())
     return torch.tensor(
         [
-            math.sqrt(sum(float(params[name].detach().index_select(dim, idx).square().sum()) for name, dim, idx in g.slices))
+            math.sqrt(
+                sum(float(params[name].detach().index_select(dim, idx).square().sum()) for name, dim, idx in g.slices)
+            )
             for g in groups
         ]
     )

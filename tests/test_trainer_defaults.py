@@ -19,8 +19,18 @@ from tests.utils.train_tiny import tiny_model
 
 def default_args(output_dir: str, **overrides) -> OTOTrainingArguments:
     """The OTO defaults (FLOPs budget, progressive DHSPG, Fisher importance); only the run's size is set."""
-    values = dict(max_steps=30, per_device_train_batch_size=8, learning_rate=2e-3, report_to=[], save_strategy="no",
-                  logging_steps=3, use_cpu=True, seed=0, data_seed=0, disable_tqdm=True)
+    values = dict(
+        max_steps=30,
+        per_device_train_batch_size=8,
+        learning_rate=2e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=3,
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
     values.update(overrides)
     return OTOTrainingArguments(output_dir, **values)
 
@@ -44,7 +54,11 @@ def test_bottleneck_families_are_the_pooler_not_the_residual_blocks():
 
 def test_defaults_reach_the_flops_target_with_no_forced_zero_and_keep_the_pooler(tmp_path):
     args = default_args(str(tmp_path), target_sparsity=0.4)
-    assert (args.sparsity_budget, args.dhspg_lambda_schedule, args.dhspg_saliency) == ("flops", "progressive", "fisher")
+    assert (args.sparsity_budget, args.dhspg_lambda_schedule, args.dhspg_saliency) == (
+        "flops",
+        "progressive",
+        "fisher",
+    )
     trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
     assert trainer.never_empty == [pooler_key(trainer.groups)]
     trainer.train()
@@ -90,8 +104,13 @@ def test_distillation_loss_is_a_softened_kl_plus_hidden_mse():
 
 
 def test_distillation_from_the_dense_start_trains_with_a_frozen_teacher_that_is_never_saved(tmp_path):
-    args = default_args(str(tmp_path), target_sparsity=0.3, distillation="dense", distillation_alpha=0.7,
-                        distillation_hidden_weight=0.1)
+    args = default_args(
+        str(tmp_path),
+        target_sparsity=0.3,
+        distillation="dense",
+        distillation_alpha=0.7,
+        distillation_hidden_weight=0.1,
+    )
     model = tiny_model()
     start = copy.deepcopy(model.state_dict())
     trainer = OTOTrainer(model, args, train_dataset=TinyClassification())
@@ -101,8 +120,9 @@ def test_distillation_from_the_dense_start_trains_with_a_frozen_teacher_that_is_
     trainer.train()
     assert all(torch.equal(teacher.state_dict()[k], start[k]) for k in start)  # the teacher never moved
     # The training loss is the mix, not the task loss alone: a run without the teacher logs other losses.
-    plain = OTOTrainer(tiny_model(), default_args(str(tmp_path / "plain"), target_sparsity=0.3),
-                       train_dataset=TinyClassification())
+    plain = OTOTrainer(
+        tiny_model(), default_args(str(tmp_path / "plain"), target_sparsity=0.3), train_dataset=TinyClassification()
+    )
     plain.train()
     assert trainer.state.log_history[0]["loss"] != plain.state.log_history[0]["loss"]
     pruned_dir = tmp_path / "pruned"
@@ -113,8 +133,9 @@ def test_distillation_from_the_dense_start_trains_with_a_frozen_teacher_that_is_
 
 def test_a_teacher_passed_in_wins_and_is_frozen(tmp_path):
     teacher = tiny_model(seed=3)
-    trainer = OTOTrainer(tiny_model(), default_args(str(tmp_path)), train_dataset=TinyClassification(),
-                         teacher=teacher)
+    trainer = OTOTrainer(
+        tiny_model(), default_args(str(tmp_path)), train_dataset=TinyClassification(), teacher=teacher
+    )
     assert trainer.teacher is teacher and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
 

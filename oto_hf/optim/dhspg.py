@@ -644,7 +644,9 @@ class DHSPG(Optimizer):
         families = self._families
         if families.constrained and self.uniform_widths:
             candidates = self._redundant.cpu() & ~taken
-            new = families.due(candidates, taken, families.family_order(priority), (period + 1) / len(self._partition_steps))
+            new = families.due(
+                candidates, taken, families.family_order(priority), (period + 1) / len(self._partition_steps)
+            )
         elif last:
             select = families.deadline_selection if families.constrained else deadline_selection
             new = select(scores, taken, redundant, self._budget)
@@ -662,7 +664,9 @@ class DHSPG(Optimizer):
             self._due_start, self._due_end, self._due_norm = _from_first_rank(
                 self._due_start, self._due_end, self._due_norm
             )
-        logger.info("DHSPG step %d: %d groups start their ramp to zero (end of ramp: step %d).", step, int(new.sum()), ramp_end)
+        logger.info(
+            "DHSPG step %d: %d groups start their ramp to zero (end of ramp: step %d).", step, int(new.sum()), ramp_end
+        )
 
     def _penalise(self, stats: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-group lambda, half-space projection and caps; returns the new zero mask and `lambda_g / ||x_g||`."""
@@ -723,8 +727,8 @@ class DHSPG(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The `torch.optim` state dict plus a `"dhspg"` entry: step count, zero and redundant masks, priority order,
-        last per-group lambdas, importance, ramps of due groups, forced count and the group count; plain Python values and tensors only, so it loads with
-        `torch.load(path, weights_only=True)`."""
+        last per-group lambdas, importance, ramps of due groups, forced count and the group count; plain Python values
+        and tensors only, so it loads with `torch.load(path, weights_only=True)`."""
         state = super().state_dict()
         state["dhspg"] = {
             "num_steps": self._num_steps,

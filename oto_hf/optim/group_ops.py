@@ -275,9 +275,7 @@ def redundancy_scores(
     return torch.where(zero, torch.full_like(score, math.inf), score)
 
 
-def importance_scores(
-    importance: torch.Tensor, costs: torch.Tensor, zero: torch.Tensor
-) -> torch.Tensor:
+def importance_scores(importance: torch.Tensor, costs: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """Redundancy from a loss-based importance per unit of cost: `-importance_g / cost_g` (high means redundant).
 
     `importance_g` estimates the loss increase from zeroing group `g` (the Fisher/OBD estimate: the mean over steps of
