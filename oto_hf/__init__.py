@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .bottlenecks import bottleneck_families  # noqa: E402
+from .costs import group_flop_costs  # noqa: E402
 from .graph import rules  # noqa: E402
 from .graph.discover import discover_groups  # noqa: E402
 from .graph.export import default_example_inputs  # noqa: E402
@@ -29,11 +31,13 @@ __all__ = [
     "UnprunableComponent",
     "ZeroInvariantGroup",
     "__version__",
+    "bottleneck_families",
     "construct_subnet",
     "count_flops",
     "count_parameters",
     "default_example_inputs",
     "discover_groups",
+    "group_flop_costs",
     "group_sparsity",
     "register_op_rule",
     "register_pruned_architecture",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections import Counter
 from pathlib import Path
@@ -14,13 +13,14 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .bottlenecks import bottleneck_families
+from .costs import group_flop_costs
 from .distillation import distillation_loss, freeze, load_teacher
 from .graph.discover import discover_groups
 from .graph.export import default_example_inputs, eval_mode
 from .graph.groups import GroupSet
 from .optim import DHSPG
 from .saving import save_pruned
-from .stats import count_flops, count_parameters
+from .stats import count_parameters
 from .subnet import construct_subnet
 from .training_args import OTOTrainingArguments
 
@@ -81,7 +81,11 @@ class OTOTrainer(Trainer):
             groups if groups is not None else discover_groups(self.model, self.example_inputs, kinds=args.prune_kinds)
         )
         self.dense_params = count_parameters(self.model)
-        self.dense_flops, self.group_flops = _group_flops(self.model, self.groups, self.example_inputs)
+        try:
+            self.dense_flops, self.group_flops = group_flop_costs(self.model, self.groups, self.example_inputs)
+        except Exception as error:  # FLOP counting is informative unless it is the budget; checked in _check_budget
+            logger.warning(f"Could not count FLOPs ({error}); `kept_flops` will not be logged.")
+            self.dense_flops, self.group_flops = 0, [0] * len(self.groups)
         self.never_empty = bottleneck_families(self.model, self.groups, self.example_inputs) if self.groups else []
         if self.never_empty:
             logger.info(
@@ -167,8 +171,14 @@ class OTOTrainer(Trainer):
         return None  # groups: a count; params: the prunable parameters
 
     def _check_budget(self) -> None:
-        if self.args.sparsity_budget != "flops" or not self.dense_flops:
+        if self.args.sparsity_budget != "flops" or not self.args.target_sparsity:
             return
+        if not self.dense_flops:
+            raise ValueError(
+                "`sparsity_budget='flops'` needs the model's FLOPs, which could not be counted on the example inputs "
+                "(see the warning above). Pass `example_inputs` that the model runs on, or use "
+                "`sparsity_budget='params'`."
+            )
         reachable = sum(self.group_flops) / self.dense_flops
         if self.args.target_sparsity > reachable:
             raise ValueError(
@@ -314,32 +324,3 @@ _LABEL_NAMES = {"labels", "label", "start_positions", "end_positions"}
 
 def _to_device(inputs: Any, device: torch.device) -> Any:
     return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, inputs)
-
-
-def _group_flops(model: nn.Module, groups: GroupSet, example_inputs: Any) -> tuple[int, list[int]]:
-    """Dense FLOPs and the FLOPs each group costs, measured on a meta-device copy (one forward per block)."""
-    try:
-        meta = _meta_copy(model)
-        inputs = _to_device(example_inputs, torch.device("meta"))
-        if isinstance(inputs, dict):
-            # transformers reads padding masks back to the host (`.item()`), which meta tensors cannot do; a mask
-            # does not change the FLOPs of the layers.
-            inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
-        dense = count_flops(meta, inputs)
-    except Exception as error:  # FLOP counting is informative; never block training on it
-        logger.warning(f"Could not count FLOPs ({error}); `kept_flops` will not be logged.")
-        return 0, [0] * len(groups)
-    costs = [0] * len(groups)
-    for members in groups.families().values():
-        smaller = construct_subnet(meta, groups, [members[0].id], verify=False, allow_empty_layers=True)
-        per_group = dense - count_flops(smaller, inputs)
-        for group in members:
-            costs[group.id] = per_group
-    return dense, costs
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    if isinstance(model, PreTrainedModel):
-        with torch.device("meta"):
-            return type(model)(copy.deepcopy(model.config))
-    return copy.deepcopy(model).to("meta")
