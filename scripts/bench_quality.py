@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--methods", nargs="+", default=["dense", "oto", "baseline"], choices=METHODS)
     parser.add_argument("--distillation", action="store_true", help="also run oto+kd (needs the dense run)")
+    parser.add_argument("--teacher", default=None,
+                        help="for oto+kd without a dense run here: the folder of an earlier dense run's saved model")
     parser.add_argument("--output_dir", default="outputs/bench_quality")
     args = parser.parse_args(argv)
     methods = [m for m in METHODS if m in args.methods or (m == "oto+kd" and args.distillation)]
@@ -163,13 +165,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     start = time.perf_counter()
     for task in args.tasks:
         for seed in args.seeds:
-            teacher = None
+            teacher = Path(args.teacher) if args.teacher else None
             plan = [("dense", 0.0)] if "dense" in methods else []
             plan += [(method, target) for target in args.targets for method in methods if method != "dense"]
             for method, target in plan:
                 name = f"{task}-seed{seed}-{method}" + ("" if method == "dense" else f"-{target:.3f}")
                 if method == "oto+kd" and teacher is None:
-                    print(f"skipping {name}: distillation needs the dense run (--methods dense)", flush=True)
+                    print(f"skipping {name}: distillation needs the dense run (--methods dense, or --teacher)",
+                          flush=True)
                     continue
                 print(f"\n=== {name} ===", flush=True)
                 began = time.perf_counter()

@@ -102,8 +102,11 @@ def test_prunes_saves_and_reloads_exactly(tmp_path, model_dir, capsys):
     trainer = result["trainer"]
     assert trainer.dense_flops > 0  # counted on the meta copy: the example inputs carry no attention_mask
     assert trainer.groups.counts() == {"head": 2 * 4, "neuron": 2 * 37}  # the pooler's 32 neurons are left alone
-    target = round(0.3 * len(trainer.groups))
-    assert result["groups"]["zero"] == target == len(trainer.groups.zero_group_ids(trainer.model))
+    zero = trainer.groups.zero_group_ids(trainer.model)
+    assert result["groups"]["zero"] == len(zero) > 0
+    # The default budget: 0.3 of the FLOPs, removed by the optimizer's own steps.
+    assert sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops >= 0.3
+    assert trainer.optimizer.optimizer.num_forced_zero_groups == 0  # accelerate wraps DHSPG
 
     written = json.loads((out / "eval_results.json").read_text())
     assert set(written["metric_sources"]) == {"accuracy", "f1"}

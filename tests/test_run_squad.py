@@ -48,8 +48,8 @@ def tiny_model_dir(tmp_path_factory):
 
 
 TINY = dict(max_seq_length=48, doc_stride=16, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-            max_steps=6, partition_steps=1, pruning_end_steps=4, target_sparsity=0.3, learning_rate=1e-3,
-            save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=2, report_to="none", seed=0,
+            max_steps=6, partition_steps=1, pruning_end_steps=4, target_sparsity=0.3, sparsity_budget="groups",
+            learning_rate=1e-3, save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=2, report_to="none", seed=0,
             report_batch_size=4, latency_repeats=2, dataloader_pin_memory=False)
 
 
@@ -322,7 +322,8 @@ def test_minilm_on_real_squad(run_squad, tmp_path):
             "--validation_file", str(squad["dev"]), "--output_dir", str(tmp_path / "out"), "--max_train_samples", "64",
             "--max_eval_samples", "40", "--sample_seed", "0", "--max_seq_length", "256", "--doc_stride", "64",
             "--per_device_train_batch_size", "16", "--learning_rate", "1e-4", "--num_train_epochs", "1",
-            "--target_sparsity", "0.3", "--partition_ratio", "0.25", "--pruning_end_ratio", "0.5",
+            "--target_sparsity", "0.3", "--sparsity_budget", "groups", "--partition_ratio", "0.25",
+            "--pruning_end_ratio", "0.5",
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--latency_repeats", "3"]
     results = run_squad.main(*run_squad.parse_args(args))
     assert results["zero_groups"] == round(0.3 * results["groups"])
