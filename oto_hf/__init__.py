@@ -6,7 +6,7 @@ from .bottlenecks import bottleneck_families  # noqa: E402
 from .costs import group_flop_costs  # noqa: E402
 from .graph import rules  # noqa: E402
 from .graph.discover import discover_groups  # noqa: E402
-from .graph.export import default_example_inputs  # noqa: E402
+from .graph.export import TracingError, default_example_inputs  # noqa: E402
 from .graph.groups import GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup  # noqa: E402
 from .graph.rules import RuleContext, register_op_rule  # noqa: E402
 from .models import register_default_architectures, register_pruned_architecture  # noqa: E402
@@ -28,6 +28,7 @@ __all__ = [
     "RuleContext",
     "SubnetMismatchError",
     "TensorSlice",
+    "TracingError",
     "UnprunableComponent",
     "ZeroInvariantGroup",
     "__version__",
