@@ -206,7 +206,9 @@ def test_exact_target_by_pruning_end_and_after(target, variant):
 
 def test_half_space_projects_before_deadline_and_penalty_stops_at_target():
     # OTOv2's rule alone (constant schedule): natural projections before the deadline, not all of the target.
-    model, groups, optimizer = make(lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5, lambda_schedule="constant")
+    model, groups, optimizer = make(
+        lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5, lambda_schedule="constant"
+    )
     counts = []
     for step in range(optimizer.pruning_end - 1):
         train_step(model, optimizer, step)

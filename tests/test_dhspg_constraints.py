@@ -1,4 +1,4 @@
-"""Tests for DHSPG's family constraints (`min_kept_per_family`, `max_family_sparsity`, `never_empty`, `uniform_widths`)."""
+"""DHSPG's family constraints: `min_kept_per_family`, `max_family_sparsity`, `never_empty`, `uniform_widths`."""
 
 from __future__ import annotations
 

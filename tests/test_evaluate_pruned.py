@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,19 +15,9 @@ from oto_hf import construct_subnet, count_parameters, discover_groups, save_pru
 from tests.test_run_classification import text_rows, write_csv
 from tests.utils.asserts import random_nonuniform_ids
 from tests.utils.image_data import write_fashion_mnist_like
+from tests.utils.scripts import load_script
 from tests.utils.tiny_models import TEXT
 from tests.utils.tokenizers import tiny_wordpiece_tokenizer
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"oto_hf_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 evaluate_pruned = load_script("evaluate_pruned")
 utils_data = sys.modules["utils_data"]

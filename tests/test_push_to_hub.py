@@ -1,6 +1,5 @@
 """scripts/push_to_hub.py against a local Hub-compatible server (tests/utils/fake_hub.py), with the real client."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,20 +14,13 @@ import torch
 from oto_hf import construct_subnet, discover_groups, save_pruned
 from tests.utils.asserts import random_nonuniform_ids
 from tests.utils.fake_hub import FakeHub, FakeRepo
+from tests.utils.scripts import SCRIPTS, load_script
 from tests.utils.tiny_models import CASES
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "push_to_hub.py"
+SCRIPT = SCRIPTS / "push_to_hub.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("oto_hf_script_push_to_hub", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-push = _load_script()
+push = load_script("push_to_hub")
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,9 @@ import torch
 from transformers import AutoModelForImageClassification, ConvNextConfig, ConvNextForImageClassification
 
 from tests.utils.image_data import pattern_images, write_fashion_mnist_like, write_idx, write_image_folder
+from tests.utils.scripts import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 RESNET = "embedding_size=8,hidden_sizes=[8,16],depths=[1,1],layer_type=bottleneck"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"oto_hf_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 run_image = load_script("run_image_classification")

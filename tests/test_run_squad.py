@@ -1,9 +1,7 @@
 """`scripts/run_squad.py` end to end on a tiny random BERT and tiny SQuAD files; its pre/post-processing and errors."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +11,9 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from oto_hf.metrics import load_metric
 from tests.utils.qa_data import qa_records, write_jsonl, write_nested
+from tests.utils.scripts import load_script
 from tests.utils.tiny_models import TEXT
 from tests.utils.tokenizers import tiny_wordpiece_tokenizer
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"oto_hf_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +38,8 @@ def tiny_model_dir(tmp_path_factory):
 
 TINY = dict(max_seq_length=48, doc_stride=16, per_device_train_batch_size=4, per_device_eval_batch_size=8,
             max_steps=6, partition_steps=1, pruning_end_steps=4, target_sparsity=0.3, sparsity_budget="groups",
-            learning_rate=1e-3, save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=2, report_to="none", seed=0,
-            report_batch_size=4, latency_repeats=2, dataloader_pin_memory=False)
+            learning_rate=1e-3, save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=2, report_to="none",
+            seed=0, report_batch_size=4, latency_repeats=2, dataloader_pin_memory=False)
 
 
 def tiny_values(model, train, validation, output_dir, **overrides) -> dict:

@@ -1,20 +1,9 @@
 """The scripts' `main()` on their defaults, fast."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"oto_hf_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.utils.scripts import load_script
 
 
 def test_demo_runs_run_squad_on_the_fetched_assets(tmp_path, monkeypatch, capsys):

@@ -1,14 +1,9 @@
 """A fast subset of the zoo sweep (`scripts/bench_zoo.py`): one architecture per structural family, end to end."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_zoo.py"
+from tests.utils.scripts import load_script
 
 # model type -> (structural family, group kinds it must have)
 REPRESENTATIVES = {
@@ -22,17 +17,9 @@ REPRESENTATIVES = {
 }
 
 
-def _load_zoo():
-    spec = importlib.util.spec_from_file_location("oto_hf_script_bench_zoo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    zoo = _load_zoo()
+    zoo = load_script("bench_zoo")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -59,7 +46,7 @@ def test_representative_is_pruned_exactly(model_type, sweep):
 
 def test_sharpened_attention_exposes_head_mixing():
     """Near-uniform random attention hides heads mixed by mistake: the x10 query/key check must not."""
-    zoo = _load_zoo()
+    zoo = load_script("bench_zoo")
     model, _ = zoo.build("bert")
     before = {name: p.clone() for name, p in model.named_parameters()}
     assert zoo.scale_queries_and_keys(model) == 2 * 2  # query and key of both layers
@@ -68,7 +55,7 @@ def test_sharpened_attention_exposes_head_mixing():
 
 
 def test_table_reports_counts_and_reasons():
-    zoo = _load_zoo()
+    zoo = load_script("bench_zoo")
     results = [
         zoo.Result("a", "AModel", outcome="exact", groups={"head": 4}),
         zoo.Result("b", "BModel", outcome="refused", reason="BModel has nothing prunable"),
