@@ -106,6 +106,16 @@ def test_constant_schedule_leaves_the_target_to_the_deadline(caplog):
     assert "forced by the deadline (100.0% of the target)" in caplog.text
 
 
+def test_otov2_preset_ranks_by_its_saliency_and_accumulates_no_importance():
+    """`lambda_schedule="constant", saliency="otov2"`: OTOv2's rules for parity studies; the target is still exact."""
+    model, groups, optimizer = make(
+        variant="adamw", lr=1e-3, target_sparsity=0.5, lambda_schedule="constant", saliency="otov2"
+    )
+    counts, _ = run_window(model, groups, optimizer)
+    assert counts[-1] == optimizer.target_num_zero_groups
+    assert not optimizer.importance.any()  # the Fisher statistics are neither computed nor kept
+
+
 def test_progressive_pruning_steps_do_not_synchronise(monkeypatch):
     model, _, optimizer = make(variant="adamw", lr=1e-3, target_sparsity=0.5, partition_step=2, pruning_end=12,
                                min_kept_per_family=1)  # fmt: skip

@@ -47,7 +47,9 @@ LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
 # "fisher": loss-based importance per unit of cost (default); "otov2": OTOv2's cosine and magnitude mix.
 SALIENCIES: tuple[str, ...] = ("fisher", "otov2")
 _TINY = 1e-30
-_STAT_KEYS = ("xx", "xd", "dd", "axx", "axd", "xg", "l1")
+# Per-group statistics of a pruning step; `xg` (<x, grad>) only with the Fisher saliency, `l1` only at partition and
+# deadline steps.
+_STAT_KEYS = ("xx", "xd", "dd", "axx", "axd")
 
 
 class DHSPG(Optimizer):
@@ -546,6 +548,8 @@ class DHSPG(Optimizer):
 
         directions: list[torch.Tensor | None] = []
         decays: list[float] = []
+        fisher = self.saliency == "fisher"
+        keys = [*_STAT_KEYS, *(["xg"] if fisher else []), *(["l1"] if partition or deadline else [])]
         rows = []
         for param, axes in zip(self._index.params, self._index.axes):
             group = group_of[id(param)]
@@ -559,20 +563,21 @@ class DHSPG(Optimizer):
             for axis in axes:
                 xx = axis.squared_norms(param)
                 if d is None:
-                    xd = dd = xg = torch.zeros_like(xx)
+                    xd = dd = torch.zeros_like(xx)
                 else:
                     xd, dd = axis.sum_over_others(param * d), axis.squared_norms(d)
-                    xg = axis.sum_over_others(param * param.grad)
                 if decay:
                     # Statistics of d + decay * x from those of d, without materialising it.
                     dd = (dd + 2 * decay * xd + decay**2 * xx).clamp_min_(0)
                     xd = xd + decay * xx
-                block = [xx, xd, dd, xx * group["lr"], xd * group["lr"], xg]
+                block = [xx, xd, dd, xx * group["lr"], xd * group["lr"]]
+                if fisher:
+                    block.append(torch.zeros_like(xx) if d is None else axis.sum_over_others(param * param.grad))
                 if partition or deadline:
                     block.append(axis.sum_over_others(param.abs()))
                 rows.append(torch.stack(block))
-        stats = dict(zip(_STAT_KEYS, self._index.segment_sums(rows)))
-        if self.saliency == "fisher":
+        stats = dict(zip(keys, self._index.segment_sums(rows), strict=True))
+        if fisher:
             self._accumulate_importance(stats["xg"])
 
         if partition:
@@ -643,7 +648,7 @@ class DHSPG(Optimizer):
         taken = zero | (self._due_start >= 0).cpu()  # zero, or already on its way
         families = self._families
         if families.constrained and self.uniform_widths:
-            candidates = self._redundant.cpu() & ~taken
+            candidates = redundant & ~taken
             new = families.due(
                 candidates, taken, families.family_order(priority), (period + 1) / len(self._partition_steps)
             )

@@ -254,15 +254,20 @@ class FamilyConstraints:
         self._device = _Tensors(*(t.to(device) for t in self._cpu))
         return self
 
+    def _tensors_for(self, tensor: torch.Tensor) -> _Tensors:
+        """The static tensors on `tensor`'s side: the CPU copy for the partition and deadline events, else the
+        device copy."""
+        return self._cpu if tensor.device.type == "cpu" else self._device
+
     def zero_counts(self, zero: torch.Tensor) -> torch.Tensor:
         """Zero groups per family, on `zero`'s device (no host sync)."""
-        tensors = self._cpu if zero.device.type == "cpu" else self._device
+        tensors = self._tensors_for(zero)
         counts = torch.zeros(self.num_families, dtype=torch.long, device=zero.device)
         return counts.index_add_(0, tensors.family_of, zero.long())
 
     def family_order(self, order: torch.Tensor) -> torch.Tensor:
         """`order` (a permutation of the groups) re-sorted stably by family: one contiguous segment per family."""
-        tensors = self._cpu if order.device.type == "cpu" else self._device
+        tensors = self._tensors_for(order)
         return order[torch.sort(tensors.family_of[order], stable=True).indices]
 
     def has_room(self, zero: torch.Tensor) -> torch.Tensor:
@@ -274,7 +279,7 @@ class FamilyConstraints:
 
         Tensor ops only, no host sync.
         """
-        tensors = self._cpu if candidates.device.type == "cpu" else self._device
+        tensors = self._tensors_for(candidates)
         room = tensors.max_zero - self.zero_counts(zero)
         ranks = _segment_ranks(candidates, grouped_order, tensors)
         return candidates & (ranks < room[tensors.family_of])
@@ -286,7 +291,7 @@ class FamilyConstraints:
 
         Tensor ops only, no host sync.
         """
-        tensors = self._cpu if penalised.device.type == "cpu" else self._device
+        tensors = self._tensors_for(penalised)
         limit = torch.ceil(tensors.max_zero * progress - 1e-9).long().clamp_(max=tensors.max_zero)
         need = limit - self.zero_counts(zero)
         ranks = _segment_ranks(penalised, grouped_order, tensors)

@@ -318,7 +318,7 @@ def cap_projections(
     budget: Budget,
     costs: torch.Tensor,
     priority: torch.Tensor,
-    limit: float | torch.Tensor | None = None,
+    limit: float | None = None,
 ) -> torch.Tensor:
     """Keep the candidates, in priority order, whose cumulative cost still fits under the target (no host sync).
 
