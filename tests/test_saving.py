@@ -195,12 +195,17 @@ def test_failure_leaves_nothing_half_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _config_only_copy(folder, target):
+    """A new folder holding `folder`'s config.json only, for weights written by the test."""
+    target.mkdir()
+    (target / "config.json").write_text((folder / "config.json").read_text())
+    return target
+
+
 def test_weights_that_do_not_match_the_config_are_a_clear_error(saved, tmp_path):
     _, results = saved
     model, _, _, folder = results["bert"]
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((folder / "config.json").read_text())
+    broken = _config_only_copy(folder, tmp_path / "broken")
     model.save_pretrained(tmp_path / "dense")  # unpruned weights
     (broken / "model.safetensors").write_bytes((tmp_path / "dense" / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="do not match the pruned shapes recorded in its config.json"):
@@ -239,9 +244,7 @@ def test_a_weight_left_missing_or_unused_is_an_error(saved, tmp_path):
 
     _, results = saved
     _, _, _, folder = results["bert"]
-    broken = tmp_path / "renamed"
-    broken.mkdir()
-    (broken / "config.json").write_text((folder / "config.json").read_text())
+    broken = _config_only_copy(folder, tmp_path / "renamed")
     tensors = load_file(str(folder / "model.safetensors"))
     tensors["qa_head.weight"] = tensors.pop("qa_outputs.weight")
     save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
