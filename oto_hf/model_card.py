@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainingArguments
 
-from . import __version__
+from ._version import __version__
 from .training_args import OTOTrainingArguments
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from . import __version__
+from ._version import __version__
 from .models import model_classes_for, register_pruned_architecture
 from .models import pruned as pruned_module
 from .models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY, get_module_attribute
