@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .graph.export import as_args_kwargs, eval_mode
 from .stats import count_flops, count_parameters
+from .utils import as_args_kwargs, eval_mode
 
 
 @torch.no_grad()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph.export import as_args_kwargs, eval_mode
+from .utils import as_args_kwargs, eval_mode
+
+if TYPE_CHECKING:
+    from .graph.groups import GroupSet
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -26,7 +29,9 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def forward_outputs(model: nn.Module, example_inputs: Any, count: bool = False) -> tuple[list[torch.Tensor], int | None]:
+def forward_outputs(
+    model: nn.Module, example_inputs: Any, count: bool = False
+) -> tuple[list[torch.Tensor], int | None]:
     """Floating-point output tensors of an eval-mode forward (flattened), and its FLOPs when `count` is set."""
     args, kwargs = as_args_kwargs(example_inputs)
     counter = FlopCounterMode(display=False) if count else None
@@ -36,10 +41,12 @@ def forward_outputs(model: nn.Module, example_inputs: Any, count: bool = False) 
         else:
             with counter:
                 outputs = model(*args, **kwargs)
-    leaves = [t for t in torch.utils._pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    leaves = [
+        t for t in torch.utils._pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
     return leaves, (int(counter.get_total_flops()) if counter is not None else None)
 
 
-def group_sparsity(model: nn.Module, groups) -> float:
+def group_sparsity(model: nn.Module, groups: GroupSet) -> float:
     """Fraction of the groups in `groups` (a `GroupSet`) whose parameters are all zero in `model`."""
     return len(groups.zero_group_ids(model)) / max(len(groups), 1)

@@ -16,13 +16,14 @@ from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
 from .distillation import distillation_loss, freeze, load_teacher
 from .graph.discover import discover_groups
-from .graph.export import default_example_inputs, eval_mode
+from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
 from .optim import DHSPG
 from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet
 from .training_args import OTOTrainingArguments
+from .utils import device_of, eval_mode, to_device
 
 logger = get_logger(__name__)
 
@@ -258,7 +259,7 @@ class OTOTrainer(Trainer):
         """A copy of the trained model with its zero groups sliced away (outputs checked against the trained model)."""
         model = self.accelerator.unwrap_model(self.model)
         ids = self.groups.zero_group_ids(model)
-        inputs = _to_device(self.example_inputs, next(model.parameters()).device)
+        inputs = to_device(self.example_inputs, device_of(model))
         return construct_subnet(model, self.groups, ids, example_inputs=inputs, allow_empty_layers=True)
 
     def save_pruned(self, output_dir: str | Path | None = None, overwrite: bool = False) -> nn.Module:
@@ -289,7 +290,7 @@ class OTOTrainer(Trainer):
         except Exception:  # a collator needing more examples, or a dataset with columns the collator rejects
             return None
         batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        return _to_device(batch, next(self.model.parameters()).device) if batch else None
+        return to_device(batch, device_of(self.model)) if batch else None
 
     def _example_batch(self) -> Any:
         """One collated training example without labels, else inputs derived from the model's config."""
@@ -320,7 +321,3 @@ class OTOTrainer(Trainer):
 
 
 _LABEL_NAMES = {"labels", "label", "start_positions", "end_positions"}
-
-
-def _to_device(inputs: Any, device: torch.device) -> Any:
-    return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, inputs)

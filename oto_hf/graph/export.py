@@ -1,15 +1,17 @@
-"""Tracing a model with `torch.export`, and example inputs derived from its config."""
+"""Tracing a model with `torch.export`, and example inputs derived from its config.
+
+`eval_mode` and `as_args_kwargs` live in `oto_hf.utils`; they are imported here too, where they used to be.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..utils import as_args_kwargs, device_of, eval_mode
 
 DEFAULT_SEQUENCE_LENGTH = 8
 DEFAULT_IMAGE_SIZE = 64
@@ -26,7 +28,7 @@ def default_example_inputs(model: nn.Module) -> dict[str, Any]:
             f"Cannot derive example inputs for {type(model).__name__}: it has no `config`. Pass `example_inputs`, "
             "e.g. `discover_groups(model, example_inputs={'x': torch.randn(1, 16)})`."
         )
-    device = _device_of(model)
+    device = device_of(model)
     parameters = inspect.signature(model.forward).parameters
     accepted = set(parameters)
     passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -40,7 +42,9 @@ def default_example_inputs(model: nn.Module) -> dict[str, Any]:
         inputs["pixel_values"] = torch.randn(1, channels, height, width, generator=generator).to(device)
     elif main_input == "input_ids":
         vocab = getattr(config, "vocab_size", None) or 2
-        length = min(DEFAULT_SEQUENCE_LENGTH, getattr(config, "max_position_embeddings", None) or DEFAULT_SEQUENCE_LENGTH)
+        length = min(
+            DEFAULT_SEQUENCE_LENGTH, getattr(config, "max_position_embeddings", None) or DEFAULT_SEQUENCE_LENGTH
+        )
         inputs["input_ids"] = (torch.arange(1, length + 1) % vocab).unsqueeze(0).to(device)
         if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
             inputs["decoder_input_ids"] = inputs["input_ids"].clone()
@@ -52,20 +56,6 @@ def default_example_inputs(model: nn.Module) -> dict[str, Any]:
     if "use_cache" in accepted or (passes_on and hasattr(config, "use_cache")):
         inputs["use_cache"] = False  # a returned cache object cannot be exported (nor is it needed)
     return inputs
-
-
-def as_args_kwargs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Accept a dict (keyword arguments), a tuple/list (positional) or a single tensor."""
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    raise TypeError(
-        f"`example_inputs` must be a dict of keyword arguments, a tuple of positional arguments or a tensor, got "
-        f"{type(example_inputs).__name__}."
-    )
 
 
 def export_model(model: nn.Module, example_inputs: Any) -> torch.export.ExportedProgram:
@@ -109,21 +99,3 @@ def failing_module(model: nn.Module, error: BaseException) -> tuple[str, str] | 
 def _first_lines(error: BaseException, count: int = 3) -> str:
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return "\n".join(lines[:count])
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put the model in eval mode, then restore each submodule's own training flag."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
