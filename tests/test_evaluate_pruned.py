@@ -54,8 +54,9 @@ def text_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     torch.manual_seed(0)
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="bottleneck",
-                          num_labels=10, num_channels=1)
+    config = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="bottleneck", num_labels=10, num_channels=1
+    )
     folder = tmp_path_factory.mktemp("image") / "pruned"
     pruned = prune_and_save(ResNetForImageClassification(config), folder)
     collator = utils_data.ImageCollator(size=(12, 12), num_channels=1, mean=[0.3], std=[0.35])
@@ -72,10 +73,23 @@ def test_text_classifier(tmp_path, text_folder, capsys):
     rows = text_rows(20, 3)
     dev = write_csv(tmp_path / "dev.csv", rows)
     output = tmp_path / "results.json"
-    results = run("--model_name_or_path", str(folder), "--validation_file", str(dev), "--metric", "accuracy", "f1",
-                  "--output_file", str(output), "--latency_repeats", "3", "--cache_dir", str(tmp_path / "cache"))
+    results = run(
+        "--model_name_or_path",
+        str(folder),
+        "--validation_file",
+        str(dev),
+        "--metric",
+        "accuracy",
+        "f1",
+        "--output_file",
+        str(output),
+        "--latency_repeats",
+        "3",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    )
     printed = capsys.readouterr().out
-    assert "Metric 'accuracy': " in printed and "shipped with oto_hf" in printed and "latency:" in printed
+    assert "Metric 'accuracy': " in printed and "(local copy)" in printed and "latency:" in printed
     assert json.loads(output.read_text()) == json.loads(json.dumps(results))
 
     tokenizer = tiny_wordpiece_tokenizer()
@@ -95,9 +109,21 @@ def test_remote_code_and_a_given_dense_model(tmp_path, text_folder, capsys):
     dense_dir = tmp_path / "dense"
     BertForSequenceClassification(BertConfig(**TEXT, num_labels=2)).save_pretrained(dense_dir)
     dev = write_csv(tmp_path / "dev.csv", text_rows(8, 4))
-    results = run("--model_name_or_path", str(folder), "--validation_file", str(dev), "--trust_remote_code",
-                  "--dense_model_name_or_path", str(dense_dir), "--output_file", str(tmp_path / "r.json"),
-                  "--latency_repeats", "2", "--cache_dir", str(tmp_path / "cache"))
+    results = run(
+        "--model_name_or_path",
+        str(folder),
+        "--validation_file",
+        str(dev),
+        "--trust_remote_code",
+        "--dense_model_name_or_path",
+        str(dense_dir),
+        "--output_file",
+        str(tmp_path / "r.json"),
+        "--latency_repeats",
+        "2",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    )
     assert "Loaded transformers_modules." in capsys.readouterr().out  # the modeling file saved beside the weights
     assert results["dense_reference"] == str(dense_dir)
     assert results["compression"]["params_dense"] == pruned.oto_pruning["params_before"]
@@ -106,9 +132,18 @@ def test_remote_code_and_a_given_dense_model(tmp_path, text_folder, capsys):
 def test_image_classifier(tmp_path, image_folder):
     folder, pruned, collator = image_folder
     data = write_fashion_mnist_like(tmp_path / "fashion", train=8, test=24, num_classes=10)
-    results = run("--model_name_or_path", str(folder), "--fashion_mnist_dir", str(data),
-                  "--per_device_eval_batch_size", "10", "--output_file", str(tmp_path / "r.json"),
-                  "--latency_repeats", "3")
+    results = run(
+        "--model_name_or_path",
+        str(folder),
+        "--fashion_mnist_dir",
+        str(data),
+        "--per_device_eval_batch_size",
+        "10",
+        "--output_file",
+        str(tmp_path / "r.json"),
+        "--latency_repeats",
+        "3",
+    )
     images = utils_data.read_idx(data / "t10k-images-idx3-ubyte.gz")
     labels = utils_data.read_idx(data / "t10k-labels-idx1-ubyte.gz")
     batch = collator([{"pixel_values": torch.from_numpy(image)[None]} for image in images])

@@ -64,11 +64,37 @@ def model_dir(tmp_path_factory):
 
 def run_args(tmp_path: Path, model_dir: Path, *extra: str) -> list[str]:
     return [
-        "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out"),
-        "--cache_dir", str(tmp_path / "cache"), "--max_steps", "8", "--partition_steps", "2",
-        "--pruning_end_steps", "5", "--target_sparsity", "0.3", "--learning_rate", "2e-3",
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--save_strategy", "no",
-        "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--log_level", "error", "--seed", "0",
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--max_steps",
+        "8",
+        "--partition_steps",
+        "2",
+        "--pruning_end_steps",
+        "5",
+        "--target_sparsity",
+        "0.3",
+        "--learning_rate",
+        "2e-3",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+        "--log_level",
+        "error",
+        "--seed",
+        "0",
         *extra,
     ]
 
@@ -76,16 +102,22 @@ def run_args(tmp_path: Path, model_dir: Path, *extra: str) -> list[str]:
 def test_prunes_saves_and_reloads_exactly(tmp_path, model_dir, capsys):
     train = write_csv(tmp_path / "train.csv", text_rows(48, 0))
     dev = write_csv(tmp_path / "dev.csv", text_rows(16, 1))
-    args = run_classification.parse_args(run_args(tmp_path, model_dir, "--train_file", str(train),
-                                                  "--validation_file", str(dev), "--metric", "f1"))
+    args = run_classification.parse_args(
+        run_args(tmp_path, model_dir, "--train_file", str(train), "--validation_file", str(dev), "--metric", "f1")
+    )
     result = run_classification.main(*args)
     printed = capsys.readouterr().out
 
     out = tmp_path / "out"
-    for name in ("eval_results.json", "compression_report.json", "pruned/config.json", "pruned/model.safetensors",
-                 "pruned/tokenizer.json"):
+    for name in (
+        "eval_results.json",
+        "compression_report.json",
+        "pruned/config.json",
+        "pruned/model.safetensors",
+        "pruned/tokenizer.json",
+    ):
         assert (out / name).is_file(), name
-    assert "Metric 'accuracy': " in printed and "Metric 'f1': " in printed and "shipped with oto_hf" in printed
+    assert "Metric 'accuracy': " in printed and "Metric 'f1': " in printed and "(local copy)" in printed
     assert "pruned model: " in printed and "latency ratio" in printed
 
     trainer = result["trainer"]
@@ -124,11 +156,29 @@ def test_sentence_pairs_from_jsonl_with_held_out_split(tmp_path, model_dir):
     with open(tmp_path / "pairs.jsonl", "w", encoding="utf-8") as handle:
         for text, label in rows:
             handle.write(json.dumps({"claim": text, "evidence": text[::-1], "verdict": label}) + "\n")
-    args = run_classification.parse_args(run_args(
-        tmp_path, model_dir, "--train_file", str(tmp_path / "pairs.jsonl"), "--text_column_names", "claim,evidence",
-        "--label_column_name", "verdict", "--validation_split_percentage", "20", "--ignore_mismatched_sizes",
-        "--max_train_samples", "40", "--metric", "accuracy", "f1", "--pad_to_max_length", "--max_seq_length", "24",
-    ))
+    args = run_classification.parse_args(
+        run_args(
+            tmp_path,
+            model_dir,
+            "--train_file",
+            str(tmp_path / "pairs.jsonl"),
+            "--text_column_names",
+            "claim,evidence",
+            "--label_column_name",
+            "verdict",
+            "--validation_split_percentage",
+            "20",
+            "--ignore_mismatched_sizes",
+            "--max_train_samples",
+            "40",
+            "--metric",
+            "accuracy",
+            "f1",
+            "--pad_to_max_length",
+            "--max_seq_length",
+            "24",
+        )
+    )
     result = run_classification.main(*args)
     assert result["pruned"]["eval_f1"] == result["trained"]["eval_f1"]  # macro F1 over three labels
     config = json.loads((tmp_path / "out" / "pruned" / "config.json").read_text())
@@ -150,8 +200,12 @@ def test_header_less_csv_with_bom_and_numeric_labels(tmp_path):
     utils_data = sys.modules["utils_data"]
     path = tmp_path / "polarity.csv"
     path.write_text('\ufeff"1","a fine film \n"\n"-1","a dull one"\n"1","great"\n"-1","bad"\n', encoding="utf-8")
-    raw = utils_data.load_text_datasets(train_file=str(path), csv_column_names="label,sentence",
-                                        validation_split_percentage=50, cache_dir=str(tmp_path / "cache"))
+    raw = utils_data.load_text_datasets(
+        train_file=str(path),
+        csv_column_names="label,sentence",
+        validation_split_percentage=50,
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert raw["train"].column_names == ["label", "sentence"] and len(raw["validation"]) == 2
     names = utils_data.dataset_label_names(raw, "label")
     assert names == ["-1", "1"]
@@ -166,18 +220,34 @@ def test_class_label_columns_keep_their_ids(tmp_path):
     data = data.cast_column("label", ClassLabel(names=["negative", "positive"]))
     names = utils_data.dataset_label_names(DatasetDict({"train": data}), "label")
     assert names == ["negative", "positive"]
-    encoded = utils_data.tokenize_text(data, tiny_wordpiece_tokenizer(), ["sentence"], "label",
-                                       {name: i for i, name in enumerate(names)}, 16, False, num_labels=2)
+    encoded = utils_data.tokenize_text(
+        data,
+        tiny_wordpiece_tokenizer(),
+        ["sentence"],
+        "label",
+        {name: i for i, name in enumerate(names)},
+        16,
+        False,
+        num_labels=2,
+    )
     assert encoded["labels"] == [1, 0, 1] and "sentence" not in encoded.column_names
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_arguments_from_a_file(tmp_path, model_dir, suffix):
-    values = {"model_name_or_path": str(model_dir), "train_file": "t.csv", "output_dir": str(tmp_path / "o"),
-              "target_sparsity": 0.4, "metric": ["accuracy", "f1"]}
+    values = {
+        "model_name_or_path": str(model_dir),
+        "train_file": "t.csv",
+        "output_dir": str(tmp_path / "o"),
+        "target_sparsity": 0.4,
+        "metric": ["accuracy", "f1"],
+    }
     path = tmp_path / f"args{suffix}"
-    path.write_text(json.dumps(values) if suffix == ".json" else "\n".join(
-        f"{key}: {json.dumps(value)}" for key, value in values.items()))
+    path.write_text(
+        json.dumps(values)
+        if suffix == ".json"
+        else "\n".join(f"{key}: {json.dumps(value)}" for key, value in values.items())
+    )
     model_args, data_args, training_args = run_classification.parse_args([str(path)])
     assert model_args.model_name_or_path == str(model_dir) and data_args.metric == ["accuracy", "f1"]
     assert training_args.target_sparsity == 0.4
@@ -185,14 +255,17 @@ def test_arguments_from_a_file(tmp_path, model_dir, suffix):
         run_classification.parse_args([str(tmp_path / "missing.yaml")])
 
 
-@pytest.mark.parametrize("extra, error, message", [
-    (["--train_file", "missing.csv"], ValueError, "`--train_file` '.*missing.csv' does not exist"),
-    (["--label_column_name", "stars"], ValueError, "Label column 'stars' is not in the data"),
-    (["--text_column_names", "title"], ValueError, "`--text_column_names` must name"),
-    (["--task_name", "stsb"], ValueError, "regression"),
-    (["--task_name", "sst2"], RuntimeError, "--train_file train.csv"),  # the Hub is unreachable in tests
-    (["--metric", "bleu"], ValueError, "`--metric` must be among"),
-])
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--train_file", "missing.csv"], ValueError, "`--train_file` '.*missing.csv' does not exist"),
+        (["--label_column_name", "stars"], ValueError, "Label column 'stars' is not in the data"),
+        (["--text_column_names", "title"], ValueError, "`--text_column_names` must name"),
+        (["--task_name", "stsb"], ValueError, "regression"),
+        (["--task_name", "sst2"], RuntimeError, "--train_file train.csv"),  # the Hub is unreachable in tests
+        (["--metric", "bleu"], ValueError, "`--metric` must be among"),
+    ],
+)
 def test_bad_input(tmp_path, model_dir, extra, error, message):
     train = write_csv(tmp_path / "train.csv", text_rows(8, 0))
     data = [] if "--task_name" in extra or "--train_file" in extra else ["--train_file", str(train)]

@@ -33,10 +33,34 @@ def _one_thread():
 
 def run_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "8", "--partition_steps", "2",
-        "--pruning_end_steps", "5", "--target_sparsity", "0.3", "--learning_rate", "3e-3",
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--save_strategy", "no",
-        "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--log_level", "error", "--seed", "0", *extra,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "8",
+        "--partition_steps",
+        "2",
+        "--pruning_end_steps",
+        "5",
+        "--target_sparsity",
+        "0.3",
+        "--learning_rate",
+        "3e-3",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+        "--log_level",
+        "error",
+        "--seed",
+        "0",
+        *extra,
     ]
 
 
@@ -56,15 +80,33 @@ def assert_reload_matches(result, out: Path) -> None:
 
 def test_resnet_from_config_on_idx_files(tmp_path, capsys):
     data = write_fashion_mnist_like(tmp_path / "fashion", num_classes=10)
-    args = run_image.parse_args(run_args(tmp_path, "--fashion_mnist_dir", str(data), "--model_type", "resnet",
-                                         "--config_overrides", RESNET, "--image_mean", "0.3", "--image_std", "0.35"))
+    args = run_image.parse_args(
+        run_args(
+            tmp_path,
+            "--fashion_mnist_dir",
+            str(data),
+            "--model_type",
+            "resnet",
+            "--config_overrides",
+            RESNET,
+            "--image_mean",
+            "0.3",
+            "--image_std",
+            "0.35",
+        )
+    )
     result = run_image.main(*args)
     printed = capsys.readouterr().out
     out = tmp_path / "out"
-    for name in ("eval_results.json", "compression_report.json", "pruned/config.json", "pruned/model.safetensors",
-                 "pruned/preprocessor_config.json"):
+    for name in (
+        "eval_results.json",
+        "compression_report.json",
+        "pruned/config.json",
+        "pruned/model.safetensors",
+        "pruned/preprocessor_config.json",
+    ):
         assert (out / name).is_file(), name
-    assert "Metric 'accuracy': " in printed and "shipped with oto_hf" in printed and "pruned model: " in printed
+    assert "Metric 'accuracy': " in printed and "(local copy)" in printed and "pruned model: " in printed
 
     config = json.loads((out / "pruned" / "config.json").read_text())
     assert config["num_channels"] == 1 and config["id2label"]["9"] == "Ankle boot"
@@ -81,11 +123,23 @@ def test_resnet_from_config_on_idx_files(tmp_path, capsys):
 def test_convnext_folder_on_an_image_folder(tmp_path):
     model_dir = tmp_path / "convnext"
     torch.manual_seed(0)
-    ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3,
-                                                  image_size=16)).save_pretrained(model_dir)
+    ConvNextForImageClassification(
+        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3, image_size=16)
+    ).save_pretrained(model_dir)
     images = write_image_folder(tmp_path / "images", count=40, size=20)
-    args = run_image.parse_args(run_args(tmp_path, "--model_name_or_path", str(model_dir), "--train_dir", str(images),
-                                         "--validation_split_percentage", "25", "--cache_dir", str(tmp_path / "c")))
+    args = run_image.parse_args(
+        run_args(
+            tmp_path,
+            "--model_name_or_path",
+            str(model_dir),
+            "--train_dir",
+            str(images),
+            "--validation_split_percentage",
+            "25",
+            "--cache_dir",
+            str(tmp_path / "c"),
+        )
+    )
     result = run_image.main(*args)
     out = tmp_path / "out"
     config = json.loads((out / "pruned" / "config.json").read_text())
@@ -112,8 +166,12 @@ def test_idx_reader(tmp_path):
 def test_collator_repeats_grayscale_resizes_and_normalises():
     collator = utils_data.ImageCollator(size=(8, 8), num_channels=3, mean=[0.5], std=[0.25])
     image = torch.full((1, 4, 4), 255, dtype=torch.uint8)
-    batch = collator([{"pixel_values": image, "labels": 2}, {"pixel_values": torch.zeros(3, 16, 16, dtype=torch.uint8),
-                                                             "labels": 0}])
+    batch = collator(
+        [
+            {"pixel_values": image, "labels": 2},
+            {"pixel_values": torch.zeros(3, 16, 16, dtype=torch.uint8), "labels": 0},
+        ]
+    )
     assert batch["pixel_values"].shape == (2, 3, 8, 8) and batch["labels"].tolist() == [2, 0]
     torch.testing.assert_close(batch["pixel_values"][0], torch.full((3, 8, 8), 2.0))  # (1 - 0.5) / 0.25
     torch.testing.assert_close(batch["pixel_values"][1], torch.full((3, 8, 8), -2.0))
@@ -122,10 +180,16 @@ def test_collator_repeats_grayscale_resizes_and_normalises():
 
 
 def test_config_overrides():
-    parsed = run_image.parse_config_overrides("embedding_size=8, hidden_sizes=[8,16],layer_type=bottleneck,"
-                                              "downsample_in_first_stage=true,drop=0.1")
-    assert parsed == {"embedding_size": 8, "hidden_sizes": [8, 16], "layer_type": "bottleneck",
-                      "downsample_in_first_stage": True, "drop": 0.1}
+    parsed = run_image.parse_config_overrides(
+        "embedding_size=8, hidden_sizes=[8,16],layer_type=bottleneck,downsample_in_first_stage=true,drop=0.1"
+    )
+    assert parsed == {
+        "embedding_size": 8,
+        "hidden_sizes": [8, 16],
+        "layer_type": "bottleneck",
+        "downsample_in_first_stage": True,
+        "drop": 0.1,
+    }
     with pytest.raises(ValueError, match="key=value"):
         run_image.parse_config_overrides("depths")
 
@@ -147,16 +211,21 @@ def test_a_failed_slice_keeps_the_trained_model(tmp_path):
     assert trainer.saved == str(tmp_path / "trained-unsliced")
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--model_type", "resnet"], "No image data given"),
-    (["--model_type", "resnet", "--fashion_mnist_dir", "/nonexistent"], "apt-get install dataset-fashion-mnist"),
-    (["--model_type", "resnet", "--train_images", "missing-idx"], "`--train_images` 'missing-idx' does not exist"),
-    (["--fashion_mnist_dir", "DATA"], "No model"),
-    (["--fashion_mnist_dir", "DATA", "--model_type", "not-a-model"], "Unknown `--model_type`"),
-    (["--fashion_mnist_dir", "DATA", "--model_type", "resnet", "--config_overrides", "widths=[1]"],
-     r"keys \['widths'\] are not attributes of ResNetConfig"),
-    (["--fashion_mnist_dir", "DATA", "--model_name_or_path", "EMPTY"], "is not a model folder"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model_type", "resnet"], "No image data given"),
+        (["--model_type", "resnet", "--fashion_mnist_dir", "/nonexistent"], "apt-get install dataset-fashion-mnist"),
+        (["--model_type", "resnet", "--train_images", "missing-idx"], "`--train_images` 'missing-idx' does not exist"),
+        (["--fashion_mnist_dir", "DATA"], "No model"),
+        (["--fashion_mnist_dir", "DATA", "--model_type", "not-a-model"], "Unknown `--model_type`"),
+        (
+            ["--fashion_mnist_dir", "DATA", "--model_type", "resnet", "--config_overrides", "widths=[1]"],
+            r"keys \['widths'\] are not attributes of ResNetConfig",
+        ),
+        (["--fashion_mnist_dir", "DATA", "--model_name_or_path", "EMPTY"], "is not a model folder"),
+    ],
+)
 def test_bad_input(tmp_path, extra, message):
     data = write_fashion_mnist_like(tmp_path / "fashion", train=8, test=4)
     (tmp_path / "empty").mkdir()
@@ -171,15 +240,46 @@ def test_fashion_mnist_for_real(tmp_path):
     pruned; the full 10,000-image test set. About a minute on 2 CPU cores."""
     if not Path(utils_data.FASHION_MNIST_DIR).is_dir():
         pytest.skip(f"{utils_data.FASHION_MNIST_DIR} is missing: apt-get install dataset-fashion-mnist")
-    args = run_image.parse_args([
-        "--fashion_mnist_dir", utils_data.FASHION_MNIST_DIR, "--model_type", "resnet",
-        "--config_overrides", "embedding_size=16,hidden_sizes=[32,64],depths=[1,1],layer_type=bottleneck",
-        "--image_mean", "0.286", "--image_std", "0.353", "--max_steps", "1200", "--sparsity_budget", "flops",
-        "--target_sparsity", "0.5", "--pruning_end_ratio", "0.6", "--learning_rate", "3e-3",
-        "--per_device_train_batch_size", "64", "--per_device_eval_batch_size", "500", "--output_dir",
-        str(tmp_path / "out"), "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
-        "--logging_steps", "50", "--seed", "0",
-    ])
+    args = run_image.parse_args(
+        [
+            "--fashion_mnist_dir",
+            utils_data.FASHION_MNIST_DIR,
+            "--model_type",
+            "resnet",
+            "--config_overrides",
+            "embedding_size=16,hidden_sizes=[32,64],depths=[1,1],layer_type=bottleneck",
+            "--image_mean",
+            "0.286",
+            "--image_std",
+            "0.353",
+            "--max_steps",
+            "1200",
+            "--sparsity_budget",
+            "flops",
+            "--target_sparsity",
+            "0.5",
+            "--pruning_end_ratio",
+            "0.6",
+            "--learning_rate",
+            "3e-3",
+            "--per_device_train_batch_size",
+            "64",
+            "--per_device_eval_batch_size",
+            "500",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--logging_steps",
+            "50",
+            "--seed",
+            "0",
+        ]
+    )
     result = run_image.main(*args)  # the figures: <tmp>/out/eval_results.json and compression_report.json
     assert result["pruned"]["eval_accuracy"] == result["trained"]["eval_accuracy"] > 0.75
     assert result["report"]["flops_ratio"] < 0.75 and result["report"]["params_ratio"] < 0.75

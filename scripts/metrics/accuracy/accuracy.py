@@ -1,7 +1,7 @@
-"""Accuracy as an `evaluate` metric module, computed with numpy (oto_hf's offline copy of the Hub's `accuracy`).
+"""Accuracy as an `evaluate` metric module, computed with numpy (an offline copy of the Hub's `accuracy`).
 
-Load it with `evaluate.load("<path to this folder>")` or `oto_hf.metrics.load_metric("accuracy")`. Inputs and
-outputs match the Hub module: `compute(predictions, references, normalize=True, sample_weight=None)` returns
+Load it with `evaluate.load("<path to this folder>")` or `metrics.load_metric("accuracy")` (from `scripts/`).
+Inputs and outputs match the Hub module: `compute(predictions, references, normalize=True, sample_weight=None)` returns
 `{"accuracy": float}`; the `"multilabel"` configuration takes one 0/1 row per example and counts a row as correct
 only when every entry matches.
 """
@@ -29,7 +29,7 @@ Returns:
     `dict`: `{"accuracy": float}`.
 
 Example:
-    >>> accuracy = evaluate.load("oto_hf/metrics/accuracy")
+    >>> accuracy = evaluate.load("scripts/metrics/accuracy")
     >>> accuracy.compute(predictions=[0, 1, 1, 0], references=[0, 1, 0, 0])
     {'accuracy': 0.75}
 """

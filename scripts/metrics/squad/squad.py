@@ -1,4 +1,4 @@
-"""SQuAD v1.1 exact match and F1, as an `evaluate` metric (offline copy shipped with oto_hf).
+"""SQuAD v1.1 exact match and F1, as an `evaluate` metric (an offline copy of the Hub's `squad`).
 
 Same inputs and outputs as the Hub's `squad` metric; scoring follows the official SQuAD v1.1 evaluation: answers are
 normalised (lower case, punctuation removed, articles a/an/the removed, whitespace collapsed); a prediction scores the
@@ -33,7 +33,7 @@ Args:
 Returns:
     `{"exact_match": float, "f1": float}`, both in percent (0-100).
 Example:
-    >>> squad = evaluate.load("oto_hf/metrics/squad")
+    >>> squad = evaluate.load("scripts/metrics/squad")
     >>> squad.compute(predictions=[{"id": "q1", "prediction_text": "the Eiffel Tower"}],
     ...               references=[{"id": "q1", "answers": {"text": ["Eiffel Tower"], "answer_start": [0]}}])
     {'exact_match': 100.0, 'f1': 100.0}

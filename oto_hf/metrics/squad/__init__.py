@@ -1,1 +1,0 @@
-# Makes the folder a package so that wheels ship `squad.py`; `evaluate.load` reads `squad.py` itself.

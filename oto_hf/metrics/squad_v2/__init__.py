@@ -1,1 +1,0 @@
-# Makes the folder a package so that wheels ship `squad_v2.py`; `evaluate.load` reads `squad_v2.py` itself.
