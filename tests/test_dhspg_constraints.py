@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from oto_hf.optim import DHSPG
 from oto_hf.optim.families import FamilyConstraints
 from oto_hf.optim.group_ops import resolve_budget
-from tests.test_dhspg import (
+from tests.utils.dhspg_toys import (
+    FLOP_COSTS,
     NUM_GROUPS,
     TinyModel,
     batch,
@@ -25,7 +26,6 @@ from tests.test_dhspg import (
 
 # Aggressive settings: groups project naturally (and early) so that the caps have something to stop.
 EAGER = {"variant": "sgd", "lr": 0.1, "lmbda": 1.0, "final_epsilon": 0.9}
-FLOP_COSTS = [30.0] * 2 + [2.0] * 12 + [30.0] * 2 + [2.0] * 12
 
 
 def run(model, groups, optimizer, steps: int = 32) -> list[list[int]]:

@@ -15,8 +15,15 @@ import pytest
 import torch
 
 from oto_hf.optim.group_ops import importance_scores
-from tests.test_dhspg import NUM_GROUPS, batch, forbid_host_sync, group_state_is_zero, make, train_step
-from tests.test_dhspg_constraints import FLOP_COSTS
+from tests.utils.dhspg_toys import (
+    FLOP_COSTS,
+    NUM_GROUPS,
+    batch,
+    forbid_host_sync,
+    group_state_is_zero,
+    make,
+    train_step,
+)
 
 
 def group_norms(model, groups) -> torch.Tensor:
