@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +49,10 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 import oto_hf  # noqa: F401 - registers the `oto_*` configs and models with the Auto classes
 from oto_hf.report import compression_report, dense_reference
 from oto_hf.stats import count_parameters
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper module, also when loaded by path
-import utils_data  # noqa: E402
+from utils_classification import check_label_column, compute_classification_metrics, f1_average_for, load_metrics
+from utils_common import example_batch, parse_arguments, setup_logging, subsample, write_json
+from utils_image import ImageCollator, load_image_datasets, read_processor_config
+from utils_text import GLUE_F1_TASKS, load_text_datasets, text_columns_for, tokenize_text
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def make_parser() -> HfArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, EvaluationArguments]:
-    return utils_data.parse_arguments(make_parser(), argv)
+    return parse_arguments(make_parser(), argv)
 
 
 def read_pruned_config(folder: str | Path) -> dict[str, Any]:
@@ -233,7 +233,7 @@ def text_eval_data(
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise ValueError(f"No tokenizer in {folder!r} ({error}); pass `--tokenizer_name`.") from error
-    raw = utils_data.load_text_datasets(
+    raw = load_text_datasets(
         task_name=data_args.task_name,
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
@@ -246,13 +246,13 @@ def text_eval_data(
         cache_dir=data_args.cache_dir,
     )
     dataset = raw["validation"]
-    utils_data.check_label_column(dataset.column_names, data_args.label_column_name)
-    columns = utils_data.text_columns_for(
+    check_label_column(dataset.column_names, data_args.label_column_name)
+    columns = text_columns_for(
         dataset.column_names, data_args.label_column_name, data_args.text_column_names, data_args.task_name
     )
     num_labels = model.config.num_labels
-    dataset = utils_data.tokenize_text(
-        utils_data.subsample(dataset, data_args.max_eval_samples, args.seed),
+    dataset = tokenize_text(
+        subsample(dataset, data_args.max_eval_samples, args.seed),
         tokenizer,
         columns,
         data_args.label_column_name,
@@ -268,17 +268,17 @@ def image_eval_data(
     model_args: ModelArguments, data_args: DataArguments, args: EvaluationArguments, model: torch.nn.Module
 ) -> tuple[Any, Any, int]:
     """Evaluation images, their collator (the saved preprocessing unless overridden), and the number of labels."""
-    splits, names = utils_data.load_image_datasets(data_args, args.seed, data_args.cache_dir, need_train=False)
-    dataset = utils_data.subsample(splits["validation"], data_args.max_eval_samples, args.seed)
+    splits, names = load_image_datasets(data_args, args.seed, data_args.cache_dir, need_train=False)
+    dataset = subsample(splits["validation"], data_args.max_eval_samples, args.seed)
     num_labels = model.config.num_labels
     if len(names) > num_labels:
         raise ValueError(f"The data has {len(names)} labels ({names}) but the model predicts {num_labels}.")
-    saved = utils_data.read_processor_config(model_args.model_name_or_path)
+    saved = read_processor_config(model_args.model_name_or_path)
     config_size = getattr(model.config, "image_size", None)
     size = data_args.image_size or (saved.get("size") or (None,))[0] or config_size
     if size is None:
         raise ValueError("Unknown input size: the folder has no preprocessor_config.json; pass `--image_size`.")
-    collator = utils_data.ImageCollator(
+    collator = ImageCollator(
         size=(int(size), int(size)),
         num_channels=int(getattr(model.config, "num_channels", 3)),
         mean=data_args.image_mean or saved.get("image_mean") or (0.5,),
@@ -306,7 +306,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: EvaluationA
     """Evaluate and time the pruned folder; returns (and writes) the results."""
     if args.log_level not in LOG_LEVELS:
         raise ValueError(f"`--log_level` must be one of {list(LOG_LEVELS)}, got {args.log_level!r}.")
-    utils_data.setup_logging(LOG_LEVELS[args.log_level], logger)
+    setup_logging(LOG_LEVELS[args.log_level], logger)
     config = read_pruned_config(model_args.model_name_or_path)
     task = task_for(config, model_args.task)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu")
@@ -318,16 +318,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: EvaluationA
     build = text_eval_data if task == "text-classification" else image_eval_data
     dataset, collator, num_labels = build(model_args, data_args, args, pruned)
     names = data_args.metric or (
-        ["accuracy", "f1"] if (data_args.task_name or "").lower() in utils_data.GLUE_F1_TASKS else ["accuracy"]
+        ["accuracy", "f1"] if (data_args.task_name or "").lower() in GLUE_F1_TASKS else ["accuracy"]
     )
-    modules, sources = utils_data.load_metrics(names if "accuracy" in names else ["accuracy", *names])
+    modules, sources = load_metrics(names if "accuracy" in names else ["accuracy", *names])
     logits, labels = predict(pruned, dataset, collator, args.per_device_eval_batch_size, device)
-    metrics = utils_data.compute_classification_metrics(
-        modules, logits, labels, utils_data.f1_average_for(num_labels, data_args.f1_average)
-    )
+    metrics = compute_classification_metrics(modules, logits, labels, f1_average_for(num_labels, data_args.f1_average))
 
     dense, dense_description = dense_model_for(pruned, model_args, task)
-    inputs = utils_data.example_batch(dataset, collator, args.latency_batch_size, device)
+    inputs = example_batch(dataset, collator, args.latency_batch_size, device)
     report = compression_report(dense.to(device), pruned, inputs, latency_repeats=args.latency_repeats)
     report["latency_batch"] = {k: list(v.shape) for k, v in inputs.items()}
     results = {
@@ -342,7 +340,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: EvaluationA
         "device": str(device),
     }
     output_file = Path(args.output_file or Path(model_args.model_name_or_path) / "evaluation_results.json")
-    utils_data.write_json(output_file, results)
+    write_json(output_file, results)
 
     print(f"\n***** Evaluation of {model_args.model_name_or_path} on {len(labels)} examples *****")
     for name, value in metrics.items():

@@ -46,7 +46,6 @@ A lone `.json` or `.yaml` argument is read as a file of arguments: `python scrip
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +62,26 @@ from transformers import (
 )
 
 from oto_hf import OTOTrainer, OTOTrainingArguments
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper module, also when loaded by path
-import utils_data  # noqa: E402
+from utils_classification import (
+    check_label_column,
+    dataset_label_names,
+    f1_average_for,
+    load_metrics,
+    make_compute_metrics,
+)
+from utils_common import (
+    check_model_source,
+    check_output_dir,
+    finish_run,
+    groups_to_prune,
+    hub_id,
+    model_error,
+    parse_arguments,
+    save_pruned_model,
+    setup_logging,
+    subsample,
+)
+from utils_text import GLUE_DATASET, GLUE_F1_TASKS, GLUE_TASKS, load_text_datasets, text_columns_for, tokenize_text
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +106,11 @@ class ModelArguments:
     overwrite_pruned_model: bool = field(default=False, metadata={"help": "Replace a non-empty `pruned_model_dir`."})
     prune_head_neurons: bool = field(
         default=False,
-        metadata={"help": "Also prune the hidden neurons in front of the new classifier (BERT's pooler, RoBERTa's "
-                          "dense); by default only the encoder layers are pruned, as zeroing all of them is exact but "
-                          "leaves a constant prediction."},
+        metadata={
+            "help": "Also prune the hidden neurons in front of the new classifier (BERT's pooler, RoBERTa's "
+            "dense); by default only the encoder layers are pruned, as zeroing all of them is exact but "
+            "leaves a constant prediction."
+        },
     )
 
 
@@ -101,7 +119,7 @@ class DataArguments:
     """What to train and evaluate on."""
 
     task_name: str | None = field(
-        default=None, metadata={"help": f"GLUE task from the Hub (online): one of {sorted(utils_data.GLUE_TASKS)}."}
+        default=None, metadata={"help": f"GLUE task from the Hub (online): one of {sorted(GLUE_TASKS)}."}
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Dataset on the Hub (online) or a local one."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of `dataset_name`."})
@@ -142,7 +160,7 @@ def make_parser() -> HfArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, OTOTrainingArguments]:
-    return utils_data.parse_arguments(make_parser(), argv)
+    return parse_arguments(make_parser(), argv)
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: OTOTrainingArguments) -> dict[str, Any]:
@@ -152,62 +170,88 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         `dict`: what `eval_results.json` holds, plus `report` (the compression report), `trainer`, `pruned_model` (as
         sliced in memory) and `reloaded_model` (loaded back from the saved folder).
     """
-    utils_data.setup_logging(training_args.get_process_log_level(), logger)
+    setup_logging(training_args.get_process_log_level(), logger)
     logger.info(f"Training arguments: {training_args}")
     output_dir = Path(training_args.output_dir)
     pruned_dir = Path(model_args.pruned_model_dir or output_dir / "pruned")
-    utils_data.check_output_dir(pruned_dir, model_args.overwrite_pruned_model, "--pruned_model_dir")
+    check_output_dir(pruned_dir, model_args.overwrite_pruned_model, "--pruned_model_dir")
     set_seed(training_args.seed)
 
     # ---- data ----
-    raw = utils_data.load_text_datasets(
-        task_name=data_args.task_name, dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name, train_file=data_args.train_file,
-        validation_file=data_args.validation_file, csv_column_names=data_args.csv_column_names,
-        validation_split_percentage=data_args.validation_split_percentage, seed=training_args.seed,
-        cache_dir=model_args.cache_dir, token=model_args.token,
+    raw = load_text_datasets(
+        task_name=data_args.task_name,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        csv_column_names=data_args.csv_column_names,
+        validation_split_percentage=data_args.validation_split_percentage,
+        seed=training_args.seed,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
     )
     columns = raw["train"].column_names
-    utils_data.check_label_column(columns, data_args.label_column_name)
-    text_columns = utils_data.text_columns_for(columns, data_args.label_column_name, data_args.text_column_names,
-                                               data_args.task_name)
-    label_names = utils_data.dataset_label_names(raw, data_args.label_column_name)
+    check_label_column(columns, data_args.label_column_name)
+    text_columns = text_columns_for(
+        columns, data_args.label_column_name, data_args.text_column_names, data_args.task_name
+    )
+    label_names = dataset_label_names(raw, data_args.label_column_name)
     if len(label_names) < 2:
         raise ValueError(f"Classification needs at least two labels; the data has {label_names}.")
     label2id = {name: i for i, name in enumerate(label_names)}
     logger.info(f"Text columns {text_columns}; {len(label_names)} labels: {label_names}")
 
     # ---- model ----
-    utils_data.check_model_source(model_args.model_name_or_path)
+    check_model_source(model_args.model_name_or_path)
     try:
         config = AutoConfig.from_pretrained(
-            model_args.config_name or model_args.model_name_or_path, num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)), label2id=label2id, finetuning_task=data_args.task_name,
-            cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+            model_args.config_name or model_args.model_name_or_path,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id=label2id,
+            finetuning_task=data_args.task_name,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
             trust_remote_code=model_args.trust_remote_code,
         )
         tokenizer = AutoTokenizer.from_pretrained(
-            model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision, token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+            model_args.tokenizer_name or model_args.model_name_or_path,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
         )
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision, token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+            model_args.model_name_or_path,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         )
     except OSError as error:  # not a local folder and no Hub access, or a folder without weights
-        raise utils_data.model_error(model_args.model_name_or_path, error) from error
+        raise model_error(model_args.model_name_or_path, error) from error
 
     # ---- preprocessing ----
-    tokenize = dict(tokenizer=tokenizer, text_columns=text_columns, label_column=data_args.label_column_name,
-                    label2id=label2id, max_seq_length=data_args.max_seq_length,
-                    pad_to_max_length=data_args.pad_to_max_length, num_workers=data_args.preprocessing_num_workers,
-                    num_labels=len(label_names))  # `ClassLabel` columns hold ids already
+    tokenize = dict(
+        tokenizer=tokenizer,
+        text_columns=text_columns,
+        label_column=data_args.label_column_name,
+        label2id=label2id,
+        max_seq_length=data_args.max_seq_length,
+        pad_to_max_length=data_args.pad_to_max_length,
+        num_workers=data_args.preprocessing_num_workers,
+        num_labels=len(label_names),
+    )  # `ClassLabel` columns hold ids already
     with training_args.main_process_first(desc="tokenizing"):
-        train_dataset = utils_data.tokenize_text(
-            utils_data.subsample(raw["train"], data_args.max_train_samples, training_args.seed), **tokenize)
-        eval_dataset = utils_data.tokenize_text(
-            utils_data.subsample(raw["validation"], data_args.max_eval_samples, training_args.seed), **tokenize)
+        train_dataset = tokenize_text(
+            subsample(raw["train"], data_args.max_train_samples, training_args.seed), **tokenize
+        )
+        eval_dataset = tokenize_text(
+            subsample(raw["validation"], data_args.max_eval_samples, training_args.seed), **tokenize
+        )
     if data_args.pad_to_max_length:
         collator = default_data_collator
     else:
@@ -215,23 +259,31 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
 
     # ---- metrics ----
     task = (data_args.task_name or "").lower()
-    names = data_args.metric or (["accuracy", "f1"] if task in utils_data.GLUE_F1_TASKS else ["accuracy"])
+    names = data_args.metric or (["accuracy", "f1"] if task in GLUE_F1_TASKS else ["accuracy"])
     if "accuracy" not in names:
         names = ["accuracy", *names]
-    modules, sources = utils_data.load_metrics(names)
-    f1_average = utils_data.f1_average_for(len(label_names), data_args.f1_average)
-    compute_metrics = utils_data.make_compute_metrics(modules, f1_average)
+    modules, sources = load_metrics(names)
+    f1_average = f1_average_for(len(label_names), data_args.f1_average)
+    compute_metrics = make_compute_metrics(modules, f1_average)
 
     # ---- dense evaluation, training with pruning, export ----
     # One unpadded training example, without `attention_mask`: transformers' SDPA mask helper reads the mask's
     # values (`.item()`), which fails on the meta-device copy OTOTrainer counts FLOPs on (transformers 5.23,
     # masking_utils._ignore_bidirectional_mask_sdpa); without FLOPs, `--sparsity_budget flops` would have no costs.
     example = {k: v for k, v in collator([train_dataset[0]]).items() if k not in ("labels", "attention_mask")}
-    groups = utils_data.groups_to_prune(model, example, training_args.prune_kinds,
-                                        skip_outside_layers=not model_args.prune_head_neurons)
+    groups = groups_to_prune(
+        model, example, training_args.prune_kinds, skip_outside_layers=not model_args.prune_head_neurons
+    )
     trainer = OTOTrainer(
-        model, training_args, groups=groups, example_inputs=example, train_dataset=train_dataset,
-        eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+        model,
+        training_args,
+        groups=groups,
+        example_inputs=example,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
     )
     logger.info(f"{len(trainer.groups)} prunable groups: {trainer.groups.counts()}")
     dense_metrics = trainer.evaluate(metric_key_prefix="eval")
@@ -239,21 +291,40 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     trainer.save_metrics("train", train_result.metrics)
     trained_metrics = trainer.evaluate(metric_key_prefix="eval")
     zero_groups = len(trainer.groups.zero_group_ids(trainer.model))
-    pruned = utils_data.save_pruned_model(trainer, pruned_dir, model_args.overwrite_pruned_model)
+    pruned = save_pruned_model(trainer, pruned_dir, model_args.overwrite_pruned_model)
     reloaded = AutoModelForSequenceClassification.from_pretrained(pruned_dir)
-    evaluator = Trainer(model=reloaded, args=training_args, eval_dataset=eval_dataset, data_collator=collator,
-                        compute_metrics=compute_metrics)
+    evaluator = Trainer(
+        model=reloaded,
+        args=training_args,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+    )
     pruned_metrics = evaluator.evaluate(metric_key_prefix="eval")
 
     # ---- reports ----
-    return utils_data.finish_run(
-        trainer=trainer, reloaded=reloaded, pruned=pruned, pruned_dir=pruned_dir, eval_dataset=eval_dataset,
-        collator=collator, latency_batch_size=data_args.latency_batch_size, stages={
-            "dense": dense_metrics, "trained": trained_metrics, "pruned": pruned_metrics,
-        }, sources=sources, zero_groups=zero_groups, script_logger=logger, card=dict(
-            base_model=utils_data.hub_id(model_args.model_name_or_path), task="text-classification",
-            dataset=utils_data.GLUE_DATASET if data_args.task_name else utils_data.hub_id(data_args.dataset_name),
-        ), title="Text classification with Only-Train-Once",
+    return finish_run(
+        trainer=trainer,
+        reloaded=reloaded,
+        pruned=pruned,
+        pruned_dir=pruned_dir,
+        eval_dataset=eval_dataset,
+        collator=collator,
+        latency_batch_size=data_args.latency_batch_size,
+        stages={
+            "dense": dense_metrics,
+            "trained": trained_metrics,
+            "pruned": pruned_metrics,
+        },
+        sources=sources,
+        zero_groups=zero_groups,
+        script_logger=logger,
+        card=dict(
+            base_model=hub_id(model_args.model_name_or_path),
+            task="text-classification",
+            dataset=GLUE_DATASET if data_args.task_name else hub_id(data_args.dataset_name),
+        ),
+        title="Text classification with Only-Train-Once",
     )
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import ast
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +52,20 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, Trainer, set_seed
 
 from oto_hf import OTOTrainer, OTOTrainingArguments
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper module, also when loaded by path
-import utils_data  # noqa: E402
+from utils_classification import load_metrics, make_compute_metrics
+from utils_common import (
+    check_model_source,
+    check_output_dir,
+    finish_run,
+    hub_id,
+    model_error,
+    parse_arguments,
+    save_pruned_model,
+    setup_logging,
+    subsample,
+    write_json,
+)
+from utils_image import FASHION_MNIST_DIR, ArrayImageDataset, ImageCollator, load_image_datasets, read_processor_config
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +84,10 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "With `model_type`: `key=value` pairs, comma-separated; lists in brackets, e.g. "
-                          "`embedding_size=16,hidden_sizes=[32,64],depths=[1,1]`."},
+        metadata={
+            "help": "With `model_type`: `key=value` pairs, comma-separated; lists in brackets, e.g. "
+            "`embedding_size=16,hidden_sizes=[32,64],depths=[1,1]`."
+        },
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Cache for downloads and processed datasets."})
     model_revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})
@@ -96,7 +108,7 @@ class DataArguments:
 
     fashion_mnist_dir: str | None = field(
         default=None,
-        metadata={"help": f"Folder with the four Fashion-MNIST IDX files (e.g. {utils_data.FASHION_MNIST_DIR})."},
+        metadata={"help": f"Folder with the four Fashion-MNIST IDX files (e.g. {FASHION_MNIST_DIR})."},
     )
     train_images: str | None = field(default=None, metadata={"help": "IDX file of training images (.gz or not)."})
     train_labels: str | None = field(default=None, metadata={"help": "IDX file of training labels."})
@@ -113,8 +125,10 @@ class DataArguments:
     )
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Square input size (default: the model config's `image_size`, else the images' own size "
-                          f"for IDX data, else {DEFAULT_IMAGE_SIZE})."},
+        metadata={
+            "help": "Square input size (default: the model config's `image_size`, else the images' own size "
+            f"for IDX data, else {DEFAULT_IMAGE_SIZE})."
+        },
     )
     image_mean: list[float] | None = field(default=None, metadata={"help": "Per-channel mean (default 0.5)."})
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std (default 0.5)."})
@@ -131,7 +145,7 @@ def make_parser() -> HfArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, OTOTrainingArguments]:
-    return utils_data.parse_arguments(make_parser(), argv)
+    return parse_arguments(make_parser(), argv)
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
@@ -163,30 +177,43 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
     return overrides
 
 
-def build_model(model_args: ModelArguments, label_names: list[str], data_channels: int,
-                image_size: int | None) -> tuple[Any, str | None]:
+def build_model(
+    model_args: ModelArguments, label_names: list[str], data_channels: int, image_size: int | None
+) -> tuple[Any, str | None]:
     """The model to prune, with the data's labels, and the folder it came from (None when built from a config)."""
-    labels = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                  label2id={name: i for i, name in enumerate(label_names)})
+    labels = dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
     if model_args.model_name_or_path and model_args.model_type:
         raise ValueError("Pass either `--model_name_or_path` or `--model_type`, not both.")
     if model_args.model_name_or_path:
-        utils_data.check_model_source(model_args.model_name_or_path)
-        common = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                      trust_remote_code=model_args.trust_remote_code)
+        check_model_source(model_args.model_name_or_path)
+        common = dict(
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+        )
         try:
-            config = AutoConfig.from_pretrained(model_args.model_name_or_path, finetuning_task="image-classification",
-                                                **labels, **common)
+            config = AutoConfig.from_pretrained(
+                model_args.model_name_or_path, finetuning_task="image-classification", **labels, **common
+            )
             model = AutoModelForImageClassification.from_pretrained(
-                model_args.model_name_or_path, config=config,
-                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common,
+                model_args.model_name_or_path,
+                config=config,
+                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+                **common,
             )
         except OSError as error:  # not a local folder and no Hub access, or a folder without weights
-            raise utils_data.model_error(model_args.model_name_or_path, error) from error
+            raise model_error(model_args.model_name_or_path, error) from error
         return model, model_args.model_name_or_path
     if not model_args.model_type:
-        raise ValueError("No model: pass `--model_name_or_path` (a folder) or `--model_type` (e.g. resnet, convnext, "
-                         "vit) with optional `--config_overrides`.")
+        raise ValueError(
+            "No model: pass `--model_name_or_path` (a folder) or `--model_type` (e.g. resnet, convnext, "
+            "vit) with optional `--config_overrides`."
+        )
     try:
         defaults = AutoConfig.for_model(model_args.model_type)
     except ValueError as error:
@@ -211,75 +238,107 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         `dict`: what `eval_results.json` holds, plus `report` (the compression report), `trainer`, `pruned_model` (as
         sliced in memory) and `reloaded_model` (loaded back from the saved folder).
     """
-    utils_data.setup_logging(training_args.get_process_log_level(), logger)
+    setup_logging(training_args.get_process_log_level(), logger)
     logger.info(f"Training arguments: {training_args}")
     pruned_dir = Path(model_args.pruned_model_dir or Path(training_args.output_dir) / "pruned")
-    utils_data.check_output_dir(pruned_dir, model_args.overwrite_pruned_model, "--pruned_model_dir")
+    check_output_dir(pruned_dir, model_args.overwrite_pruned_model, "--pruned_model_dir")
     if not (model_args.model_name_or_path or model_args.model_type):
         raise ValueError("No model: pass `--model_name_or_path` (a folder) or `--model_type` (e.g. resnet).")
     set_seed(training_args.seed)
 
     # ---- data ----
-    splits, label_names = utils_data.load_image_datasets(data_args, training_args.seed, model_args.cache_dir,
-                                                         model_args.token)
-    train_dataset = utils_data.subsample(splits["train"], data_args.max_train_samples, training_args.seed)
-    eval_dataset = utils_data.subsample(splits["validation"], data_args.max_eval_samples, training_args.seed)
+    splits, label_names = load_image_datasets(data_args, training_args.seed, model_args.cache_dir, model_args.token)
+    train_dataset = subsample(splits["train"], data_args.max_train_samples, training_args.seed)
+    eval_dataset = subsample(splits["validation"], data_args.max_eval_samples, training_args.seed)
     train_dataset.random_flip = data_args.random_flip
     data_channels = train_dataset.num_channels
     native_size = None  # IDX images share one size: keep it unless told otherwise
-    if isinstance(train_dataset, utils_data.ArrayImageDataset) and len(set(train_dataset.images.shape[-2:])) == 1:
+    if isinstance(train_dataset, ArrayImageDataset) and len(set(train_dataset.images.shape[-2:])) == 1:
         native_size = int(train_dataset.images.shape[-1])
-    logger.info(f"{len(train_dataset)} training and {len(eval_dataset)} evaluation images, {data_channels} "
-                f"channel(s), {len(label_names)} labels: {label_names}")
+    logger.info(
+        f"{len(train_dataset)} training and {len(eval_dataset)} evaluation images, {data_channels} "
+        f"channel(s), {len(label_names)} labels: {label_names}"
+    )
 
     # ---- model and preprocessing ----
     model, source_folder = build_model(model_args, label_names, data_channels, data_args.image_size or native_size)
-    saved = utils_data.read_processor_config(source_folder) if source_folder and Path(source_folder).is_dir() else {}
+    saved = read_processor_config(source_folder) if source_folder and Path(source_folder).is_dir() else {}
     config_size = getattr(model.config, "image_size", None)
     if isinstance(config_size, (list, tuple)):
         config_size = config_size[0]
     if data_args.image_size and config_size and data_args.image_size != config_size and source_folder:
-        logger.warning(f"`--image_size {data_args.image_size}` differs from the model's image_size {config_size}; "
-                       "using the model's.")
+        logger.warning(
+            f"`--image_size {data_args.image_size}` differs from the model's image_size {config_size}; "
+            "using the model's."
+        )
     saved_size = (saved.get("size") or (None,))[0]
     size = config_size or data_args.image_size or saved_size or native_size or DEFAULT_IMAGE_SIZE
-    collator = utils_data.ImageCollator(
-        size=(int(size), int(size)), num_channels=int(getattr(model.config, "num_channels", data_channels)),
+    collator = ImageCollator(
+        size=(int(size), int(size)),
+        num_channels=int(getattr(model.config, "num_channels", data_channels)),
         mean=data_args.image_mean or saved.get("image_mean") or (0.5,),
         std=data_args.image_std or saved.get("image_std") or (0.5,),
     )
     logger.info(f"Preprocessing: {collator}")
 
-    modules, sources = utils_data.load_metrics(["accuracy"])
-    compute_metrics = utils_data.make_compute_metrics(modules, "macro")
+    modules, sources = load_metrics(["accuracy"])
+    compute_metrics = make_compute_metrics(modules, "macro")
 
     # ---- dense evaluation, training with pruning, export ----
-    trainer = OTOTrainer(model, training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         data_collator=collator, compute_metrics=compute_metrics)
+    trainer = OTOTrainer(
+        model,
+        training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+    )
     logger.info(f"{len(trainer.groups)} prunable groups: {trainer.groups.counts()}")
     dense_metrics = trainer.evaluate(metric_key_prefix="eval")
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_metrics("train", train_result.metrics)
     trained_metrics = trainer.evaluate(metric_key_prefix="eval")
     zero_groups = len(trainer.groups.zero_group_ids(trainer.model))
-    pruned = utils_data.save_pruned_model(trainer, pruned_dir, model_args.overwrite_pruned_model)
+    pruned = save_pruned_model(trainer, pruned_dir, model_args.overwrite_pruned_model)
     if trainer.is_world_process_zero():
-        utils_data.write_json(pruned_dir / "preprocessor_config.json", collator.processor_config())
+        write_json(pruned_dir / "preprocessor_config.json", collator.processor_config())
     reloaded = AutoModelForImageClassification.from_pretrained(pruned_dir)
-    evaluator = Trainer(model=reloaded, args=training_args, eval_dataset=eval_dataset, data_collator=collator,
-                        compute_metrics=compute_metrics)
+    evaluator = Trainer(
+        model=reloaded,
+        args=training_args,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+    )
     pruned_metrics = evaluator.evaluate(metric_key_prefix="eval")
 
     # ---- reports ----
-    dataset = utils_data.hub_id(data_args.dataset_name) or ("zalando-datasets/fashion_mnist"
-                                                            if data_args.fashion_mnist_dir else None)
-    return utils_data.finish_run(
-        trainer=trainer, reloaded=reloaded, pruned=pruned, pruned_dir=pruned_dir, eval_dataset=eval_dataset,
-        collator=collator, latency_batch_size=data_args.latency_batch_size, stages={
-            "dense": dense_metrics, "trained": trained_metrics, "pruned": pruned_metrics,
-        }, sources=sources, zero_groups=zero_groups, script_logger=logger, card=dict(
-            base_model=utils_data.hub_id(source_folder), task="image-classification", dataset=dataset, language=None,
-        ), title="Image classification with Only-Train-Once",
+    dataset = hub_id(data_args.dataset_name) or (
+        "zalando-datasets/fashion_mnist" if data_args.fashion_mnist_dir else None
+    )
+    return finish_run(
+        trainer=trainer,
+        reloaded=reloaded,
+        pruned=pruned,
+        pruned_dir=pruned_dir,
+        eval_dataset=eval_dataset,
+        collator=collator,
+        latency_batch_size=data_args.latency_batch_size,
+        stages={
+            "dense": dense_metrics,
+            "trained": trained_metrics,
+            "pruned": pruned_metrics,
+        },
+        sources=sources,
+        zero_groups=zero_groups,
+        script_logger=logger,
+        card=dict(
+            base_model=hub_id(source_folder),
+            task="image-classification",
+            dataset=dataset,
+            language=None,
+        ),
+        title="Image classification with Only-Train-Once",
     )
 
 

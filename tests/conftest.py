@@ -28,3 +28,12 @@ if SCRIPTS not in sys.path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and 2 threads on 2 busy cores can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +10,18 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, ResNetConfig, ResNetForImageClassification
 
+import utils_common
+import utils_image
 from oto_hf import construct_subnet, count_parameters, discover_groups, save_pruned
-from tests.test_run_classification import text_rows, write_csv
 from tests.utils.asserts import random_nonuniform_ids
 from tests.utils.image_data import write_fashion_mnist_like
 from tests.utils.scripts import load_script
+from tests.utils.text_data import text_rows, write_csv
 from tests.utils.tiny_models import TEXT
 from tests.utils.tokenizers import tiny_wordpiece_tokenizer
 
 evaluate_pruned = load_script("evaluate_pruned")
-utils_data = sys.modules["utils_data"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and 2 threads on 2 busy cores can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def prune_and_save(model, folder: Path, tokenizer=None):
@@ -59,8 +51,8 @@ def image_folder(tmp_path_factory):
     )
     folder = tmp_path_factory.mktemp("image") / "pruned"
     pruned = prune_and_save(ResNetForImageClassification(config), folder)
-    collator = utils_data.ImageCollator(size=(12, 12), num_channels=1, mean=[0.3], std=[0.35])
-    utils_data.write_json(folder / "preprocessor_config.json", collator.processor_config())
+    collator = utils_image.ImageCollator(size=(12, 12), num_channels=1, mean=[0.3], std=[0.35])
+    utils_common.write_json(folder / "preprocessor_config.json", collator.processor_config())
     return folder, pruned, collator
 
 
@@ -144,8 +136,8 @@ def test_image_classifier(tmp_path, image_folder):
         "--latency_repeats",
         "3",
     )
-    images = utils_data.read_idx(data / "t10k-images-idx3-ubyte.gz")
-    labels = utils_data.read_idx(data / "t10k-labels-idx1-ubyte.gz")
+    images = utils_image.read_idx(data / "t10k-images-idx3-ubyte.gz")
+    labels = utils_image.read_idx(data / "t10k-labels-idx1-ubyte.gz")
     batch = collator([{"pixel_values": torch.from_numpy(image)[None]} for image in images])
     with torch.no_grad():
         predictions = pruned.eval()(**batch).logits.argmax(-1).numpy()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification, ConvNextConfig, ConvNextForImageClassification
 
+import utils_common
+import utils_image
 from tests.utils.image_data import pattern_images, write_fashion_mnist_like, write_idx, write_image_folder
 from tests.utils.scripts import load_script
 
@@ -19,16 +20,7 @@ RESNET = "embedding_size=8,hidden_sizes=[8,16],depths=[1,1],layer_type=bottlenec
 
 
 run_image = load_script("run_image_classification")
-utils_data = sys.modules["utils_data"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and 2 threads on 2 busy cores can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -106,7 +98,9 @@ def test_resnet_from_config_on_idx_files(tmp_path, capsys):
         "pruned/preprocessor_config.json",
     ):
         assert (out / name).is_file(), name
-    assert "Metric 'accuracy': " in printed and "(local copy)" in printed and "pruned model: " in printed
+    assert (
+        "Metric 'accuracy': " in printed and "(local copy)" in printed and f"saved to      {out / 'pruned'}" in printed
+    )
 
     config = json.loads((out / "pruned" / "config.json").read_text())
     assert config["num_channels"] == 1 and config["id2label"]["9"] == "Ankle boot"
@@ -152,19 +146,19 @@ def test_convnext_folder_on_an_image_folder(tmp_path):
 def test_idx_reader(tmp_path):
     images, labels = pattern_images(5, size=6)
     for name in ("a.idx", "a.idx.gz"):
-        np.testing.assert_array_equal(utils_data.read_idx(write_idx(tmp_path / name, images)), images)
+        np.testing.assert_array_equal(utils_image.read_idx(write_idx(tmp_path / name, images)), images)
     wide = np.arange(-6, 6, dtype=np.int32).reshape(3, 4)
-    np.testing.assert_array_equal(utils_data.read_idx(write_idx(tmp_path / "w.idx", wide)), wide)
+    np.testing.assert_array_equal(utils_image.read_idx(write_idx(tmp_path / "w.idx", wide)), wide)
     (tmp_path / "bad.idx").write_bytes(b"\x89PNG\r\n")
     with pytest.raises(ValueError, match="not an IDX file"):
-        utils_data.read_idx(tmp_path / "bad.idx")
+        utils_image.read_idx(tmp_path / "bad.idx")
     (tmp_path / "short.idx").write_bytes((tmp_path / "a.idx").read_bytes()[:-3])
     with pytest.raises(ValueError, match="its header \\[5, 6, 6\\] needs 180"):
-        utils_data.read_idx(tmp_path / "short.idx")
+        utils_image.read_idx(tmp_path / "short.idx")
 
 
 def test_collator_repeats_grayscale_resizes_and_normalises():
-    collator = utils_data.ImageCollator(size=(8, 8), num_channels=3, mean=[0.5], std=[0.25])
+    collator = utils_image.ImageCollator(size=(8, 8), num_channels=3, mean=[0.5], std=[0.25])
     image = torch.full((1, 4, 4), 255, dtype=torch.uint8)
     batch = collator(
         [
@@ -175,7 +169,7 @@ def test_collator_repeats_grayscale_resizes_and_normalises():
     assert batch["pixel_values"].shape == (2, 3, 8, 8) and batch["labels"].tolist() == [2, 0]
     torch.testing.assert_close(batch["pixel_values"][0], torch.full((3, 8, 8), 2.0))  # (1 - 0.5) / 0.25
     torch.testing.assert_close(batch["pixel_values"][1], torch.full((3, 8, 8), -2.0))
-    to_gray = utils_data.ImageCollator(size=(2, 2), num_channels=1)
+    to_gray = utils_image.ImageCollator(size=(2, 2), num_channels=1)
     assert to_gray([{"pixel_values": torch.zeros(3, 2, 2, dtype=torch.uint8)}])["pixel_values"].shape == (1, 1, 2, 2)
 
 
@@ -207,7 +201,7 @@ def test_a_failed_slice_keeps_the_trained_model(tmp_path):
 
     trainer = Trainer()
     with pytest.raises(ValueError, match="all 16 channels(.|\n)*saved to .*trained-unsliced"):
-        utils_data.save_pruned_model(trainer, tmp_path / "pruned", overwrite=False)
+        utils_common.save_pruned_model(trainer, tmp_path / "pruned", overwrite=False)
     assert trainer.saved == str(tmp_path / "trained-unsliced")
 
 
@@ -238,12 +232,12 @@ def test_bad_input(tmp_path, extra, message):
 def test_fashion_mnist_for_real(tmp_path):
     """1,200 steps (1.3 epochs) on the real Fashion-MNIST (`apt-get install dataset-fashion-mnist`), half the FLOPs
     pruned; the full 10,000-image test set. About a minute on 2 CPU cores."""
-    if not Path(utils_data.FASHION_MNIST_DIR).is_dir():
-        pytest.skip(f"{utils_data.FASHION_MNIST_DIR} is missing: apt-get install dataset-fashion-mnist")
+    if not Path(utils_image.FASHION_MNIST_DIR).is_dir():
+        pytest.skip(f"{utils_image.FASHION_MNIST_DIR} is missing: apt-get install dataset-fashion-mnist")
     args = run_image.parse_args(
         [
             "--fashion_mnist_dir",
-            utils_data.FASHION_MNIST_DIR,
+            utils_image.FASHION_MNIST_DIR,
             "--model_type",
             "resnet",
             "--config_overrides",

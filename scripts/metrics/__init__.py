@@ -49,3 +49,12 @@ def load_metric(name: str, prefer_local: bool | None = None) -> tuple[evaluate.E
             logger.warning("Could not load metric %r from the Hub (%s); using the local copy.", name, error)
     path = local_metric_path(name)
     return evaluate.load(str(path)), f"{path} ({LOCAL_SOURCE})"
+
+
+def metric_sentence(sources: dict[str, str]) -> str:
+    """Where the metrics came from (name -> `load_metric` source), for model cards, without local paths."""
+    parts = [
+        f"{name} ({'a local copy of the Hub module' if source.endswith(f'({LOCAL_SOURCE})') else source})"
+        for name, source in sources.items()
+    ]
+    return f"Computed with the `evaluate` modules {', '.join(parts)}."
