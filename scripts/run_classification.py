@@ -1,7 +1,7 @@
 """Prune a text classifier with Only-Train-Once while fine-tuning it, then save the physically smaller model.
 
 The dense starting model is evaluated, trained with `OTOTrainer` (DHSPG zeroes exactly `target_sparsity` of the
-groups by `pruning_end`), sliced, saved with `save_pruned`, reloaded from disk and evaluated again. Written to
+groups by `pruning_end_steps`), sliced, saved with `save_pruned`, reloaded from disk and evaluated again. Written to
 `--output_dir`: `eval_results.json` (dense start, trained with zeros, pruned reload), `compression_report.json`
 (parameters, FLOPs, latency ratio measured in this run) and the pruned folder (`<output_dir>/pruned` by default) with
 its tokenizer and model card.
@@ -72,6 +72,7 @@ from utils_classification import (
 from utils_common import (
     check_model_source,
     check_output_dir,
+    example_batch,
     finish_run,
     groups_to_prune,
     hub_id,
@@ -270,7 +271,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     # One unpadded training example, without `attention_mask`: transformers' SDPA mask helper reads the mask's
     # values (`.item()`), which fails on the meta-device copy OTOTrainer counts FLOPs on (transformers 5.23,
     # masking_utils._ignore_bidirectional_mask_sdpa); without FLOPs, `--sparsity_budget flops` would have no costs.
-    example = {k: v for k, v in collator([train_dataset[0]]).items() if k not in ("labels", "attention_mask")}
+    example = example_batch(train_dataset, collator, 1, columns=("input_ids", "token_type_ids"))
     groups = groups_to_prune(
         model, example, training_args.prune_kinds, skip_outside_layers=not model_args.prune_head_neurons
     )

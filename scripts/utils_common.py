@@ -140,13 +140,15 @@ def example_batch(
     device: torch.device | str = "cpu",
     columns: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The first `count` examples, collated, for tracing, FLOP counts and latency: the tensors in `columns` if given
-    (other columns are dropped before collating), else every tensor but the labels."""
+    """The first `count` examples, collated, for tracing, FLOP counts and latency: only the `columns` (those the
+    dataset has; the others are dropped before collating and any the collator adds after) if given, else every tensor
+    but the labels."""
     rows = [dataset[i] for i in range(min(count, len(dataset)))]
     if columns is not None:
         rows = [{k: v for k, v in row.items() if k in columns} for row in rows]
-    batch = dict(collator(rows))
-    return {k: v.to(device) for k, v in batch.items() if k not in LABEL_KEYS and torch.is_tensor(v)}
+    batch = {k: v for k, v in dict(collator(rows)).items() if torch.is_tensor(v)}
+    keep = [k for k in batch if (k in columns if columns is not None else k not in LABEL_KEYS)]
+    return {k: batch[k].to(device) for k in keep}
 
 
 def groups_to_prune(

@@ -1,7 +1,6 @@
 """`scripts/run_squad.py` end to end on a tiny random BERT and tiny SQuAD files; its pre/post-processing and errors."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import torch
 from transformers import AutoModelForQuestionAnswering, BertConfig, BertModel, DataCollatorWithPadding, Trainer
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
+import utils_qa
 from metrics import load_metric
 from tests.utils.qa_data import qa_records, write_jsonl, write_nested
 from tests.utils.scripts import load_script
@@ -19,11 +19,6 @@ from tests.utils.tokenizers import tiny_wordpiece_tokenizer
 @pytest.fixture(scope="module")
 def run_squad():
     return load_script("run_squad")
-
-
-@pytest.fixture(scope="module")
-def utils_qa(run_squad):
-    return sys.modules["utils_qa"]  # imported by run_squad from beside it
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +252,7 @@ class FirstContextWordQA(torch.nn.Module):
         return QuestionAnsweringModelOutput(start_logits=logits, end_logits=logits.clone())
 
 
-def test_evaluation_keeps_windows_in_order_with_group_by_length(run_squad, utils_qa, tmp_path):
+def test_evaluation_keeps_windows_in_order_with_group_by_length(run_squad, tmp_path):
     # transformers applies group_by_length to evaluation too; windows must still meet their own logits
     tokenizer = tiny_wordpiece_tokenizer()
     examples = utils_qa.to_dataset(qa_records(16, seed=4, misaligned=0, long_contexts=0))
@@ -293,7 +288,7 @@ def test_evaluation_keeps_windows_in_order_with_group_by_length(run_squad, utils
 # ---- pre/post-processing -------------------------------------------------------------------------------------------
 
 
-def test_answers_are_realigned_to_the_nearest_occurrence(utils_qa):
+def test_answers_are_realigned_to_the_nearest_occurrence():
     context = "the cat sat. the dog sat. a cat ran."
     records = [
         {
@@ -319,7 +314,7 @@ def test_answers_are_realigned_to_the_nearest_occurrence(utils_qa):
     assert kept[0]["answers"]["text"] == ["cat", "dog", "cow"] and len(kept) == 2
 
 
-def test_train_features_point_at_the_answer(utils_qa):
+def test_train_features_point_at_the_answer():
     tokenizer = tiny_wordpiece_tokenizer()
     record = qa_records(3, misaligned=0, long_contexts=1)[0]  # long context: several windows
     batch = {k: [record[k]] for k in ("id", "question", "context", "answers")}
@@ -346,7 +341,7 @@ def test_train_features_point_at_the_answer(utils_qa):
     assert hits >= 1
 
 
-def test_postprocessing_picks_the_best_span_and_no_answer(utils_qa):
+def test_postprocessing_picks_the_best_span_and_no_answer():
     tokenizer = tiny_wordpiece_tokenizer()
     examples = utils_qa.to_dataset(qa_records(2, misaligned=0, long_contexts=0))
     features = examples.map(
