@@ -1,0 +1,1 @@
+"""Model card templates; the wheel installs this folder as the `oto_hf.templates` package."""
