@@ -10,6 +10,7 @@ from .graph.groups import GroupSet, TensorSlice, UnprunableComponent, ZeroInvari
 from .graph.rules import RuleContext, register_op_rule
 from .models import register_default_architectures, register_pruned_architecture
 from .optim import DHSPG
+from .record import PruningRecord
 from .saving import save_pruned
 from .stats import count_flops, count_parameters, group_sparsity
 from .subnet import SubnetMismatchError, construct_subnet
@@ -23,6 +24,7 @@ __all__ = [
     "GroupSet",
     "OTOTrainer",
     "OTOTrainingArguments",
+    "PruningRecord",
     "RuleContext",
     "SubnetMismatchError",
     "TensorSlice",

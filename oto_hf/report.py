@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .record import PruningRecord
 from .stats import count_flops, count_parameters
 from .utils import as_args_kwargs, eval_mode
 
@@ -44,9 +45,9 @@ def dense_reference(pruned: nn.Module) -> nn.Module:
     base = type(pruned)
     while getattr(base, "__name__", "").startswith("OTO") and len(base.__mro__) > 2:
         base = base.__mro__[2]  # OTO<Name> derives from (PrunedModelMixin, <Name>)
-    summary = getattr(config, "oto_pruning_summary", None) or {}
-    if summary.get("dense_config"):
-        values = {k: v for k, v in summary["dense_config"].items() if k not in ("model_type", "transformers_version")}
+    record = PruningRecord.from_model_or_config(config)
+    if record is not None and record.dense_config:
+        values = {k: v for k, v in record.dense_config.items() if k not in ("model_type", "transformers_version")}
         stock = base.config_class(**values)
     else:
         stock = copy.deepcopy(config)
@@ -63,7 +64,7 @@ def compression_report(
 
     The latency ratio (pruned / dense) is measured here, in one run: the median over interleaved rounds of both.
     """
-    record = getattr(pruned, "oto_pruning", None) or getattr(getattr(pruned, "config", None), "oto_pruning_summary", {})
+    record = PruningRecord.from_model_or_config(pruned)
     report: dict[str, Any] = {
         "params_dense": count_parameters(dense),
         "params_pruned": count_parameters(pruned),
@@ -73,13 +74,13 @@ def compression_report(
     report["params_ratio"] = report["params_pruned"] / report["params_dense"]
     report["flops_ratio"] = report["flops_pruned"] / report["flops_dense"] if report["flops_dense"] else None
     # Interleaved rounds, so that load changes on the machine hit both models alike.
-    rounds = [(measure_latency(dense, example_inputs, 5), measure_latency(pruned, example_inputs, 5))
-              for _ in range(max(1, latency_repeats // 5))]
+    rounds = [
+        (measure_latency(dense, example_inputs, 5), measure_latency(pruned, example_inputs, 5))
+        for _ in range(max(1, latency_repeats // 5))
+    ]
     report["latency_dense_ms"] = statistics.median(d for d, _ in rounds)
     report["latency_pruned_ms"] = statistics.median(p for _, p in rounds)
     report["latency_ratio"] = statistics.median(p / d for d, p in rounds)
-    report["removed_groups"] = record.get("removed_groups", {})
-    report["kept_per_layer"] = [
-        {key: layer[key] for key in ("kind", "layer", "module", "kept", "total")} for layer in record.get("layers", [])
-    ]
+    report["removed_groups"] = record.removed_groups if record is not None else {}
+    report["kept_per_layer"] = [layer.to_dict() for layer in record.layers] if record is not None else []
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -17,8 +18,8 @@ from ._version import __version__
 from .models import model_classes_for, register_pruned_architecture
 from .models import pruned as pruned_module
 from .models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY, get_module_attribute
+from .record import SUMMARY_KEY, PruningRecord
 from .subnet import FFN_CONFIG_KEYS, HEAD_CONFIG_KEYS
-
 
 logger = logging.getLogger(__name__)
 
@@ -84,25 +85,26 @@ def save_pruned(
 
 def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     """The config to write, and the pruned class names for `architectures` (None when the stock config is used)."""
-    record = getattr(model, "oto_pruning", None)
+    record = PruningRecord.from_model_or_config(model)  # a reloaded model's summary has no shapes: saved as it is
     base_config = model.config
-    if record is None or not record.get("tensor_shapes"):
+    if record is None or not record.tensor_shapes:
         config = copy.deepcopy(base_config)
         config.oto_hf_version = __version__
         return config, None
+    summary = dataclasses.replace(record, dense_config=record.dense_config or _dense_config(base_config))
     stock = _stock_config(model, record)
     if stock is not None:
         stock.oto_hf_version = __version__
-        stock.oto_pruning_summary = _summary(record, base_config)
+        setattr(stock, SUMMARY_KEY, summary.to_dict(shapes=False))
         return stock, None
     model_type = base_config.model_type.removeprefix("oto_")
     config_class = register_pruned_architecture(model_type)
     values = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "transformers_version")}
     config = config_class(**values)
-    setattr(config, TENSOR_SHAPES_KEY, _relative_names(model, record["tensor_shapes"]))
-    setattr(config, MODULE_ATTRIBUTES_KEY, _relative_names(model, record["module_attributes"], modules=True))
+    setattr(config, TENSOR_SHAPES_KEY, _relative_names(model, record.tensor_shapes))
+    setattr(config, MODULE_ATTRIBUTES_KEY, _relative_names(model, record.module_attributes, modules=True))
     config.oto_hf_version = __version__
-    config.oto_pruning_summary = _summary(record, base_config)
+    setattr(config, SUMMARY_KEY, summary.to_dict(shapes=False))
     module = _remote_module_name(model_type)
     classes = model_classes_for(model_type)
     config.auto_map = {"AutoConfig": f"{module}.{config_class.__name__}"}
@@ -110,28 +112,24 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     return config, [f"OTO{type(model).__name__.removeprefix('OTO')}"]
 
 
-def _summary(record: dict, dense_config: Any) -> dict[str, Any]:
-    """What was removed, and the unpruned config, for cards and reports of the reloaded model."""
-    keys = ("removed_groups", "layers", "params_before", "params_after", "flops_before", "flops_after")
-    summary = {key: record.get(key) for key in keys}
-    dense = dense_config.to_dict()
-    summary["dense_config"] = {k: v for k, v in dense.items() if not k.startswith("oto_") and k != "auto_map"}
-    return summary
+def _dense_config(config: Any) -> dict[str, Any]:
+    """The unpruned config, for `dense_reference` and cards of the reloaded model."""
+    return {k: v for k, v in config.to_dict().items() if not k.startswith("oto_") and k != "auto_map"}
 
 
-def _stock_config(model: PreTrainedModel, record: dict) -> Any | None:
+def _stock_config(model: PreTrainedModel, record: PruningRecord) -> Any | None:
     """A stock config whose model has exactly the pruned shapes, if uniform widths allow one."""
-    layers = record["layers"]
-    if any(layer["kind"] == "channel" and layer["kept"] != layer["total"] for layer in layers):
+    layers = record.layers
+    if any(layer.kind == "channel" and layer.removed for layer in layers):
         return None
     candidate = copy.deepcopy(model.config)
     for kind, keys in (("neuron", FFN_CONFIG_KEYS), ("head", HEAD_CONFIG_KEYS)):
-        families = [layer for layer in layers if layer["kind"] == kind]
-        if not families or all(f["kept"] == f["total"] for f in families):
+        families = [layer for layer in layers if layer.kind == kind]
+        if not any(f.removed for f in families):
             continue
-        if len({(f["kept"], f["total"]) for f in families}) != 1:
+        if len({(f.kept, f.total) for f in families}) != 1:
             return None
-        kept, total = families[0]["kept"], families[0]["total"]
+        kept, total = families[0].kept, families[0].total
         if kind == "head":
             head_dim = getattr(candidate, "head_dim", None) or candidate.hidden_size // candidate.num_attention_heads
             for key in keys:
@@ -148,7 +146,7 @@ def _stock_config(model: PreTrainedModel, record: dict) -> Any | None:
     return candidate if _matches(model, candidate, record) else None
 
 
-def _matches(model: PreTrainedModel, config: Any, record: dict) -> bool:
+def _matches(model: PreTrainedModel, config: Any, record: PruningRecord) -> bool:
     """Whether the stock class built from `config` has the pruned model's shapes and width attributes."""
     try:
         with torch.device("meta"):
@@ -159,7 +157,7 @@ def _matches(model: PreTrainedModel, config: Any, record: dict) -> bool:
     if {name: tuple(t.shape) for name, t in fresh.state_dict().items()} != expected:
         return False
     modules = dict(fresh.named_modules())
-    for module_name, values in record["module_attributes"].items():
+    for module_name, values in record.module_attributes.items():
         module = modules.get(module_name)
         for attr, value in values.items():
             current = get_module_attribute(module, attr) if module is not None else None

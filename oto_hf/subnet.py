@@ -15,8 +15,8 @@ from transformers.utils import logging as hf_logging
 
 from .graph.groups import GroupSet, ZeroInvariantGroup
 from .models.pruned import CONFIG_PREFIX, LayerConfig, get_module_attribute, set_module_attribute
+from .record import LayerWidths, PruningRecord
 from .stats import count_parameters, forward_outputs
-
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def construct_subnet(
         atol (`float`, *optional*, defaults to 1e-4): tolerance of the check, relative to the largest output entry.
 
     Returns:
-        `nn.Module`: the smaller model. Its `oto_pruning` attribute (a dict) records the new tensor shapes, the
-        changed module attributes, the groups kept per layer, and parameters/FLOPs before and after.
+        `nn.Module`: the smaller model. Its `oto_pruning` attribute (a `PruningRecord`) records the new tensor
+        shapes, the changed module attributes, the groups kept per layer, and parameters/FLOPs before and after.
     """
     ids = groups.check_ids(groups.zero_group_ids(model) if group_ids is None else group_ids)
     families = groups.families()
@@ -100,13 +100,9 @@ def construct_subnet(
             _restore(result, backup)
         raise
 
-    record = _record(result, groups, ids, families, shapes, attributes)
-    record.update(
-        params_before=params_before,
-        params_after=count_parameters(result),
-        flops_before=flops_before,
-        flops_after=flops_after,
-    )
+    record = _record(result, ids, families, shapes, attributes)
+    record.params_before, record.params_after = params_before, count_parameters(result)
+    record.flops_before, record.flops_after = flops_before, flops_after
     result.oto_pruning = record
     # Meta-device calls (e.g. FLOP costs per block) are bookkeeping, not pruning: keep them out of the INFO log.
     logger.log(
@@ -114,7 +110,7 @@ def construct_subnet(
         "Removed %d groups: %s -> %s parameters%s",
         len(ids),
         f"{params_before:,}",
-        f"{record['params_after']:,}",
+        f"{record.params_after:,}",
         f", {flops_before:,} -> {flops_after:,} FLOPs" if flops_after is not None else "",
     )
     return result
@@ -162,7 +158,7 @@ def _probe_count(index: int, members: list[ZeroInvariantGroup]) -> int:
     return 2 if index % 2 and len(members) > 2 else 1
 
 
-# ---- families: groups that share the same tensors (the heads of one layer, the neurons of one FFN) -------------------
+# ---- families: groups that share the same tensors (the heads of one layer, the neurons of one FFN) ------------------
 def _check_empty_layers(groups: GroupSet, families: dict, ids: list[int], allow: bool) -> None:
     if allow:
         return
@@ -177,7 +173,7 @@ def _check_empty_layers(groups: GroupSet, families: dict, ids: list[int], allow:
             )
 
 
-# ---- slicing ---------------------------------------------------------------------------------------------------------
+# ---- slicing --------------------------------------------------------------------------------------------------------
 def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str, bool]]]:
     """Every (name, module, attribute, is_parameter) holding each tensor, so tied tensors are sliced once."""
     owners: dict[int, list[tuple[str, nn.Module, str, bool]]] = defaultdict(list)
@@ -244,7 +240,11 @@ def _layer_widths(module: nn.Module) -> dict[str, Any]:
         out_channels, in_per_group = (weight.shape[1], weight.shape[0]) if module.transposed else weight.shape[:2]
         depthwise = module.groups > 1 and module.groups == module.in_channels
         groups = out_channels if depthwise else module.groups
-        updates = {"out_channels": out_channels * (groups if module.transposed else 1), "in_channels": in_per_group * groups, "groups": groups}
+        updates = {
+            "out_channels": out_channels * (groups if module.transposed else 1),
+            "in_channels": in_per_group * groups,
+            "groups": groups,
+        }
         if module.transposed:
             updates["out_channels"] = weight.shape[1] * groups
             updates["in_channels"] = weight.shape[0]
@@ -306,13 +306,15 @@ def _common_module(group: ZeroInvariantGroup) -> str:
     return ".".join(common)
 
 
-# ---- checking and bookkeeping ----------------------------------------------------------------------------------------
+# ---- checking and bookkeeping ---------------------------------------------------------------------------------------
 def _compare(reference: list[torch.Tensor], outputs: list[torch.Tensor], atol: float) -> None:
     if len(reference) != len(outputs):
         raise SubnetMismatchError(f"The pruned model returns {len(outputs)} tensors, the original {len(reference)}.")
     for index, (ref, out) in enumerate(zip(reference, outputs)):
         if ref.shape != out.shape:
-            raise SubnetMismatchError(f"Output {index} has shape {tuple(out.shape)} after pruning, {tuple(ref.shape)} before.")
+            raise SubnetMismatchError(
+                f"Output {index} has shape {tuple(out.shape)} after pruning, {tuple(ref.shape)} before."
+            )
         scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
         diff = float((ref.float() - out.float()).abs().max()) if ref.numel() else 0.0
         if diff > atol * scale:
@@ -349,23 +351,26 @@ def _restore(model: nn.Module, snapshot: dict) -> None:
             setattr(module, attr, value)
 
 
-def _record(
-    model: nn.Module, groups: GroupSet, ids: list[int], families: dict, shapes: dict, attributes: dict
-) -> dict[str, Any]:
+def _record(model: nn.Module, ids: list[int], families: dict, shapes: dict, attributes: dict) -> PruningRecord:
     """What `save_pruned` needs to rebuild the architecture, merged with any earlier pruning of the same model."""
-    previous = getattr(model, "oto_pruning", None) or {}
+    previous = PruningRecord.from_model_or_config(model) or PruningRecord()
     removed = set(ids)
-    layers = []
-    for members in families.values():
-        first = members[0]
-        kept = sum(1 for g in members if g.id not in removed)
-        layers.append({"kind": first.kind, "layer": first.layer, "module": first.module, "total": len(members), "kept": kept})
-    record = {
-        "tensor_shapes": {**previous.get("tensor_shapes", {}), **shapes},
-        "module_attributes": {k: dict(v) for k, v in previous.get("module_attributes", {}).items()},
-        "removed_groups": {kind: sum(1 for i in ids if groups[i].kind == kind) for kind in ("head", "neuron", "channel")},
-        "layers": layers,
-    }
+    layers = [
+        LayerWidths(
+            kind=members[0].kind,
+            layer=members[0].layer,
+            module=members[0].module,
+            total=len(members),
+            kept=sum(1 for g in members if g.id not in removed),
+        )
+        for members in families.values()
+    ]
+    module_attributes = {name: dict(values) for name, values in previous.module_attributes.items()}
     for module_name, values in attributes.items():
-        record["module_attributes"].setdefault(module_name, {}).update(values)
-    return record
+        module_attributes.setdefault(module_name, {}).update(values)
+    return PruningRecord(
+        layers=layers,
+        tensor_shapes={**previous.tensor_shapes, **shapes},
+        module_attributes=module_attributes,
+        dense_config=previous.dense_config,
+    )

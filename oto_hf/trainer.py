@@ -18,6 +18,7 @@ from .distillation import distillation_loss, freeze, load_teacher
 from .graph.discover import discover_groups
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
+from .model_card import training_settings
 from .optim import DHSPG
 from .saving import save_pruned
 from .stats import count_parameters
@@ -256,11 +257,16 @@ class OTOTrainer(Trainer):
 
     # ---- export ----------------------------------------------------------------------------------------------------
     def pruned_model(self) -> nn.Module:
-        """A copy of the trained model with its zero groups sliced away (outputs checked against the trained model)."""
+        """A copy of the trained model with its zero groups sliced away (outputs checked against the trained model).
+
+        Its pruning record also holds the run's settings (`training_settings`), so cards of the saved folder show them.
+        """
         model = self.accelerator.unwrap_model(self.model)
         ids = self.groups.zero_group_ids(model)
         inputs = to_device(self.example_inputs, device_of(model))
-        return construct_subnet(model, self.groups, ids, example_inputs=inputs, allow_empty_layers=True)
+        pruned = construct_subnet(model, self.groups, ids, example_inputs=inputs, allow_empty_layers=True)
+        pruned.oto_pruning.training_settings = training_settings(self.args)
+        return pruned
 
     def save_pruned(self, output_dir: str | Path | None = None, overwrite: bool = False) -> nn.Module:
         """Slice the zero groups away and `save_pruned` the result (with the processing class), on the main process.

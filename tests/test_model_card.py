@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,14 +16,29 @@ import torch
 from huggingface_hub import ModelCard, metadata_load
 from transformers import TrainingArguments
 
-from oto_hf import OTOTrainingArguments, construct_subnet, discover_groups, save_pruned
-from oto_hf.model_card import PLOT_NAME, build_model_card, template_path, write_model_card
+from oto_hf import OTOTrainingArguments, PruningRecord, construct_subnet, discover_groups, save_pruned
+from oto_hf.model_card import (
+    PLOT_NAME,
+    CardInputs,
+    build_model_card,
+    template_path,
+    training_settings,
+    write_model_card,
+)
 from tests.utils.asserts import random_nonuniform_ids
 from tests.utils.tiny_models import CASES
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["## Base model", "## Task and dataset", "## Method", "## What was removed", "## Size and speed",
-            "## Evaluation", "## How to load", "## Citation"]
+SECTIONS = [
+    "## Base model",
+    "## Task and dataset",
+    "## Method",
+    "## What was removed",
+    "## Size and speed",
+    "## Evaluation",
+    "## How to load",
+    "## Citation",
+]
 EVAL = {"eval_exact_match": 61.25, "eval_f1": 70.5, "eval_loss": 1.75, "eval_runtime": 3.2, "epoch": 2.0}
 DENSE_EVAL = {"eval_exact_match": 63.0, "eval_f1": 72.0, "eval_loss": 1.5}
 
@@ -57,14 +74,29 @@ def bert_folder(saved, tmp_path):
 
 
 def _oto_args(tmp_path):
-    return OTOTrainingArguments(str(tmp_path / "run"), max_steps=100, learning_rate=3e-5, target_sparsity=0.4,
-                                sparsity_budget="params", hub_token="hf_secret_never_in_cards", report_to=[])
+    return OTOTrainingArguments(
+        str(tmp_path / "run"),
+        max_steps=100,
+        learning_rate=3e-5,
+        target_sparsity=0.4,
+        sparsity_budget="params",
+        hub_token="hf_secret_never_in_cards",
+        report_to=[],
+    )
 
 
 def _full_card(folder, model, tmp_path, **overrides):
-    kwargs = dict(model=model, base_model="google-bert/bert-base-uncased", dataset="rajpurkar/squad",
-                  training_args=_oto_args(tmp_path), eval_results=EVAL, dense_eval_results=DENSE_EVAL,
-                  latency_ratio=0.5, metric_source="https://example.org/eval-log", license="apache-2.0")
+    kwargs = dict(
+        model=model,
+        base_model="google-bert/bert-base-uncased",
+        dataset="rajpurkar/squad",
+        training_args=_oto_args(tmp_path),
+        eval_results=EVAL,
+        dense_eval_results=DENSE_EVAL,
+        latency_ratio=0.5,
+        metric_source="https://example.org/eval-log",
+        license="apache-2.0",
+    )
     kwargs.update(overrides)
     return write_model_card(folder, **kwargs)
 
@@ -79,18 +111,17 @@ def test_card_text_has_every_section_and_the_right_numbers(saved, bert_folder, t
     positions = [text.index(section) for section in SECTIONS]
     assert positions == sorted(positions)
     # Sizes: both counts and the ratio, as the pruning record has them.
-    before, after = record["params_before"], record["params_after"]
+    before, after = record.params_before, record.params_after
     assert f"| parameters | {before:,} | {after:,} | {after / before:.1%} |" in text
-    assert f"| FLOPs | {record['flops_before']:,} | {record['flops_after']:,} |" in text
+    assert f"| FLOPs | {record.flops_before:,} | {record.flops_after:,} |" in text
     assert f"{1 - after / before:.1%} fewer than the starting model's {before:,}" in text
     # Groups removed per kind, and kept per layer.
-    heads = [layer for layer in record["layers"] if layer["kind"] == "head"]
-    kept_heads, total_heads = sum(layer["kept"] for layer in heads), sum(layer["total"] for layer in heads)
-    assert f"| attention heads | {record['removed_groups']['head']} | {kept_heads} / {total_heads} |" in text
-    assert record["removed_groups"]["head"] == total_heads - kept_heads
-    for layer in record["layers"]:
-        kind, index, module, kept, total = (layer[key] for key in ("kind", "layer", "module", "kept", "total"))
-        assert f"| {kind} | {index} | `{module}` | {kept} / {total} |" in text
+    heads = [layer for layer in record.layers if layer.kind == "head"]
+    kept_heads, total_heads = sum(layer.kept for layer in heads), sum(layer.total for layer in heads)
+    assert f"| attention heads | {record.removed_groups['head']} | {kept_heads} / {total_heads} |" in text
+    assert record.removed_groups["head"] == total_heads - kept_heads
+    for layer in record.layers:
+        assert f"| {layer.kind} | {layer.layer} | `{layer.module}` | {layer.kept} / {layer.total} |" in text
     # Method and hyper-parameters, with the schedule in steps (as OTOTrainingArguments.pruning_schedule computes it).
     assert "DHSPG" in text and "| `target_sparsity` | 0.4 |" in text and "| `sparsity_budget` | `params` |" in text
     assert "| `learning_rate` | 3e-05 |" in text and "| `max_steps` | 100 |" in text
@@ -106,9 +137,15 @@ def test_card_text_has_every_section_and_the_right_numbers(saved, bert_folder, t
     assert "import oto_hf" in text and "trust_remote_code=True" in text and "modeling_oto_bert.py" in text
     assert "AutoModelForQuestionAnswering.from_pretrained(model_id)" in text
     # Citations of OTOv1, v2 and v3.
-    for fact in ("Only Train Once: A One-Shot Neural Network Training And Pruning Framework", "2107.07467",
-                 "Neural Information Processing Systems", "{OTOv2}: Automatic, Generic, User-Friendly",
-                 "Learning Representations", "2312.09411", "Erasing Operators"):
+    for fact in (
+        "Only Train Once: A One-Shot Neural Network Training And Pruning Framework",
+        "2107.07467",
+        "Neural Information Processing Systems",
+        "{OTOv2}: Automatic, Generic, User-Friendly",
+        "Learning Representations",
+        "2312.09411",
+        "Erasing Operators",
+    ):
         assert fact in text
     # The plot, referenced from the card.
     assert f"![Groups kept per layer]({PLOT_NAME})" in text
@@ -134,8 +171,11 @@ def test_card_metadata_parses_with_huggingface_hub(saved, bert_folder, tmp_path)
     assert result["source"]["url"] == "https://example.org/eval-log"
 
     card = ModelCard.load(readme)
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"exact_match": 61.25, "f1": 70.5,
-                                                                            "loss": 1.75}
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "exact_match": 61.25,
+        "f1": 70.5,
+        "loss": 1.75,
+    }
     assert card.data.base_model == "google-bert/bert-base-uncased"
 
 
@@ -166,8 +206,12 @@ def test_training_arguments_of_other_kinds(bert_folder, tmp_path):
     assert "| `learning_rate` | 0.0001 |" in text and "(`TrainingArguments`)" in text
     assert "The OTO settings (target sparsity, budget, schedule) were not recorded" in text
 
-    text = str(build_model_card(bert_folder, training_args={"target_sparsity": 0.3, "partition_steps": 5,
-                                                             "pruning_end_steps": 20, "max_steps": 40}))
+    text = str(
+        build_model_card(
+            bert_folder,
+            training_args={"target_sparsity": 0.3, "partition_steps": 5, "pruning_end_steps": 20, "max_steps": 40},
+        )
+    )
     assert "| `target_sparsity` | 0.3 |" in text and "chosen at step 5" in text and "zero by step 20" in text
     assert "were not recorded" not in text
     assert not (bert_folder / "README.md").exists()  # build_model_card writes nothing
@@ -211,8 +255,18 @@ def _folder_without_summary(bert_folder):
         (lambda f: f, {"training_args": 3}, "`training_args` must be"),
         (lambda f: f, {"base_model": ""}, "`base_model` must be a non-empty string"),
     ],
-    ids=["missing", "no-config", "bad-json", "no-summary", "metric-type", "results-type",
-         "dense-only", "latency", "args-type", "empty-base-model"],
+    ids=[
+        "missing",
+        "no-config",
+        "bad-json",
+        "no-summary",
+        "metric-type",
+        "results-type",
+        "dense-only",
+        "latency",
+        "args-type",
+        "empty-base-model",
+    ],
 )
 def test_bad_input_is_a_clear_value_error(bert_folder, make_folder, kwargs, match):
     folder = make_folder(bert_folder)
@@ -225,6 +279,55 @@ def test_a_reloaded_model_falls_back_to_the_saved_summary(bert_folder):
     reloaded = torch.nn.Linear(2, 2)  # like a model loaded from the folder: no `oto_pruning` attribute
     with_model = write_model_card(bert_folder, model=reloaded).read_text()
     assert with_model == write_model_card(bert_folder).read_text()
+
+
+def test_a_folder_saved_before_pruning_records_still_gets_a_card(bert_folder):
+    """A config.json written by oto_hf before `PruningRecord`: this summary schema had no version."""
+    config = json.loads((bert_folder / "config.json").read_text())
+    config["oto_pruning_summary"] = {
+        "removed_groups": {"head": 3, "neuron": 10, "channel": 0},
+        "layers": [
+            {"kind": "head", "layer": 0, "module": "bert.encoder.layer.0", "total": 4, "kept": 2},
+            {"kind": "head", "layer": 1, "module": "bert.encoder.layer.1", "total": 4, "kept": 3},
+            {"kind": "neuron", "layer": 0, "module": "bert.encoder.layer.0", "total": 37, "kept": 27},
+        ],
+        "params_before": 80000,
+        "params_after": 60000,
+        "flops_before": 800000,
+        "flops_after": 600000,
+        "dense_config": {"model_type": "bert", "hidden_size": 32, "num_attention_heads": 4},
+    }
+    (bert_folder / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an old summary is read without complaint
+        assert PruningRecord.from_model_or_config(bert_folder).oto_hf_version is None
+    text = write_model_card(bert_folder).read_text(encoding="utf-8")
+    assert "| attention heads | 3 | 5 / 8 |" in text
+    assert "| FFN neurons | 10 | 27 / 37 |" in text and "| head | 1 | `bert.encoder.layer.1` | 3 / 4 |" in text
+    assert "| parameters | 80,000 | 60,000 | 75.0% |" in text and "| FLOPs | 800,000 | 600,000 | 75.0% |" in text
+
+
+def test_card_inputs_or_keyword_arguments_give_the_same_card(bert_folder):
+    kwargs = dict(base_model="google-bert/bert-base-uncased", dataset="rajpurkar/squad", eval_results=EVAL)
+    assert str(build_model_card(bert_folder, CardInputs(**kwargs))) == str(build_model_card(bert_folder, **kwargs))
+    with pytest.raises(TypeError, match="not both"):
+        build_model_card(bert_folder, CardInputs(), base_model="google-bert/bert-base-uncased")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'base_modle'"):
+        write_model_card(bert_folder, base_modle="google-bert/bert-base-uncased")
+    with pytest.raises(ValueError, match="`latency_ratio` must be a positive number"):
+        CardInputs(latency_ratio=0)
+
+
+def test_settings_in_the_pruning_record_reach_the_card(bert_folder, tmp_path):
+    config = json.loads((bert_folder / "config.json").read_text())
+    config["oto_pruning_summary"]["training_settings"] = training_settings(_oto_args(tmp_path))
+    (bert_folder / "config.json").write_text(json.dumps(config))
+    text = write_model_card(bert_folder).read_text(encoding="utf-8")
+    assert "| `target_sparsity` | 0.4 |" in text and "| `max_steps` | 100 |" in text
+    assert "hf_secret_never_in_cards" not in text
+    plain = TrainingArguments(str(tmp_path / "plain"), learning_rate=1e-4, max_steps=7, report_to=[])
+    text = write_model_card(bert_folder, training_args=plain).read_text(encoding="utf-8")  # given arguments win
+    assert "| `max_steps` | 7 |" in text and "target_sparsity" not in text
 
 
 def test_template_is_found_in_the_source_tree():
@@ -244,30 +347,64 @@ def test_template_ships_in_the_wheel(saved, tmp_path):
     # With setuptools here, build offline; without it (Python >= 3.12 venvs), pip fetches it from the package index.
     isolation = ["--no-build-isolation"] if _has_setuptools() else []
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp_path / "dist"),
-         str(source)],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            *isolation,
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     if build.returncode != 0 and not isolation:
         pytest.skip(f"setuptools is not installed here and could not be fetched to build the wheel: {build.stderr}")
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("oto_hf-*.whl")
+    # The template is package data of oto_hf.templates, and every package under oto_hf/ is in the (listed) packages.
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "oto_hf/templates/pruned_model_card.md" in names and not any(n.startswith("share/") for n in names)
+    packages = {p.relative_to(REPO).as_posix() for p in (REPO / "oto_hf").rglob("__init__.py")}
+    assert packages <= names, f"packages missing from pyproject.toml's [tool.setuptools] packages: {packages - names}"
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-compile", "--quiet",
-         str(wheel)],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-compile",
+            "--quiet",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert install.returncode == 0, install.stderr
     # torch, transformers & co. live in this test's environment, which may itself be a venv: make them visible to
     # the new venv (its --system-site-packages only reaches the base interpreter). Only the path is added, so the
     # editable install's import hook (a .pth file there) is not run and oto_hf comes from the wheel.
-    site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
+    site_packages = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     outer = [path for path in sys.path if path.endswith("site-packages") and Path(path).is_dir()]
     Path(site_packages, "_outer_environment.pth").write_text("\n".join(outer) + "\n")
 
@@ -281,12 +418,14 @@ def test_template_ships_in_the_wheel(saved, tmp_path):
         """
     )
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=240)
+    run = subprocess.run(
+        [str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert Path(result["oto_hf"]).resolve().is_relative_to(venv.resolve())
     assert Path(result["template"]).resolve().is_relative_to(venv.resolve())
+    assert Path(result["template"]).parent.name == "templates"
     assert Path(result["template"]).read_text() == (REPO / "model_cards" / "pruned_model_card.md").read_text()
     text = Path(result["readme"]).read_text(encoding="utf-8")
     assert "## How to load" in text
