@@ -1,4 +1,6 @@
-"""save_pruned -> AutoModel*.from_pretrained, with oto_hf imported and in a process where it cannot be imported."""
+"""save_pruned -> AutoModel*.from_pretrained in a process where oto_hf cannot be imported, stock configs for uniform
+widths, tokenizers, refusals and broken folders (the reload of every architecture with oto_hf imported is checked in
+test_architectures.py)."""
 
 import json
 import os
@@ -11,10 +13,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForQuestionAnswering, LlamaConfig, LlamaForCausalLM
 
-import oto_hf
 from oto_hf import construct_subnet, discover_groups, save_pruned
 from oto_hf.stats import forward_outputs
-from tests.utils.asserts import random_nonuniform_ids
+from tests.utils.asserts import assert_save_load_roundtrip, random_nonuniform_ids
 from tests.utils.tiny_models import CASE_IDS, CASES, TEXT
 from tests.utils.tokenizers import tiny_wordpiece_tokenizer
 
@@ -33,7 +34,7 @@ def _uniform_ids(groups, per_family: int = 1):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """Every architecture pruned non-uniformly and saved; plus the expected outputs for the subprocess check."""
+    """Every architecture pruned non-uniformly and saved, with its example inputs and outputs for the subprocess."""
     root = tmp_path_factory.mktemp("pruned")
     results = {}
     for case in CASES:
@@ -42,38 +43,12 @@ def saved(tmp_path_factory):
         groups = discover_groups(model)
         pruned = construct_subnet(model, groups, random_nonuniform_ids(groups, seed=3))
         folder = save_pruned(pruned, root / case.name)
-        torch.save({"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)},
-                   root / f"{case.name}.pt")
+        torch.save(
+            {"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)},
+            root / f"{case.name}.pt",
+        )
         results[case.name] = (model, pruned, groups, folder)
     return root, results
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_reload_with_oto_hf_imported(case, saved):
-    _, results = saved
-    model, pruned, groups, folder = results[case.name]
-    config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == f"oto_{model.config.model_type}"
-    assert config["oto_hf_version"] == oto_hf.__version__
-    assert config["architectures"] == [f"OTO{type(model).__name__}"]
-    assert (folder / "model.safetensors").exists()
-
-    loaded, info = getattr(transformers, case.auto_class).from_pretrained(folder, output_loading_info=True)
-    assert type(loaded).__name__ == f"OTO{type(model).__name__}"
-    assert isinstance(loaded, type(model))
-    baseline = _stock_loading_info(case, model, folder.parent / f"{case.name}-dense")
-    assert sorted(info["missing_keys"]) == baseline["missing_keys"]
-    assert sorted(info["unexpected_keys"]) == baseline["unexpected_keys"]
-    for a, b in zip(_outputs(pruned, groups.example_inputs), _outputs(loaded, groups.example_inputs)):
-        assert float((a - b).abs().max()) <= 1e-6
-
-
-def _stock_loading_info(case, model, folder):
-    """What the stock class itself reports when reloading the unpruned model."""
-    if not folder.exists():
-        model.save_pretrained(folder)
-    _, info = getattr(transformers, case.auto_class).from_pretrained(folder, output_loading_info=True)
-    return {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys")}
 
 
 def test_base_auto_model_loads_a_task_checkpoint(saved):
@@ -106,7 +81,11 @@ def test_reload_in_a_process_without_oto_hf(saved):
     cases = json.dumps({case.name: case.auto_class for case in CASES})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS, str(root), cases], capture_output=True, text=True, cwd=root, env=env,
+        [sys.executable, "-c", _SUBPROCESS, str(root), cases],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -115,10 +94,14 @@ def test_reload_in_a_process_without_oto_hf(saved):
     assert all(diff <= 1e-6 for diff in worst.values()), worst
 
 
-@pytest.mark.parametrize("model_class, config", [
-    (LlamaForCausalLM, LlamaConfig(**TEXT, num_key_value_heads=2)),
-    (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(**TEXT, num_key_value_heads=2)),
-], ids=["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "model_class, config",
+    [
+        (LlamaForCausalLM, LlamaConfig(**TEXT, num_key_value_heads=2)),
+        (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(**TEXT, num_key_value_heads=2)),
+    ],
+    ids=["llama", "qwen2"],
+)
 def test_uniform_gqa_pruning_writes_the_stock_config(model_class, config, tmp_path):
     model = model_class(config).eval()
     groups = discover_groups(model)
@@ -143,12 +126,19 @@ def test_uniform_ffn_pruning_of_bert_writes_the_stock_config(tmp_path):
 
 
 def _check_stock_load_without_oto_hf(folder, pruned, groups, auto_class):
-    torch.save({"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)},
-               folder.parent / "out.pt")
+    torch.save(
+        {"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)}, folder.parent / "out.pt"
+    )
     code = _SUBPROCESS.replace("trust_remote_code=True", "trust_remote_code=False")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", code, str(folder.parent), json.dumps({"out": auto_class})],
-                            capture_output=True, text=True, cwd=folder.parent, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(folder.parent), json.dumps({"out": auto_class})],
+        capture_output=True,
+        text=True,
+        cwd=folder.parent,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["out"] <= 1e-6
 
@@ -225,18 +215,14 @@ def test_checkpoint_keys_are_the_stock_ones_when_transformers_renames_them(tmp_p
     model.save_pretrained(tmp_path / "stock")
     groups = discover_groups(model)
     pruned = construct_subnet(model, groups, random_nonuniform_ids(groups, seed=1))
-    folder = save_pruned(pruned, tmp_path / "pruned")
-    assert json.loads((folder / "config.json").read_text())["model_type"] == "oto_gpt_neox"
+    loaded = assert_save_load_roundtrip(pruned, tmp_path / "pruned", auto_class="AutoModelForCausalLM")
+    assert type(loaded).__name__ == "OTOGPTNeoXForCausalLM"
 
     def keys(path):
         with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
             return set(handle.keys())
 
-    assert keys(folder) == keys(tmp_path / "stock")
-    loaded, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    for a, b in zip(_outputs(pruned, groups.example_inputs), _outputs(loaded, groups.example_inputs)):
-        assert float((a - b).abs().max()) <= 1e-6
+    assert keys(tmp_path / "pruned") == keys(tmp_path / "stock")
 
 
 def test_a_weight_left_missing_or_unused_is_an_error(saved, tmp_path):

@@ -25,12 +25,12 @@ class ArchCase:
 
     name: str
     model_class: str
-    config: Callable[[], object]
+    config: Callable[[], transformers.PretrainedConfig]
     auto_class: str
     expected: dict[str, int]  # groups per kind
     per_layer: dict[str, int]  # groups per kind in each numbered layer (heads, neurons)
 
-    def build(self):
+    def build(self) -> transformers.PreTrainedModel:
         return getattr(transformers, self.model_class)(self.config())
 
 
@@ -38,52 +38,94 @@ TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_he
 
 CASES = [
     ArchCase(
-        "bert", "BertForQuestionAnswering", lambda: BertConfig(**TEXT), "AutoModelForQuestionAnswering",
-        {"head": 2 * 4, "neuron": 2 * 37}, {"head": 4, "neuron": 37},
+        name="bert",
+        model_class="BertForQuestionAnswering",
+        config=lambda: BertConfig(**TEXT),
+        auto_class="AutoModelForQuestionAnswering",
+        expected={"head": 2 * 4, "neuron": 2 * 37},
+        per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
         # The classification head's dense layer (32 units between tanh and out_proj) is prunable too.
-        "roberta", "RobertaForSequenceClassification", lambda: RobertaConfig(**TEXT, num_labels=3),
-        "AutoModelForSequenceClassification", {"head": 2 * 4, "neuron": 2 * 37 + 32}, {"head": 4, "neuron": 37},
+        name="roberta",
+        model_class="RobertaForSequenceClassification",
+        config=lambda: RobertaConfig(**TEXT, num_labels=3),
+        auto_class="AutoModelForSequenceClassification",
+        expected={"head": 2 * 4, "neuron": 2 * 37 + 32},
+        per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
-        "distilbert", "DistilBertModel",
-        lambda: DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37), "AutoModel",
-        {"head": 2 * 4, "neuron": 2 * 37}, {"head": 4, "neuron": 37},
+        name="distilbert",
+        model_class="DistilBertModel",
+        config=lambda: DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37),
+        auto_class="AutoModel",
+        expected={"head": 2 * 4, "neuron": 2 * 37},
+        per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
         # GQA: one group per KV head (with its 2 query heads).
-        "llama", "LlamaForCausalLM", lambda: LlamaConfig(**TEXT, num_key_value_heads=2), "AutoModelForCausalLM",
-        {"head": 2 * 2, "neuron": 2 * 37}, {"head": 2, "neuron": 37},
+        name="llama",
+        model_class="LlamaForCausalLM",
+        config=lambda: LlamaConfig(**TEXT, num_key_value_heads=2),
+        auto_class="AutoModelForCausalLM",
+        expected={"head": 2 * 2, "neuron": 2 * 37},
+        per_layer={"head": 2, "neuron": 37},
     ),
     ArchCase(
-        "qwen2", "Qwen2ForCausalLM", lambda: Qwen2Config(**TEXT, num_key_value_heads=2), "AutoModelForCausalLM",
-        {"head": 2 * 2, "neuron": 2 * 37}, {"head": 2, "neuron": 37},
+        name="qwen2",
+        model_class="Qwen2ForCausalLM",
+        config=lambda: Qwen2Config(**TEXT, num_key_value_heads=2),
+        auto_class="AutoModelForCausalLM",
+        expected={"head": 2 * 2, "neuron": 2 * 37},
+        per_layer={"head": 2, "neuron": 37},
     ),
     ArchCase(
-        "gpt2", "GPT2LMHeadModel",
-        lambda: GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, bos_token_id=0, eos_token_id=0),
-        "AutoModelForCausalLM", {"head": 2 * 4, "neuron": 2 * 37}, {"head": 4, "neuron": 37},
+        name="gpt2",
+        model_class="GPT2LMHeadModel",
+        config=lambda: GPT2Config(
+            vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, bos_token_id=0, eos_token_id=0
+        ),
+        auto_class="AutoModelForCausalLM",
+        expected={"head": 2 * 4, "neuron": 2 * 37},
+        per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
-        "vit", "ViTForImageClassification",
-        lambda: ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=37, num_labels=3),
-        "AutoModelForImageClassification", {"head": 2 * 4, "neuron": 2 * 37}, {"head": 4, "neuron": 37},
+        name="vit",
+        model_class="ViTForImageClassification",
+        config=lambda: ViTConfig(
+            image_size=16,
+            patch_size=4,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            num_labels=3,
+        ),
+        auto_class="AutoModelForImageClassification",
+        expected={"head": 2 * 4, "neuron": 2 * 37},
+        per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
         # Bottleneck inner channels (2 + 2, then 4 + 4) plus the residual channels of each stage (8 + 16), tied
         # across the stage's adds and shortcuts.
-        "resnet", "ResNetForImageClassification",
-        lambda: ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="bottleneck",
-                             num_labels=3),
-        "AutoModelForImageClassification", {"channel": 2 + 2 + 4 + 4 + 8 + 16}, {},
+        name="resnet",
+        model_class="ResNetForImageClassification",
+        config=lambda: ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="bottleneck", num_labels=3
+        ),
+        auto_class="AutoModelForImageClassification",
+        expected={"channel": 2 + 2 + 4 + 4 + 8 + 16},
+        per_layer={},
     ),
     ArchCase(
         # Residual channels are normalised by LayerNorm (unprunable); the inverted-bottleneck MLPs (4x) are not.
-        "convnext", "ConvNextForImageClassification",
-        lambda: ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3),
-        "AutoModelForImageClassification", {"neuron": 4 * 8 + 4 * 16}, {},
+        name="convnext",
+        model_class="ConvNextForImageClassification",
+        config=lambda: ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3),
+        auto_class="AutoModelForImageClassification",
+        expected={"neuron": 4 * 8 + 4 * 16},
+        per_layer={},
     ),
 ]
 CASE_IDS = [case.name for case in CASES]
+CASES_BY_NAME = {case.name: case for case in CASES}
