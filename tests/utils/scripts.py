@@ -1,9 +1,8 @@
-"""The example scripts under `scripts/`, loaded as modules for their tests."""
+"""The example scripts under `scripts/`, imported as modules for their tests."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 from types import ModuleType
 
@@ -11,9 +10,9 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def load_script(name: str) -> ModuleType:
-    """`scripts/<name>.py` as the module `oto_hf_script_<name>` (registered in `sys.modules`)."""
-    spec = importlib.util.spec_from_file_location(f"oto_hf_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    """`scripts/<name>.py` as the module `<name>`, the name its sibling scripts import it by (tests/conftest.py puts
+    `scripts/` on `sys.path`, as `python scripts/<name>.py` does)."""
+    module = importlib.import_module(name)
+    if Path(module.__file__).resolve() != SCRIPTS / f"{name}.py":
+        raise ImportError(f"`import {name}` found {module.__file__}, not {SCRIPTS / f'{name}.py'}.")
     return module
