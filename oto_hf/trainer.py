@@ -80,7 +80,9 @@ class OTOTrainer(Trainer):
             self.model_accepts_loss_kwargs = False
         self.example_inputs = example_inputs if example_inputs is not None else self._example_batch()
         self.groups = (
-            groups if groups is not None else discover_groups(self.model, self.example_inputs, kinds=args.prune_kinds)
+            groups
+            if groups is not None
+            else discover_groups(self.model, self.example_inputs, prune_kinds=args.prune_kinds)
         )
         self.dense_params = count_parameters(self.model)
         try:

@@ -4,7 +4,6 @@ train-and-prune run (`finish_run`)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -156,13 +155,8 @@ def groups_to_prune(
 ) -> GroupSet:
     """The model's zero-invariant groups, less those outside numbered layers (e.g. the pooler in front of a new
     classifier) when `skip_outside_layers`: DHSPG may zero all of them, which is exact but leaves a constant output."""
-    groups = discover_groups(model, example_inputs, kinds=list(kinds))
-    if not skip_outside_layers:
-        return groups
-    kept = [copy.copy(group) for group in groups if group.layer is not None]
-    for index, group in enumerate(kept):
-        group.id = index
-    return GroupSet(kept, groups.unprunable, groups.example_inputs)
+    groups = discover_groups(model, example_inputs, prune_kinds=list(kinds))
+    return groups.select(where=lambda group: group.layer is not None) if skip_outside_layers else groups
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------------

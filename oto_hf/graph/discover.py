@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -13,9 +14,8 @@ from torch import nn
 
 from .channels import ChannelRegistry
 from .export import default_example_inputs, export_model
-from .groups import GROUP_KINDS, GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup
+from .groups import GROUP_KINDS, GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup, check_kinds
 from .propagate import check_sliceable, propagate
-
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +24,10 @@ def discover_groups(
     model: nn.Module,
     example_inputs: Any = None,
     *,
-    kinds: Iterable[str] = GROUP_KINDS,
+    prune_kinds: Iterable[str] | None = None,
     show_progress: bool | None = None,
     probe: bool = True,
+    kinds: Iterable[str] | None = None,
 ) -> GroupSet:
     """Find the zero-invariant groups of `model` from its `torch.export` graph.
 
@@ -39,12 +40,14 @@ def discover_groups(
         model (`nn.Module`): any module `torch.export` can trace; it may live on the `meta` device.
         example_inputs (`dict`, `tuple` or `torch.Tensor`, *optional*): inputs for tracing. Derived from the model's
             config when omitted (token ids for text models, `pixel_values` for vision models).
-        kinds (`Iterable[str]`, *optional*, defaults to all): which of `"head"`, `"neuron"`, `"channel"` to return.
+        prune_kinds (`Iterable[str]`, *optional*, defaults to all): which of `"head"`, `"neuron"`, `"channel"` to
+            return (as `OTOTrainingArguments.prune_kinds`).
         show_progress (`bool`, *optional*): show a progress bar while propagating; by default only for large graphs
             (over 1,000 nodes). `transformers.utils.logging.disable_progress_bar()` turns it off.
         probe (`bool`, *optional*, defaults to `True`): slice a copy of the model (one or two groups per layer) and
             compare its outputs with the zero-masked model; groups whose removal breaks the forward (a width the
             model computes from something else) are moved to `unprunable`. Skipped on the `meta` device.
+        kinds (`Iterable[str]`, *optional*): deprecated name of `prune_kinds`, removed in oto_hf 0.3.0.
 
     Returns:
         `GroupSet`: the groups, in graph order, and the unprunable components with their reasons.
@@ -59,10 +62,16 @@ def discover_groups(
     {'head': 8, 'neuron': 74}
     ```
     """
-    kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in GROUP_KINDS]
-    if unknown:
-        raise ValueError(f"Unknown group kinds {unknown}; choose from {list(GROUP_KINDS)}.")
+    if kinds is not None:
+        if prune_kinds is not None:
+            raise TypeError("Pass `prune_kinds` only: `kinds` is its deprecated name.")
+        warnings.warn(
+            "`discover_groups(kinds=...)` is deprecated and will be removed in oto_hf 0.3.0; use `prune_kinds=...`.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        prune_kinds = kinds
+    prune_kinds = GROUP_KINDS if prune_kinds is None else check_kinds(prune_kinds)
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
     program = export_model(model, example_inputs)
@@ -72,18 +81,16 @@ def discover_groups(
     check_sliceable(propagation, components)
     reasons = registry.poison_reasons(components)
     groups = _build_groups(registry, components, set(reasons), propagation.tensor_ndims, model)
-    groups = [g for g in groups if g.kind in kinds]
-    for index, group in enumerate(groups):
-        group.id = index
-    unprunable = _unprunable(registry, components, reasons)
-    if not groups:
-        details = "\n".join(f"  - {c.reason}" for c in unprunable[:10]) or "  (no linear, conv or embedding found)"
-        raise ValueError(
-            f"{type(model).__name__} has nothing prunable of kinds {list(kinds)}: no group of weights can be removed "
-            f"without changing its outputs. Reasons found:\n{details}\nIf a custom op hides the structure, register a "
-            "rule for it with `oto_hf.register_op_rule`."
+    result = GroupSet(groups, _unprunable(registry, components, reasons), example_inputs).select(kinds=prune_kinds)
+    if not result:
+        details = (
+            "\n".join(f"  - {c.reason}" for c in result.unprunable[:10]) or "  (no linear, conv or embedding found)"
         )
-    result = GroupSet(groups, unprunable, example_inputs)
+        raise ValueError(
+            f"{type(model).__name__} has nothing prunable of kinds {list(prune_kinds)}: no group of weights can be "
+            f"removed without changing its outputs. Reasons found:\n{details}\nIf a custom op hides the structure, "
+            "register a rule for it with `oto_hf.register_op_rule`."
+        )
     if probe and not any(p.is_meta for p in model.parameters()):
         result = _drop_unremovable(model, result)
     logger.info("%s", result.summary())
@@ -99,17 +106,20 @@ def _drop_unremovable(model: nn.Module, groups: GroupSet) -> GroupSet:
         return groups
     families = groups.families()
     dropped = {g.id for key in failures for g in families[key]}
-    kept = [g for g in groups if g.id not in dropped]
-    for index, group in enumerate(kept):
-        group.id = index
+    kept = groups.select(where=lambda group: group.id not in dropped).groups
     unprunable = list(groups.unprunable)
     for key, error in failures.items():
         first = families[key][0]
-        logger.warning("Leaving out the %ss of %s: removing them breaks the model (%s)", first.kind, first.module,
-                       error)
-        unprunable.append(UnprunableComponent(
-            f"removing {first.kind}s of '{first.module}' breaks the model's forward ({error}); a width the model "
-            "computes from something oto_hf does not change", sorted({s.name for s in first.slices})))
+        logger.warning(
+            "Leaving out the %ss of %s: removing them breaks the model (%s)", first.kind, first.module, error
+        )
+        unprunable.append(
+            UnprunableComponent(
+                f"removing {first.kind}s of '{first.module}' breaks the model's forward ({error}); a width the model "
+                "computes from something oto_hf does not change",
+                sorted({s.name for s in first.slices}),
+            )
+        )
     if not kept:
         details = "\n".join(f"  - {c.reason}" for c in unprunable[-10:])
         raise ValueError(

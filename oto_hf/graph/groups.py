@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
-
 
 GroupKind = Literal["head", "neuron", "channel"]
 GROUP_KINDS: tuple[str, ...] = ("head", "neuron", "channel")
@@ -35,7 +34,8 @@ class ZeroInvariantGroup:
     Args:
         id (`int`): position of the group in its `GroupSet`.
         kind (`str`): `"head"`, `"neuron"` or `"channel"`.
-        layer (`int`, *optional*): ordinal of the block (e.g. transformer layer) the group lives in, `None` outside blocks.
+        layer (`int`, *optional*): ordinal of the block (e.g. transformer layer) the group lives in, `None` outside
+            blocks.
         module (`str`): module path of that block, e.g. `"encoder.layer.3"`.
         slices (`list[TensorSlice]`): the parameter slices; each unpacks as `(parameter_name, dim, indices)`.
         buffer_slices (`list[TensorSlice]`): buffers sliced with the group (e.g. BatchNorm running statistics);
@@ -53,7 +53,10 @@ class ZeroInvariantGroup:
 
     def __repr__(self) -> str:
         tensors = ", ".join(f"{s.name}[dim {s.dim}: {_format_indices(s.indices)}]" for s in self.slices)
-        return f"ZeroInvariantGroup(id={self.id}, kind={self.kind!r}, layer={self.layer}, params={self.num_params}, {tensors})"
+        return (
+            f"ZeroInvariantGroup(id={self.id}, kind={self.kind!r}, layer={self.layer}, params={self.num_params}, "
+            f"{tensors})"
+        )
 
 
 @dataclass
@@ -117,6 +120,39 @@ class GroupSet(Sequence[ZeroInvariantGroup]):
             families[tuple(sorted((s.name, s.dim) for s in group.slices))].append(group)
         return dict(families)
 
+    def select(
+        self,
+        kinds: Iterable[str] | None = None,
+        ids: Iterable[int] | None = None,
+        where: Callable[[ZeroInvariantGroup], bool] | None = None,
+    ) -> GroupSet:
+        """The groups that pass every filter given, as a new `GroupSet` with ids renumbered 0..n-1 in this order.
+
+        The groups are copies, so this set's ids stay as they are; `unprunable` and `example_inputs` are kept.
+
+        Args:
+            kinds (`Iterable[str]`, *optional*): keep only these kinds (`"head"`, `"neuron"`, `"channel"`).
+            ids (`Iterable[int]`, *optional*): keep only the groups with these ids (ids of this set).
+            where (`Callable[[ZeroInvariantGroup], bool]`, *optional*): keep only the groups it returns `True` for.
+
+        Example:
+        ```python
+        >>> in_layers = groups.select(where=lambda group: group.layer is not None)  # e.g. not a classifier's pooler
+        >>> heads = groups.select(kinds=["head"])
+        ```
+        """
+        chosen = list(self.groups)
+        if kinds is not None:
+            kinds = set(check_kinds(kinds))
+            chosen = [g for g in chosen if g.kind in kinds]
+        if ids is not None:
+            wanted = set(self.check_ids(ids))
+            chosen = [g for g in chosen if g.id in wanted]
+        if where is not None:
+            chosen = [g for g in chosen if where(g)]
+        renumbered = [replace(g, id=index) for index, g in enumerate(chosen)]
+        return GroupSet(renumbered, self.unprunable, self.example_inputs)
+
     def summary(self) -> str:
         """A readable table: groups per layer and kind, then the unprunable components with their reasons."""
         lines = [f"GroupSet: {len(self)} groups ({_format_counts(self.counts())}), {self.num_params:,} parameters"]
@@ -164,6 +200,15 @@ class GroupSet(Sequence[ZeroInvariantGroup]):
             ):
                 zero_ids.append(group.id)
         return zero_ids
+
+
+def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+    """`kinds` as a tuple, raising a clear error for a kind that is not one of `GROUP_KINDS`."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in kinds if k not in GROUP_KINDS]
+    if unknown:
+        raise ValueError(f"Unknown group kinds {unknown}; choose from {list(GROUP_KINDS)}.")
+    return kinds
 
 
 def _format_counts(counts: dict[str, int]) -> str:
