@@ -46,6 +46,7 @@ A lone `.json` or `.yaml` argument is read as a file of arguments: `python scrip
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from transformers import (
     set_seed,
 )
 
-from oto_hf import OTOTrainer, OTOTrainingArguments
+from oto_hf import GroupSet, OTOTrainer, OTOTrainingArguments, discover_groups
 from utils_classification import (
     check_label_column,
     dataset_label_names,
@@ -74,7 +75,6 @@ from utils_common import (
     check_output_dir,
     example_batch,
     finish_run,
-    groups_to_prune,
     hub_id,
     model_error,
     parse_arguments,
@@ -162,6 +162,15 @@ def make_parser() -> HfArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, OTOTrainingArguments]:
     return parse_arguments(make_parser(), argv)
+
+
+def groups_to_prune(
+    model: Any, example_inputs: dict[str, Any], kinds: Sequence[str], skip_outside_layers: bool
+) -> GroupSet:
+    """The model's zero-invariant groups, less those outside numbered layers (e.g. the pooler in front of a new
+    classifier) when `skip_outside_layers`: DHSPG may zero all of them, which is exact but leaves a constant output."""
+    groups = discover_groups(model, example_inputs, prune_kinds=list(kinds))
+    return groups.select(where=lambda group: group.layer is not None) if skip_outside_layers else groups
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: OTOTrainingArguments) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """What every example script needs: arguments and config files, logging, clear errors for bad inputs and an
-unreachable Hub, example batches, output files (JSON, model card), the final printout, and the end of a
+unreachable Hub, subsets and example batches, output files (JSON, model card), the final printout, and the end of a
 train-and-prune run (`finish_run`)."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 from transformers import HfArgumentParser
 
 from metrics import metric_sentence
-from oto_hf import GroupSet, discover_groups
 from oto_hf.report import compression_report
 
 logger = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def hub_id(name: str | None) -> str | None:
     return name
 
 
-# ---- data and groups -----------------------------------------------------------------------------------------------
+# ---- data --------------------------------------------------------------------------------------------------------
 def subsample(dataset: Any, count: int | None, seed: int | None) -> Any:
     """`count` examples of `dataset` (all of them when `count` is None or larger): the first ones when `seed` is None,
     else a random subset drawn with `seed` (the rows `datasets.Dataset.shuffle(seed=seed)` puts first)."""
@@ -148,15 +147,6 @@ def example_batch(
     batch = {k: v for k, v in dict(collator(rows)).items() if torch.is_tensor(v)}
     keep = [k for k in batch if (k in columns if columns is not None else k not in LABEL_KEYS)]
     return {k: batch[k].to(device) for k in keep}
-
-
-def groups_to_prune(
-    model: torch.nn.Module, example_inputs: dict[str, Any], kinds: Sequence[str], skip_outside_layers: bool = False
-) -> GroupSet:
-    """The model's zero-invariant groups, less those outside numbered layers (e.g. the pooler in front of a new
-    classifier) when `skip_outside_layers`: DHSPG may zero all of them, which is exact but leaves a constant output."""
-    groups = discover_groups(model, example_inputs, prune_kinds=list(kinds))
-    return groups.select(where=lambda group: group.layer is not None) if skip_outside_layers else groups
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 import utils_classification
-import utils_common
 import utils_text
 from tests.utils.scripts import load_script
 from tests.utils.text_data import text_rows, write_csv
@@ -161,9 +160,9 @@ def test_sentence_pairs_from_jsonl_with_held_out_split(tmp_path, model_dir):
 def test_head_neurons_are_pruned_only_when_asked(model_dir):
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     inputs = {"input_ids": torch.arange(1, 9)[None]}
-    encoder_only = utils_common.groups_to_prune(model, inputs, ["head", "neuron"], skip_outside_layers=True)
+    encoder_only = run_classification.groups_to_prune(model, inputs, ["head", "neuron"], skip_outside_layers=True)
     assert encoder_only.counts() == {"head": 8, "neuron": 74} and [g.id for g in encoder_only] == list(range(82))
-    everything = utils_common.groups_to_prune(model, inputs, ["head", "neuron"])
+    everything = run_classification.groups_to_prune(model, inputs, ["head", "neuron"], skip_outside_layers=False)
     assert everything.counts() == {"head": 8, "neuron": 74 + 32}  # + the pooler
 
 
