@@ -1,4 +1,4 @@
-"""What each group costs in FLOPs, for `DHSPG(budget="flops", group_costs=...)` and the Trainer's `kept_flops`."""
+"""What each group costs in FLOPs, for `DHSPG(sparsity_budget="flops", group_costs=...)` and the Trainer's `kept_flops`."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
     Example:
     ```python
     >>> dense, costs = group_flop_costs(model, groups, inputs)
-    >>> optimizer = DHSPG.from_model(model, groups, budget="flops", group_costs=costs, budget_total=dense,
-    ...                              target_sparsity=0.5, pruning_end=1000)  # half the FLOPs
+    >>> optimizer = DHSPG.from_model(model, groups, sparsity_budget="flops", group_costs=costs, budget_total=dense,
+    ...                              target_sparsity=0.5, pruning_end_steps=1000)  # half the FLOPs
     ```
     """
     meta = _meta_copy(model)

@@ -31,7 +31,7 @@ logger = get_logger(__name__)
 
 class OTOTrainer(Trainer):
     """`Trainer` with Only-Train-Once: discovers the model's zero-invariant groups, trains with DHSPG so that exactly
-    the target is zero by `pruning_end`, logs the sparsity, and saves the physically smaller model.
+    the target is zero by `pruning_end_steps`, logs the sparsity, and saves the physically smaller model.
 
     Families whose removal would disconnect the output from the input (found by `bottleneck_families`, e.g. the dense
     layer of a classifier's pooler) always keep a group. With `args.distillation`, the loss mixes the task's with a
@@ -123,56 +123,33 @@ class OTOTrainer(Trainer):
             raise ValueError(
                 "OTOTrainer needs the number of training steps: set `max_steps` or a sized train dataset."
             )
-        partition_step, pruning_end = args.pruning_schedule(steps)
         decay = set(self.get_decay_parameter_names(opt_model))
         named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
         param_groups = [
             {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
             {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
         ]
+        settings = args.dhspg_kwargs(steps)
+        flops = args.sparsity_budget == "flops"
         self.optimizer = DHSPG(
             [g for g in param_groups if g["params"]],
             self.groups,
             opt_model.named_parameters(remove_duplicate=False),
             lr=args.learning_rate,
-            variant=args.dhspg_variant,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
             weight_decay=args.weight_decay,
-            target_sparsity=args.target_sparsity,
-            budget=args.sparsity_budget,
-            group_costs=self.group_flops if args.sparsity_budget == "flops" else None,
-            budget_total=self._budget_total(),
-            partition_step=partition_step,
-            pruning_end=pruning_end,
-            num_partition_periods=min(args.num_partition_periods, pruning_end - partition_step),
-            lmbda=args.dhspg_lambda,
-            lmbda_amplify=args.dhspg_lambda_amplify,
-            lmbda_cap=args.dhspg_lambda_cap,
-            epsilon=args.dhspg_epsilon,
-            final_epsilon=args.dhspg_final_epsilon,
-            tolerance=args.dhspg_tolerance,
-            saliency=args.dhspg_saliency,
-            importance_window=args.importance_window or None,
-            saliency_weights=(args.saliency_cosine_weight, args.saliency_magnitude_weight),
-            # A layer may lose its whole FFN (exact: the block adds its bias only), never all heads or conv channels.
-            min_kept_per_family={"head": args.min_heads_per_layer, "channel": 1},
-            max_family_sparsity=args.max_family_sparsity,
+            group_costs=self.group_flops if flops else None,
+            budget_total=float(self.dense_flops) if flops else None,
             never_empty=self.never_empty,
-            uniform_widths=args.uniform_widths,
-            lambda_schedule=args.dhspg_lambda_schedule,
+            **settings,
         )
         logger.info(
             f"DHSPG: {len(self.groups)} groups, target {args.target_sparsity} of {args.sparsity_budget}, partition at "
-            f"step {partition_step}, exact target by step {pruning_end}",
+            f"step {settings['partition_steps']}, exact target by step {settings['pruning_end_steps']}",
             main_process_only=True,
         )
         return self.optimizer
-
-    def _budget_total(self) -> float | None:
-        if self.args.sparsity_budget == "flops":
-            return float(self.dense_flops)
-        return None  # groups: a count; params: the prunable parameters
 
     def _check_budget(self) -> None:
         if self.args.sparsity_budget != "flops" or not self.args.target_sparsity:

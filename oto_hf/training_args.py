@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from transformers import TrainingArguments
 
 from .graph.groups import GROUP_KINDS
 from .optim.base_steps import VARIANTS
 from .optim.dhspg import LAMBDA_SCHEDULES, SALIENCIES
-from .optim.group_ops import BUDGETS
+from .optim.selection import BUDGETS
 
 
 @dataclass
@@ -48,7 +49,8 @@ class OTOTrainingArguments(TrainingArguments):
         default=0, metadata={"help": "Step by which exactly the target is zero; training then recovers."}
     )
     pruning_end_ratio: float = field(
-        default=0.5, metadata={"help": "`pruning_end` as a fraction of training, used when `pruning_end_steps` is 0."}
+        default=0.5,
+        metadata={"help": "`pruning_end_steps` as a fraction of training, used when `pruning_end_steps` is 0."},
     )
     num_partition_periods: int = field(
         default=5,
@@ -92,6 +94,13 @@ class OTOTrainingArguments(TrainingArguments):
     )
     min_heads_per_layer: int = field(
         default=1, metadata={"help": "Attention heads (KV groups with GQA) every layer keeps, whatever the target."}
+    )
+    min_neurons_per_layer: int = field(
+        default=0,
+        metadata={"help": "FFN neurons every layer keeps (0: a layer may lose its whole FFN, which stays exact)."},
+    )
+    min_channels_per_layer: int = field(
+        default=1, metadata={"help": "Channels every conv layer keeps (a conv layer cannot run with none)."}
     )
     max_family_sparsity: float = field(
         default=0.9,
@@ -172,6 +181,9 @@ class OTOTrainingArguments(TrainingArguments):
                 f"`min_heads_per_layer` must be >= 1 (attention layers cannot run with no head), got "
                 f"{self.min_heads_per_layer}."
             )
+        for name in ("min_neurons_per_layer", "min_channels_per_layer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.num_partition_periods < 1:
             raise ValueError(f"`num_partition_periods` must be >= 1, got {self.num_partition_periods}.")
         if not 0.0 <= self.dhspg_epsilon < 1.0:
@@ -192,7 +204,8 @@ class OTOTrainingArguments(TrainingArguments):
             )
 
     def pruning_schedule(self, num_training_steps: int) -> tuple[int, int]:
-        """`(partition_step, pruning_end)` in optimizer steps for a run of `num_training_steps`."""
+        """`(partition_steps, pruning_end_steps)` in optimizer steps for a run of `num_training_steps`, the ratios
+        resolved."""
         partition = self.partition_steps or int(self.partition_ratio * num_training_steps)
         end = self.pruning_end_steps or max(int(self.pruning_end_ratio * num_training_steps), partition + 1)
         if end <= partition:
@@ -202,7 +215,46 @@ class OTOTrainingArguments(TrainingArguments):
             )
         if end > num_training_steps:
             raise ValueError(
-                f"`pruning_end` ({end}) is after the last training step ({num_training_steps}); the target would "
-                "never be reached. Lower `pruning_end_steps` or train longer."
+                f"`pruning_end_steps` ({end}) is after the last training step ({num_training_steps}); the target "
+                "would never be reached. Lower `pruning_end_steps` or train longer."
             )
         return partition, end
+
+    def dhspg_kwargs(self, num_training_steps: int) -> dict[str, Any]:
+        """The OTO settings as `DHSPG` keyword arguments, for a run of `num_training_steps`.
+
+        Names are shared: a field is passed under its own name, and a `dhspg_<name>` field as `<name>` (`dhspg_lambda`
+        as `lambda_`). The ratios are resolved into steps; the fields of `TRAINER_ONLY_FIELDS` serve the trainer.
+        """
+        kwargs = {}
+        for name in oto_field_names():
+            if name in TRAINER_ONLY_FIELDS:
+                continue
+            key = name.removeprefix("dhspg_")
+            kwargs["lambda_" if key == "lambda" else key] = getattr(self, name)
+        partition, end = self.pruning_schedule(num_training_steps)
+        kwargs.update(
+            partition_steps=partition,
+            pruning_end_steps=end,
+            num_partition_periods=min(self.num_partition_periods, end - partition),
+            importance_window=self.importance_window or None,
+        )
+        return kwargs
+
+
+# Fields of `OTOTrainingArguments` that are not `DHSPG` settings: discovery, the schedule's ratios, distillation.
+TRAINER_ONLY_FIELDS: tuple[str, ...] = (
+    "prune_kinds",
+    "partition_ratio",
+    "pruning_end_ratio",
+    "distillation",
+    "distillation_alpha",
+    "distillation_temperature",
+    "distillation_hidden_weight",
+)
+
+
+def oto_field_names() -> list[str]:
+    """Names of the fields `OTOTrainingArguments` adds to `TrainingArguments`, in declaration order."""
+    inherited = {f.name for f in fields(TrainingArguments)}
+    return [f.name for f in fields(OTOTrainingArguments) if f.name not in inherited]

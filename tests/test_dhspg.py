@@ -41,7 +41,7 @@ BASE_CASES = [
 def test_matches_torch_optimizer_without_pruning(variant, torch_cls, extra, target, partition_step):
     lr = 1e-2 if variant != "sgd" else 5e-2
     model, _, optimizer = make(
-        variant=variant, lr=lr, target_sparsity=target, partition_step=partition_step, pruning_end=60,
+        variant=variant, lr=lr, target_sparsity=target, partition_steps=partition_step, pruning_end_steps=60,
         weight_decay=0.1, **extra,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -64,14 +64,14 @@ def test_matches_torch_optimizer_without_pruning(variant, torch_cls, extra, targ
 def test_exact_target_by_pruning_end_and_after(target, variant):
     lr = 0.1 if variant == "sgd" else 0.01
     lmbda = 1.0 if variant == "sgd" else 5.0
-    model, groups, optimizer = make(variant=variant, lr=lr, lmbda=lmbda, target_sparsity=target)
+    model, groups, optimizer = make(variant=variant, lr=lr, lambda_=lmbda, target_sparsity=target)
     expected = math.floor(target * NUM_GROUPS + 0.5)
     assert optimizer.target_num_zero_groups == expected
     zero_at_end = None
     for step in range(40):
         train_step(model, optimizer, step)
         assert optimizer.num_zero_groups() <= expected
-        if step + 1 == optimizer.pruning_end:
+        if step + 1 == optimizer.pruning_end_steps:
             zero_at_end = optimizer.zero_group_ids()
     assert len(zero_at_end) == expected
     assert optimizer.zero_group_ids() == zero_at_end == groups.zero_group_ids(model)
@@ -82,10 +82,10 @@ def test_exact_target_by_pruning_end_and_after(target, variant):
 def test_half_space_projects_before_deadline_and_penalty_stops_at_target():
     # OTOv2's rule alone (constant schedule): natural projections before the deadline, not all of the target.
     model, groups, optimizer = make(
-        lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5, lambda_schedule="constant"
+        lr=0.1, lambda_=1.0, final_epsilon=0.9, target_sparsity=0.5, lambda_schedule="constant"
     )
     counts = []
-    for step in range(optimizer.pruning_end - 1):
+    for step in range(optimizer.pruning_end_steps - 1):
         train_step(model, optimizer, step)
         counts.append(optimizer.num_zero_groups())
     assert 0 < counts[-1] < 14, "expected some natural projections before the deadline"
@@ -94,7 +94,7 @@ def test_half_space_projects_before_deadline_and_penalty_stops_at_target():
 
     # A target reached early switches the penalty off: every lambda is zero afterwards.
     model, _, optimizer = make(
-        lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.1, pruning_end=40, lambda_schedule="constant"
+        lr=0.1, lambda_=1.0, final_epsilon=0.9, target_sparsity=0.1, pruning_end_steps=40, lambda_schedule="constant"
     )
     for step in range(30):
         train_step(model, optimizer, step)
@@ -145,16 +145,18 @@ def test_groups_overlapping_on_rows_and_columns():
 )
 @pytest.mark.parametrize("target", [0.3, 0.55])
 def test_cost_budget_is_hit_with_the_documented_rule(budget, costs, target):
-    model, groups, optimizer = make(target_sparsity=target, budget=budget, group_costs=costs, lmbda=1.0, lr=0.1)
+    model, groups, optimizer = make(
+        target_sparsity=target, sparsity_budget=budget, group_costs=costs, lambda_=1.0, lr=0.1
+    )
     cost = torch.tensor(costs if costs else [g.num_params for g in groups], dtype=torch.float64)
     goal = target * float(cost.sum())
     assert optimizer.target_num_zero_groups is None
     for step in range(40):
         train_step(model, optimizer, step)
         removed = float(cost[optimizer.zero_group_ids()].sum())
-        if step + 1 < optimizer.pruning_end:
+        if step + 1 < optimizer.pruning_end_steps:
             assert removed <= goal
-        elif step + 1 == optimizer.pruning_end:
+        elif step + 1 == optimizer.pruning_end_steps:
             final = optimizer.zero_group_ids()
     assert optimizer.zero_group_ids() == final == groups.zero_group_ids(model)
     removed = float(cost[final].sum())
@@ -169,12 +171,12 @@ def test_budget_total_and_unreachable_budget():
     groups = tiny_groups(model)
     prunable = groups.num_params
     with pytest.raises(ValueError, match="Unreachable budget"):
-        DHSPG(model.parameters(), groups, model.named_parameters(), target_sparsity=0.6, budget="params",
-              budget_total=2 * prunable, pruning_end=10)  # fmt: skip
+        DHSPG(model.parameters(), groups, model.named_parameters(), target_sparsity=0.6, sparsity_budget="params",
+              budget_total=2 * prunable, pruning_end_steps=10)  # fmt: skip
     with pytest.raises(ValueError, match="Unreachable budget"):
-        DHSPG(model.parameters(), groups, model.named_parameters(), target_sparsity=0.1, budget="flops",
-              group_costs=[0.0] * NUM_GROUPS, pruning_end=10)  # fmt: skip
-    model, groups, optimizer = make(target_sparsity=0.4, budget="params", budget_total=2 * prunable)
+        DHSPG(model.parameters(), groups, model.named_parameters(), target_sparsity=0.1, sparsity_budget="flops",
+              group_costs=[0.0] * NUM_GROUPS, pruning_end_steps=10)  # fmt: skip
+    model, groups, optimizer = make(target_sparsity=0.4, sparsity_budget="params", budget_total=2 * prunable)
     for step in range(25):
         train_step(model, optimizer, step)
     # At or above the target, above it by less than the group that closed the gap (here at most a head).
@@ -187,16 +189,16 @@ def test_budget_total_and_unreachable_budget():
 
 def test_rescoring_periods_keep_zero_groups_zero_and_redundant():
     model, groups, optimizer = make(
-        lr=0.1, lmbda=1.0, final_epsilon=0.9, target_sparsity=0.5, partition_step=3, pruning_end=33,
+        lr=0.1, lambda_=1.0, final_epsilon=0.9, target_sparsity=0.5, partition_steps=3, pruning_end_steps=33,
         num_partition_periods=3,
     )  # fmt: skip
-    assert optimizer.partition_steps == (3, 13, 23)
+    assert optimizer.partition_points == (3, 13, 23)
     redundant_sets, zero_before = [], []
     for step in range(40):
-        if step in optimizer.partition_steps:
+        if step in optimizer.partition_points:
             zero_before.append(set(optimizer.zero_group_ids()))
         train_step(model, optimizer, step)
-        if step in optimizer.partition_steps:
+        if step in optimizer.partition_points:
             redundant = set(optimizer.redundant_group_ids())
             assert zero_before[-1] <= set(optimizer.zero_group_ids()) <= redundant
             assert len(redundant) == max(math.ceil(0.55 * NUM_GROUPS), len(zero_before[-1]))
@@ -212,7 +214,7 @@ def test_rescoring_periods_keep_zero_groups_zero_and_redundant():
 @pytest.mark.parametrize("variant", ["sgd", "adamw"])
 @pytest.mark.parametrize("stop", [3, 14], ids=["warmup", "pruning"])
 def test_resume_is_bit_identical(tmp_path, variant, stop):
-    kwargs = dict(variant=variant, lr=0.1 if variant == "sgd" else 0.01, lmbda=1.0 if variant == "sgd" else 5.0,
+    kwargs = dict(variant=variant, lr=0.1 if variant == "sgd" else 0.01, lambda_=1.0 if variant == "sgd" else 5.0,
                   target_sparsity=0.5, num_partition_periods=2, final_epsilon=0.5)  # fmt: skip
     reference, _, reference_optimizer = make(**kwargs)
     for step in range(32):
@@ -242,8 +244,8 @@ def test_resume_is_bit_identical(tmp_path, variant, stop):
 
 @pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
 def test_normal_steps_do_not_synchronise(monkeypatch, variant):
-    model, _, optimizer = make(variant=variant, partition_step=2, pruning_end=6)
-    events = {*optimizer.partition_steps, optimizer.pruning_end - 1}
+    model, _, optimizer = make(variant=variant, partition_steps=2, pruning_end_steps=6)
+    events = {*optimizer.partition_points, optimizer.pruning_end_steps - 1}
     with forbid_host_sync(monkeypatch):
         with pytest.raises(AssertionError, match="host synchronisation"):
             torch.ones(1).item()
@@ -267,7 +269,7 @@ def test_progress_api_and_from_model():
     model = TinyModel()
     groups = tiny_groups(model)
     optimizer = DHSPG.from_model(model, groups, lr=0.05, variant="sgd", weight_decay=0.01, target_sparsity=0.3,
-                                 partition_step=2, pruning_end=5)  # fmt: skip
+                                 partition_steps=2, pruning_end_steps=5)  # fmt: skip
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
     assert optimizer.num_groups == NUM_GROUPS and optimizer.target_num_zero_groups == 8
     phases = []
@@ -286,10 +288,10 @@ def test_progress_api_and_from_model():
         ({"target_sparsity": 1.0}, r"`target_sparsity` must be in \[0, 1\), got 1.0"),
         ({"target_sparsity": -0.1}, r"`target_sparsity` must be in \[0, 1\)"),
         (
-            {"partition_step": 10, "pruning_end": 10},
-            r"`pruning_end` must be an int greater than `partition_step` \(10\)",
+            {"partition_steps": 10, "pruning_end_steps": 10},
+            r"`pruning_end_steps` must be an int greater than `partition_steps` \(10\)",
         ),
-        ({"partition_step": -1}, r"`partition_step` must be an int >= 0"),
+        ({"partition_steps": -1}, r"`partition_steps` must be an int >= 0"),
         ({"variant": "lion"}, r"`variant` must be one of \('sgd', 'adam', 'adamw'\), got 'lion'"),
         ({"lr": -1.0}, r"`lr` must be >= 0 \(parameter group 0\), got -1.0"),
         ({"betas": (1.0, 0.9)}, r"`betas` must be two numbers in \[0, 1\)"),
@@ -297,22 +299,32 @@ def test_progress_api_and_from_model():
         ({"momentum": 0.0, "nesterov": True}, r"`nesterov=True` needs `momentum > 0`"),
         ({"num_partition_periods": 0}, r"`num_partition_periods` must be an int in \[1, "),
         (
-            {"num_partition_periods": 20, "pruning_end": 10},
-            r"`num_partition_periods` must be an int in \[1, pruning_end - partition_step\] = \[1, 10\], got 20",
+            {"num_partition_periods": 20, "pruning_end_steps": 10},
+            r"`num_partition_periods` must be an int in \[1, pruning_end_steps - partition_steps\] = "
+            r"\[1, 10\], got 20",
         ),
-        ({"lmbda": 0.0}, r"`lmbda` must be > 0"),
-        ({"lmbda_cap": 0.5}, r"`lmbda_cap` must be >= 1"),
+        ({"lambda_": 0.0}, r"`lambda_` must be > 0"),
+        ({"lambda_cap": 0.5}, r"`lambda_cap` must be >= 1"),
         ({"epsilon": 1.0}, r"`epsilon` must be in \[0, 1\)"),
         ({"tolerance": -0.5}, r"`tolerance` must be in \[0, 1\)"),
-        ({"saliency_weights": (0.0, 0.0)}, r"`saliency_weights` must be two non-negative numbers"),
-        ({"budget": "tokens"}, r"`budget` must be one of \('groups', 'params', 'flops'\), got 'tokens'"),
-        ({"group_costs": [1.0] * NUM_GROUPS}, r"`group_costs` is only used with `budget='flops'`"),
-        ({"budget": "flops", "group_costs": [1.0] * 3}, r"`group_costs` must have one entry per group \(28\), got 3"),
+        (
+            {"saliency_cosine_weight": 0.0, "saliency_magnitude_weight": 0.0},
+            r"`saliency_cosine_weight` and `saliency_magnitude_weight` must be non-negative",
+        ),
+        (
+            {"sparsity_budget": "tokens"},
+            r"`sparsity_budget` must be one of \('groups', 'params', 'flops'\), got 'tokens'",
+        ),
+        ({"group_costs": [1.0] * NUM_GROUPS}, r"`group_costs` is only used with `sparsity_budget='flops'`"),
+        (
+            {"sparsity_budget": "flops", "group_costs": [1.0] * 3},
+            r"`group_costs` must have one entry per group \(28\), got 3",
+        ),
     ],
 )
 def test_argument_validation(kwargs, message):
     model = TinyModel()
-    kwargs = {"pruning_end": 10, **kwargs}
+    kwargs = {"pruning_end_steps": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
         DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), **kwargs)
 
@@ -322,13 +334,43 @@ def test_group_interface_errors():
     groups = tiny_groups(model)
     named = dict(model.named_parameters())
     with pytest.raises(ValueError, match=r"slices parameter 'blocks.0.q.weight', which is not in `named_parameters`"):
-        DHSPG(model.parameters(), groups, {k: v for k, v in named.items() if k != "blocks.0.q.weight"}, pruning_end=5)
+        DHSPG(
+            model.parameters(),
+            groups,
+            {k: v for k, v in named.items() if k != "blocks.0.q.weight"},
+            pruning_end_steps=5,
+        )
     frozen = [p for n, p in named.items() if n != "blocks.1.up.bias"]
     with pytest.raises(ValueError, match=r"'blocks.1.up.bias', which is not in the optimizer's `params`"):
-        DHSPG(frozen, groups, named, pruning_end=5)
+        DHSPG(frozen, groups, named, pruning_end_steps=5)
     clash = GroupSet([*groups, dataclasses.replace(groups[3], id=NUM_GROUPS)])
     with pytest.raises(ValueError, match=r"Groups 3 and 28 both slice 'blocks.0.up.weight' along dim 0 at index 1"):
-        DHSPG(model.parameters(), clash, named, pruning_end=5)
-    optimizer = DHSPG(model.parameters(), groups, named, pruning_end=5)
+        DHSPG(model.parameters(), clash, named, pruning_end_steps=5)
+    optimizer = DHSPG(model.parameters(), groups, named, pruning_end_steps=5)
     with pytest.raises(ValueError, match="not written by `DHSPG.state_dict\\(\\)`"):
         optimizer.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+
+
+@pytest.mark.parametrize(
+    "old, value, new",
+    [
+        ("budget", "params", "sparsity_budget"),
+        ("partition_step", 2, "partition_steps"),
+        ("lmbda", 0.5, "lambda_"),
+        ("saliency_weights", (0.2, 0.8), "saliency_cosine_weight"),
+        ("min_kept_per_family", {"head": 1}, "min_heads_per_layer"),
+    ],
+)
+def test_renamed_arguments_still_work_with_a_future_warning(old, value, new):
+    model = TinyModel()
+    with pytest.warns(FutureWarning, match=f"`{old}` is renamed `?{new}"):
+        optimizer = DHSPG(
+            model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, **{old: value}
+        )
+    assert optimizer.pruning_end_steps == 10
+    with pytest.warns(FutureWarning, match="renamed `partition_points`"):
+        assert optimizer.partition_steps == optimizer.partition_points
+    with pytest.raises(TypeError, match="pass `pruning_end_steps` only"):
+        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, pruning_end_steps=12)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lamda'"):
+        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end_steps=10, lamda=1.0)

@@ -1,4 +1,4 @@
-"""DHSPG's family constraints: `min_kept_per_family`, `max_family_sparsity`, `never_empty`, `uniform_widths`."""
+"""DHSPG's family constraints: per-layer minimums, `max_family_sparsity`, `never_empty`, `uniform_widths`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from oto_hf.optim import DHSPG
 from oto_hf.optim.families import FamilyConstraints
-from oto_hf.optim.group_ops import resolve_budget
+from oto_hf.optim.selection import resolve_budget
 from tests.utils.dhspg_toys import (
     FLOP_COSTS,
     NUM_GROUPS,
@@ -25,7 +25,8 @@ from tests.utils.dhspg_toys import (
 )
 
 # Aggressive settings: groups project naturally (and early) so that the caps have something to stop.
-EAGER = {"variant": "sgd", "lr": 0.1, "lmbda": 1.0, "final_epsilon": 0.9}
+BOTH_MINIMUMS = {"min_heads_per_layer": 1, "min_neurons_per_layer": 1}
+EAGER = {"variant": "sgd", "lr": 0.1, "lambda_": 1.0, "final_epsilon": 0.9}
 
 
 def run(model, groups, optimizer, steps: int = 32) -> list[list[int]]:
@@ -64,37 +65,36 @@ def test_a_family_with_two_kinds_only_fails_under_constraints():
     model = TinyModel()
     groups = list(tiny_groups(model))
     groups[1] = dataclasses.replace(groups[1], kind="neuron")
-    optimizer = DHSPG(model.parameters(), groups, model.named_parameters(), pruning_end=10)
+    optimizer = DHSPG(model.parameters(), groups, model.named_parameters(), pruning_end_steps=10)
     assert optimizer.families[0].kind == "head" and optimizer.families[0].size == 2
     with pytest.raises(ValueError, match=r"Groups 0 \('head'\) and 1 \('neuron'\) slice the same tensors"):
-        DHSPG(model.parameters(), groups, model.named_parameters(), pruning_end=10, uniform_widths=True)
+        DHSPG(model.parameters(), groups, model.named_parameters(), pruning_end_steps=10, uniform_widths=True)
 
 
-# ----------------------------------------------------------------------------- min_kept_per_family
+# ----------------------------------------------------------------------------- per-layer minimums
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {**EAGER, "target_sparsity": 0.8, "min_kept_per_family": 1},
-        {**EAGER, "target_sparsity": 0.8, "min_kept_per_family": {"head": 1}, "lambda_schedule": "progressive"},
-        {"variant": "adamw", "lr": 0.01, "lmbda": 5.0, "target_sparsity": 0.7, "min_kept_per_family": {"head": 1}},
-        {**EAGER, "target_sparsity": 0.55, "budget": "params", "min_kept_per_family": 1},
-        {"target_sparsity": 0.55, "budget": "flops", "group_costs": FLOP_COSTS, "min_kept_per_family": 1,
+        {**EAGER, "target_sparsity": 0.8, **BOTH_MINIMUMS},
+        {**EAGER, "target_sparsity": 0.8, "min_heads_per_layer": 1, "lambda_schedule": "progressive"},
+        {"variant": "adamw", "lr": 0.01, "lambda_": 5.0, "target_sparsity": 0.7, "min_heads_per_layer": 1},
+        {**EAGER, "target_sparsity": 0.55, "sparsity_budget": "params", **BOTH_MINIMUMS},
+        {"target_sparsity": 0.55, "sparsity_budget": "flops", "group_costs": FLOP_COSTS, **BOTH_MINIMUMS,
          "lambda_schedule": "progressive"},
     ],
     ids=["int", "dict-progressive", "adamw", "params", "flops-progressive"],
 )  # fmt: skip
-def test_min_kept_per_family_holds_at_every_step_and_the_target_is_met(kwargs):
+def test_per_layer_minimums_hold_at_every_step_and_the_target_is_met(kwargs):
     model, groups, optimizer = make(**kwargs)
-    minimum = kwargs["min_kept_per_family"]
     for family in optimizer.families:
-        wanted = minimum if isinstance(minimum, int) else minimum.get(family.kind, 0)
+        wanted = kwargs.get(f"min_{family.kind}s_per_layer", 0)
         assert family.min_kept == wanted and family.max_zero == family.size - wanted
     history = run(model, groups, optimizer)
-    final = history[optimizer.pruning_end - 1]
+    final = history[optimizer.pruning_end_steps - 1]
     assert history[-1] == final
-    if kwargs.get("budget", "groups") == "groups":
+    if kwargs.get("sparsity_budget", "groups") == "groups":
         assert (
             sum(final) == optimizer.target_num_zero_groups == math.floor(kwargs["target_sparsity"] * NUM_GROUPS + 0.5)
         )
@@ -103,7 +103,7 @@ def test_min_kept_per_family_holds_at_every_step_and_the_target_is_met(kwargs):
 
 
 def test_families_not_larger_than_the_minimum_are_never_pruned():
-    model, groups, optimizer = make(**EAGER, target_sparsity=0.6, min_kept_per_family={"head": 5})
+    model, groups, optimizer = make(**EAGER, target_sparsity=0.6, min_heads_per_layer=5)
     assert [f.max_zero for f in optimizer.families] == [0, 12, 0, 12]
     history = run(model, groups, optimizer)
     assert history[-1][0] == history[-1][2] == 0 and sum(history[-1]) == 17
@@ -115,19 +115,19 @@ def test_families_not_larger_than_the_minimum_are_never_pruned():
 # group in every family of the class" are taken by increasing width fraction k / size (ties: heads, which come first)
 # until the total reaches round(target * 28): the smallest total at or above it, as every step adds 2 groups here.
 UNIFORM_CASES = [
-    # target, min_kept_per_family, zero heads per layer, zero neurons per layer
+    # target, min_heads_per_layer, zero heads per layer, zero neurons per layer
     (0.1, 0, 0, 2),  # needs 3: 4
     (0.3, 0, 0, 4),  # 8
     (0.5, 0, 1, 6),  # 14: heads at 1/2 before neurons at 6/12
     (0.7, 0, 1, 9),  # 20
     (0.9, 0, 2, 11),  # needs 25: 26, heads at 2/2 before neurons at 12/12
-    (0.9, {"head": 1}, 1, 12),  # needs 25: 26, heads capped at 1
+    (0.9, 1, 1, 12),  # needs 25: 26, heads capped at 1
 ]
 
 
 @pytest.mark.parametrize("target, minimum, heads, neurons", UNIFORM_CASES)
 def test_uniform_widths_plan(target, minimum, heads, neurons):
-    _, _, optimizer = make(target_sparsity=target, uniform_widths=True, min_kept_per_family=minimum)
+    _, _, optimizer = make(target_sparsity=target, uniform_widths=True, min_heads_per_layer=minimum)
     assert [f.max_zero for f in optimizer.families] == [heads, neurons] * 2
     needed = math.floor(target * NUM_GROUPS + 0.5)
     assert optimizer.target_num_zero_groups == 2 * (heads + neurons)
@@ -138,10 +138,15 @@ def test_uniform_widths_plan(target, minimum, heads, neurons):
     "kwargs",
     [
         {**EAGER, "target_sparsity": 0.5},
-        {**EAGER, "target_sparsity": 0.7, "min_kept_per_family": {"head": 1}, "lambda_schedule": "progressive"},
+        {**EAGER, "target_sparsity": 0.7, "min_heads_per_layer": 1, "lambda_schedule": "progressive"},
         {"variant": "adamw", "lr": 0.01, "target_sparsity": 0.5, "lambda_schedule": "progressive"},
-        {**EAGER, "target_sparsity": 0.3, "budget": "params"},
-        {"target_sparsity": 0.4, "budget": "flops", "group_costs": FLOP_COSTS, "lambda_schedule": "progressive"},
+        {**EAGER, "target_sparsity": 0.3, "sparsity_budget": "params"},
+        {
+            "target_sparsity": 0.4,
+            "sparsity_budget": "flops",
+            "group_costs": FLOP_COSTS,
+            "lambda_schedule": "progressive",
+        },
     ],
     ids=["groups", "min-kept-progressive", "adamw-progressive", "params", "flops-progressive"],
 )
@@ -150,13 +155,13 @@ def test_uniform_widths_fill_every_family_exactly(kwargs):
     quotas = [family.max_zero for family in optimizer.families]
     assert quotas[0] == quotas[2] and quotas[1] == quotas[3]
     history = run(model, groups, optimizer)
-    assert history[optimizer.pruning_end - 1] == history[-1] == quotas
+    assert history[optimizer.pruning_end_steps - 1] == history[-1] == quotas
     assert optimizer.num_zero_groups() == optimizer.target_num_zero_groups == sum(quotas)
-    if kwargs.get("budget", "groups") != "groups":
+    if kwargs.get("sparsity_budget", "groups") != "groups":
         # At or above the target; planned with the cheapest groups of each family, so never below it.
         assert optimizer.removed_fraction() >= kwargs["target_sparsity"]
     # Natural projections happened before the deadline (the caps were exercised), within the quotas.
-    assert sum(history[optimizer.pruning_end - 2]) > 0
+    assert sum(history[optimizer.pruning_end_steps - 2]) > 0
 
 
 def test_uniform_deadline_takes_the_least_salient_groups_of_each_family():
@@ -211,8 +216,14 @@ def test_family_cap_keeps_candidates_in_priority_order_within_each_quota():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"uniform_widths": True, "min_kept_per_family": {"head": 1}, "lambda_schedule": "progressive"},
-        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "progressive", "num_partition_periods": 2},
+        {"uniform_widths": True, "min_heads_per_layer": 1, "lambda_schedule": "progressive"},
+        {
+            "min_heads_per_layer": 1,
+            "min_neurons_per_layer": 1,
+            "sparsity_budget": "params",
+            "lambda_schedule": "progressive",
+            "num_partition_periods": 2,
+        },
     ],
     ids=["uniform", "min-kept-params"],
 )
@@ -240,7 +251,7 @@ def test_resume_with_constraints_and_schedule_is_bit_identical(tmp_path, kwargs)
     assert torch.equal(resumed_optimizer.lambdas, reference_optimizer.lambdas)
     assert resumed_optimizer.zero_group_ids() == reference_optimizer.zero_group_ids()
 
-    _, _, other = make(**{**kwargs, "min_kept_per_family": 0, "uniform_widths": False})
+    _, _, other = make(**{**kwargs, "min_heads_per_layer": 0, "min_neurons_per_layer": 0, "uniform_widths": False})
     with pytest.raises(ValueError, match="other family quotas"):
         other.load_state_dict(state)
 
@@ -249,13 +260,18 @@ def test_resume_with_constraints_and_schedule_is_bit_identical(tmp_path, kwargs)
     "kwargs",
     [
         {"uniform_widths": True, "lambda_schedule": "progressive"},
-        {"min_kept_per_family": 1, "budget": "params", "lambda_schedule": "progressive"},
+        {
+            "min_heads_per_layer": 1,
+            "min_neurons_per_layer": 1,
+            "sparsity_budget": "params",
+            "lambda_schedule": "progressive",
+        },
     ],
     ids=["uniform", "min-kept-params"],
 )
 def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
-    model, _, optimizer = make(**EAGER, target_sparsity=0.5, partition_step=2, pruning_end=12, **kwargs)
-    events = {*optimizer.partition_steps, optimizer.pruning_end - 1}
+    model, _, optimizer = make(**EAGER, target_sparsity=0.5, partition_steps=2, pruning_end_steps=12, **kwargs)
+    events = {*optimizer.partition_points, optimizer.pruning_end_steps - 1}
     for step in range(14):
         x, y = batch(step)
         optimizer.zero_grad()
@@ -275,19 +291,22 @@ def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
     "kwargs, message",
     [
         (
-            {"target_sparsity": 0.9, "min_kept_per_family": 1},
-            r"Unreachable target under `min_kept_per_family=1`: the target needs 25 zero groups, but keeping that "
+            {"target_sparsity": 0.9, "min_heads_per_layer": 1, "min_neurons_per_layer": 1},
+            r"Unreachable target under `min_heads_per_layer=1`, `min_neurons_per_layer=1`: the target needs 25 zero "
+            r"groups, but keeping that "
             r"minimum in every family, at most 24 of the 28 groups can be zero\. Lower `target_sparsity` to at most "
             r"0\.8571 or relax those limits",
         ),
         (
-            {"target_sparsity": 0.9, "min_kept_per_family": {"neuron": 2}, "uniform_widths": True},
-            r"Unreachable target under `min_kept_per_family=\{'neuron': 2\}`",
+            {"target_sparsity": 0.9, "min_neurons_per_layer": 2, "uniform_widths": True},
+            r"Unreachable target under `min_neurons_per_layer=2`",
         ),
         (
-            {"target_sparsity": 0.5, "budget": "params", "min_kept_per_family": {"head": 2, "neuron": 10}},
+            {"target_sparsity": 0.5, "sparsity_budget": "params", "min_heads_per_layer": 2,
+             "min_neurons_per_layer": 10},
             r"the target needs removing 484 \(params\), but .* cost at least 68 \(counting each family's cheapest\)",
         ),
+        ({"min_heads_per_layer": -1}, r"`min_heads_per_layer` must be an int >= 0, got -1"),
         ({"min_kept_per_family": -1}, r"`min_kept_per_family` must be an int >= 0 \(or a dict of kind to int\), got"),
         ({"min_kept_per_family": {"head": 1.5}}, r"`min_kept_per_family\['head'\]` must be an int >= 0"),
         ({"min_kept_per_family": {"heads": 1}}, r"unknown kind 'heads'; use kinds among \['channel', 'head', 'neur"),
@@ -301,4 +320,4 @@ def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
 def test_constraint_argument_validation(kwargs, message):
     model = TinyModel()
     with pytest.raises(ValueError, match=message):
-        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, **kwargs)
+        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end_steps=10, **kwargs)

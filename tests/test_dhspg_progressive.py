@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from oto_hf.optim.group_ops import importance_scores
+from oto_hf.optim.selection import importance_scores
 from tests.utils.dhspg_toys import (
     FLOP_COSTS,
     NUM_GROUPS,
@@ -41,7 +41,7 @@ def group_norms(model, groups) -> torch.Tensor:
 def run_window(model, groups, optimizer, steps: int | None = None):
     """Train to `steps` (default: 5 past the deadline); returns the zero count and the group norms before each step."""
     counts, norms = [], []
-    for step in range(steps or optimizer.pruning_end + 5):
+    for step in range(steps or optimizer.pruning_end_steps + 5):
         norms.append(group_norms(model, groups))
         train_step(model, optimizer, step)
         counts.append(optimizer.num_zero_groups())
@@ -52,9 +52,9 @@ CASES = {
     "sgd": {"variant": "sgd", "lr": 0.05},
     "adamw": {"variant": "adamw", "lr": 1e-3},
     "adamw-tiny-lr": {"variant": "adamw", "lr": 1e-6},  # time-to-zero must not depend on the learning rate
-    "params": {"variant": "adamw", "lr": 1e-3, "budget": "params"},
-    "flops-min-kept": {"variant": "adamw", "lr": 1e-3, "budget": "flops", "group_costs": FLOP_COSTS,
-                       "min_kept_per_family": {"head": 1}},
+    "params": {"variant": "adamw", "lr": 1e-3, "sparsity_budget": "params"},
+    "flops-min-kept": {"variant": "adamw", "lr": 1e-3, "sparsity_budget": "flops", "group_costs": FLOP_COSTS,
+                       "min_heads_per_layer": 1},
     "uniform": {"variant": "adamw", "lr": 1e-3, "uniform_widths": True},
     "max-family-sparsity": {"variant": "adamw", "lr": 1e-3, "max_family_sparsity": 0.75},
 }  # fmt: skip
@@ -65,7 +65,7 @@ def test_every_zero_group_is_reached_by_the_optimizer_none_forced(kwargs):
     model, groups, optimizer = make(target_sparsity=0.5, **kwargs)
     assert optimizer.lambda_schedule == "progressive" and optimizer.saliency == "fisher"
     counts, _ = run_window(model, groups, optimizer)
-    end = optimizer.pruning_end
+    end = optimizer.pruning_end_steps
     assert optimizer.num_forced_zero_groups == 0
     # The last quota reaches zero at the end of its ramp, the deadline step, by the half-space test; nothing after.
     assert counts[end - 1] == counts[-1] == optimizer.num_zero_groups() > counts[end - 2] > 0
@@ -79,9 +79,10 @@ def test_every_zero_group_is_reached_by_the_optimizer_none_forced(kwargs):
 
 
 def test_one_quota_per_period_and_each_group_nearly_zero_when_projected():
-    model, groups, optimizer = make(variant="adamw", lr=1e-3, target_sparsity=0.5, partition_step=5, pruning_end=45,
-                                    num_partition_periods=4)  # fmt: skip
-    assert optimizer.partition_steps == (5, 15, 25, 35)
+    model, groups, optimizer = make(
+        variant="adamw", lr=1e-3, target_sparsity=0.5, partition_steps=5, pruning_end_steps=45, num_partition_periods=4
+    )
+    assert optimizer.partition_points == (5, 15, 25, 35)
     counts, norms = run_window(model, groups, optimizer)
     target = optimizer.target_num_zero_groups
     # Each period's ramp ends at the step before the next period: by then k/4 of the target is zero, not before.
@@ -96,7 +97,7 @@ def test_one_quota_per_period_and_each_group_nearly_zero_when_projected():
             zero_at[g] = step
     ratios = []
     for g, step in zero_at.items():
-        start = max(s for s in optimizer.partition_steps if s <= step)
+        start = max(s for s in optimizer.partition_points if s <= step)
         ratios.append(float(norms[step][g] / norms[start][g]))
     # A 10-step ramp: one tenth is left before the step that projects it.
     assert len(ratios) == target and max(ratios) < 0.11, ratios
@@ -108,7 +109,7 @@ def test_constant_schedule_leaves_the_target_to_the_deadline(caplog):
     model, groups, optimizer = make(variant="adamw", lr=1e-3, target_sparsity=0.5, lambda_schedule="constant")
     with caplog.at_level(logging.WARNING, logger="oto_hf.optim.dhspg"):
         counts, _ = run_window(model, groups, optimizer)
-    assert counts[optimizer.pruning_end - 2] == 0
+    assert counts[optimizer.pruning_end_steps - 2] == 0
     assert optimizer.num_forced_zero_groups == optimizer.num_zero_groups() == optimizer.target_num_zero_groups
     assert "forced by the deadline (100.0% of the target)" in caplog.text
 
@@ -124,9 +125,9 @@ def test_otov2_preset_ranks_by_its_saliency_and_accumulates_no_importance():
 
 
 def test_progressive_pruning_steps_do_not_synchronise(monkeypatch):
-    model, _, optimizer = make(variant="adamw", lr=1e-3, target_sparsity=0.5, partition_step=2, pruning_end=12,
-                               min_kept_per_family=1)  # fmt: skip
-    events = {*optimizer.partition_steps, optimizer.pruning_end - 1}
+    model, _, optimizer = make(variant="adamw", lr=1e-3, target_sparsity=0.5, partition_steps=2, pruning_end_steps=12,
+                               min_heads_per_layer=1, min_neurons_per_layer=1)  # fmt: skip
+    events = {*optimizer.partition_points, optimizer.pruning_end_steps - 1}
     for step in range(14):
         if step in events:
             train_step(model, optimizer, step)
@@ -148,7 +149,7 @@ def test_importance_per_cost_ranks_kinds_on_one_scale():
 
 
 def test_importance_is_the_squared_mask_gradient_accumulated_before_the_first_partition():
-    model, groups, optimizer = make(variant="adamw", lr=1e-3, partition_step=6, pruning_end=26)
+    model, groups, optimizer = make(variant="adamw", lr=1e-3, partition_steps=6, pruning_end_steps=26)
     # Periods of 4 steps: importance is accumulated over the last 4 warm-up steps, before the first partition.
     expected = torch.zeros(NUM_GROUPS)
     params = dict(model.named_parameters())

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from oto_hf import OTOTrainer, OTOTrainingArguments
+from oto_hf import DHSPG, OTOTrainer, OTOTrainingArguments
 from oto_hf.bottlenecks import bottleneck_families
 from oto_hf.distillation import distillation_loss
 from oto_hf.graph.discover import discover_groups
@@ -154,7 +154,7 @@ def test_bad_quality_arguments(tmp_path, overrides, message):
 
 
 def test_group_flop_costs_serve_dhspg_without_the_trainer():
-    from oto_hf import DHSPG, construct_subnet, count_flops, group_flop_costs
+    from oto_hf import construct_subnet, count_flops, group_flop_costs
 
     model = tiny_model(dropout=0.0)
     inputs = {"input_ids": TinyClassification(size=2).input_ids}
@@ -171,6 +171,22 @@ def test_group_flop_costs_serve_dhspg_without_the_trainer():
     assert dense == count_flops(meta, meta_inputs)
     smaller = construct_subnet(meta, groups, [head, neuron], verify=False)
     assert dense - count_flops(smaller, meta_inputs) == costs[head] + costs[neuron]
-    optimizer = DHSPG.from_model(model, groups, budget="flops", group_costs=costs, budget_total=dense,
-                                 target_sparsity=0.3, pruning_end=10)  # fmt: skip
-    assert optimizer.budget == "flops"
+    optimizer = DHSPG.from_model(model, groups, sparsity_budget="flops", group_costs=costs, budget_total=dense,
+                                 target_sparsity=0.3, pruning_end_steps=10)  # fmt: skip
+    assert optimizer.sparsity_budget == "flops"
+
+
+def test_dhspg_settings_share_names_with_the_training_arguments():
+    """Every OTO field is a DHSPG keyword argument under the shared name, or listed as the trainer's own."""
+    import inspect
+
+    from oto_hf.training_args import TRAINER_ONLY_FIELDS, oto_field_names
+
+    args = OTOTrainingArguments("out", dhspg_lambda=0.5, min_neurons_per_layer=2, importance_window=0, report_to=[])
+    kwargs = args.dhspg_kwargs(100)
+    accepted = set(inspect.signature(DHSPG).parameters)
+    assert set(kwargs) <= accepted
+    assert kwargs["lambda_"] == 0.5 and kwargs["min_neurons_per_layer"] == 2 and kwargs["importance_window"] is None
+    assert (kwargs["partition_steps"], kwargs["pruning_end_steps"]) == args.pruning_schedule(100) == (10, 50)
+    mapped = {name for name in oto_field_names() if name not in TRAINER_ONLY_FIELDS}
+    assert len(mapped) == len(kwargs) and not set(TRAINER_ONLY_FIELDS) & accepted

@@ -1,9 +1,15 @@
 """The base optimizer steps DHSPG builds on: SGD with momentum, Adam and AdamW.
 
-`*_update` functions apply the plain step in place, in the same order of operations as the single-tensor code paths of
-`torch.optim.SGD`, `torch.optim.Adam` and `torch.optim.AdamW`. `*_direction` functions advance the optimizer state in
-the same way but return the update direction `d` (the step is `param -= lr * d`) for DHSPG to modify per group.
-Per-parameter step counts are Python ints, so no step reads a tensor back to the host.
+`update` applies the plain step in place to a list of parameters, in the same order of operations as
+`torch.optim.SGD`, `torch.optim.Adam` and `torch.optim.AdamW` (their per-tensor code paths, or with `foreach=True`
+their `_foreach_*` ones).
+`directions` advances the optimizer state in the same way but returns the update direction `d` of each parameter (the
+step is `param -= lr * (d + decay * param)`) for DHSPG to modify per group. Parameters, gradients and state may be
+FSDP2 `DTensor`s: the arithmetic runs on their local shards (see `sharding`). Per-parameter step counts are Python
+ints, so no step reads a tensor back to the host.
+
+The `torch._foreach_*` ops are the ones `torch.optim` itself uses for `foreach=True` (checked against torch 2.13;
+`tests/test_dhspg.py` compares both paths with `torch.optim` step for step).
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ from typing import Any
 
 import torch
 
+from .sharding import local
+
 VARIANTS: tuple[str, ...] = ("sgd", "adam", "adamw")
 
 
 def state_tensors(state: dict[str, Any]) -> list[torch.Tensor]:
-    """The per-element state tensors (moments, momentum buffer) of one parameter."""
-    return [state[key] for key in ("exp_avg", "exp_avg_sq", "momentum_buffer") if key in state]
+    """The per-element state tensors (moments, momentum buffer) of one parameter, as local shards."""
+    return [local(state[key]) for key in ("exp_avg", "exp_avg_sq", "momentum_buffer") if state.get(key) is not None]
 
 
 def check_hyperparameters(group: dict[str, Any], index: int) -> None:
@@ -43,72 +51,151 @@ def check_hyperparameters(group: dict[str, Any], index: int) -> None:
         raise ValueError(f"`nesterov=True` needs `momentum > 0` and `dampening == 0`{where}.")
 
 
+def init_state(variant: str, param: torch.Tensor, state: dict[str, Any]) -> None:
+    """Create the state of `param` (zeros shaped and sharded like it) unless it exists."""
+    if state:
+        return
+    if variant == "sgd":
+        state["momentum_buffer"] = None  # set to the first gradient, as torch.optim.SGD does
+        return
+    state["step"] = 0
+    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
 def update(
-    variant: str, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
+    variant: str,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, Any]],
+    group: dict[str, Any],
+    foreach: bool,
 ) -> None:
-    """Apply the plain base step of `variant` to `param`."""
+    """Apply the plain base step of `variant` to every parameter (local tensors; states from `init_state`)."""
+    if not params:
+        return
     lr = group["lr"]
     if variant == "sgd":
-        param.add_(_sgd_advance(param, grad, state, group), alpha=-lr)
+        steps = _sgd_directions(params, grads, states, group, foreach)
+        if foreach:
+            torch._foreach_add_(params, steps, alpha=-lr)
+        else:
+            for param, step in zip(params, steps):
+                param.add_(step, alpha=-lr)
         return
     if variant == "adamw" and group["weight_decay"] != 0:
-        param.mul_(1 - lr * group["weight_decay"])
-    exp_avg, exp_avg_sq, bias_correction1, bias_correction2_sqrt = _adam_moments(
-        param, grad, state, group, l2=variant == "adam"
+        if foreach:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        else:
+            for param in params:
+                param.mul_(1 - lr * group["weight_decay"])
+    exp_avgs, exp_avg_sqs, corrections1, corrections2_sqrt = _adam_moments(
+        params, grads, states, group, variant == "adam", foreach
     )
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-    param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
+    eps = group["eps"]
+    if foreach:
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, corrections2_sqrt)
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, [-(lr / c) for c in corrections1])
+        return
+    for param, exp_avg, exp_avg_sq, c1, c2 in zip(params, exp_avgs, exp_avg_sqs, corrections1, corrections2_sqrt):
+        denom = (exp_avg_sq.sqrt() / c2).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-(lr / c1))
 
 
-def direction(
-    variant: str, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
-) -> tuple[torch.Tensor, float]:
-    """Advance the state of `param` and return `(d, decay)`, without touching `param`: the base step is
-    `param -= lr * (d + decay * param)`.
+def directions(
+    variant: str,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, Any]],
+    group: dict[str, Any],
+    foreach: bool,
+) -> tuple[list[torch.Tensor], float]:
+    """Advance the state of every parameter and return `(directions, decay)`, without touching the parameters: the
+    base step is `param -= lr * (d + decay * param)`.
 
     `decay` is AdamW's decoupled weight decay (0 for the other variants, whose L2 term is inside the state); keeping it
     apart lets DHSPG fold it into per-group reductions and the final update instead of a full pass over `d`.
     """
+    if not params:
+        return [], 0.0
     if variant == "sgd":
-        return _sgd_advance(param, grad, state, group), 0.0
-    exp_avg, exp_avg_sq, bias_correction1, bias_correction2_sqrt = _adam_moments(
-        param, grad, state, group, l2=variant == "adam"
+        return _sgd_directions(params, grads, states, group, foreach), 0.0
+    exp_avgs, exp_avg_sqs, corrections1, corrections2_sqrt = _adam_moments(
+        params, grads, states, group, variant == "adam", foreach
     )
-    # d = m_hat / (sqrt(v_hat) + eps) = exp_avg / (sqrt(exp_avg_sq) * bc1 / bc2_sqrt + eps * bc1), built in place.
-    denom = exp_avg_sq.sqrt().mul_(bias_correction1 / bias_correction2_sqrt).add_(group["eps"] * bias_correction1)
-    return torch.div(exp_avg, denom, out=denom), group["weight_decay"] if variant == "adamw" else 0.0
+    decay = group["weight_decay"] if variant == "adamw" else 0.0
+    eps = group["eps"]
+    # d = m_hat / (sqrt(v_hat) + eps) = exp_avg / (sqrt(exp_avg_sq) * bc1 / bc2_sqrt + eps * bc1).
+    scales = [c1 / c2 for c1, c2 in zip(corrections1, corrections2_sqrt)]
+    if foreach:
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_mul_(denoms, scales)
+        torch._foreach_add_(denoms, [eps * c1 for c1 in corrections1])
+        return torch._foreach_div(exp_avgs, denoms), decay
+    out = []
+    for exp_avg, exp_avg_sq, scale, c1 in zip(exp_avgs, exp_avg_sqs, scales, corrections1):
+        denom = exp_avg_sq.sqrt().mul_(scale).add_(eps * c1)
+        out.append(torch.div(exp_avg, denom, out=denom))
+    return out, decay
 
 
-def _sgd_advance(
-    param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
-) -> torch.Tensor:
-    if group["weight_decay"] != 0:
-        grad = grad.add(param, alpha=group["weight_decay"])
-    momentum = group["momentum"]
+def _sgd_directions(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, Any]],
+    group: dict[str, Any],
+    foreach: bool,
+) -> list[torch.Tensor]:
+    weight_decay, momentum = group["weight_decay"], group["momentum"]
+    if weight_decay != 0:
+        grads = (
+            torch._foreach_add(grads, params, alpha=weight_decay)
+            if foreach
+            else [g.add(p, alpha=weight_decay) for g, p in zip(grads, params)]
+        )
     if momentum == 0:
-        return grad
-    buffer = state.get("momentum_buffer")
-    if buffer is None:
-        buffer = state["momentum_buffer"] = grad.detach().clone()
-    else:
-        buffer.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-    return grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+        return list(grads)
+    out = []
+    for grad, state in zip(grads, states):
+        buffer = state.get("momentum_buffer")
+        if buffer is None:
+            state["momentum_buffer"] = grad.detach().clone()
+            buffer = state["momentum_buffer"]
+        else:
+            buffer = local(buffer)
+            buffer.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+        out.append(grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer)
+    return out
 
 
 def _adam_moments(
-    param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], l2: bool
-) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, Any]],
+    group: dict[str, Any],
+    l2: bool,
+    foreach: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float], list[float]]:
     """Update the moments; return them with the bias corrections `1 - beta1**t` and `sqrt(1 - beta2**t)`."""
-    if not state:
-        state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-    state["step"] += 1
     beta1, beta2 = group["betas"]
-    if l2 and group["weight_decay"] != 0:
-        grad = grad.add(param, alpha=group["weight_decay"])
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    step = state["step"]
-    return exp_avg, exp_avg_sq, 1 - beta1**step, (1 - beta2**step) ** 0.5
+    weight_decay = group["weight_decay"]
+    exp_avgs = [local(state["exp_avg"]) for state in states]
+    exp_avg_sqs = [local(state["exp_avg_sq"]) for state in states]
+    for state in states:
+        state["step"] += 1
+    if foreach:
+        if l2 and weight_decay != 0:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    else:
+        for param, grad, exp_avg, exp_avg_sq in zip(params, grads, exp_avgs, exp_avg_sqs):
+            if l2 and weight_decay != 0:
+                grad = grad.add(param, alpha=weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    steps = [state["step"] for state in states]
+    return exp_avgs, exp_avg_sqs, [1 - beta1**t for t in steps], [(1 - beta2**t) ** 0.5 for t in steps]

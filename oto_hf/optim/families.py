@@ -24,13 +24,21 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from .checks import check_int
+
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
 
-    from .group_ops import Budget
+    from .selection import Budget
 
 
 FamilyKey = tuple[tuple[str, int], ...]
+# The `DHSPG` / `OTOTrainingArguments` argument that sets the minimum of each group kind.
+MIN_KEPT_ARGUMENTS: dict[str, str] = {
+    "head": "min_heads_per_layer",
+    "neuron": "min_neurons_per_layer",
+    "channel": "min_channels_per_layer",
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,18 @@ def find_families(
     return keys, kinds, members, mixed
 
 
+def describe_minimums(min_kept_per_family: int | Mapping[str, int], kinds: Sequence[str]) -> str:
+    """The minimums of the `kinds` present, as the user set them, for error messages: "`min_heads_per_layer=1`"."""
+    if not isinstance(min_kept_per_family, Mapping):
+        return f"`min_kept_per_family={min_kept_per_family!r}`"
+    named = [
+        f"`{MIN_KEPT_ARGUMENTS[kind]}={value}`" if kind in MIN_KEPT_ARGUMENTS else f"`{kind}: {value}`"
+        for kind, value in min_kept_per_family.items()
+        if value and kind in kinds
+    ]
+    return ", ".join(named) or "no per-layer minimums"
+
+
 def resolve_min_kept(
     min_kept_per_family: int | Mapping[str, int], kinds: Sequence[str], known: Sequence[str]
 ) -> list[int]:
@@ -102,15 +122,10 @@ def resolve_min_kept(
                     f"`min_kept_per_family` has an unknown kind {kind!r}; use kinds among {allowed}, e.g. "
                     "`{'head': 1}`."
                 )
-            _check_count(f"min_kept_per_family[{kind!r}]", value)
+            check_int(f"min_kept_per_family[{kind!r}]", value, 0)
         return [int(min_kept_per_family.get(kind, 0)) for kind in kinds]
-    _check_count("min_kept_per_family", min_kept_per_family)
+    check_int("min_kept_per_family", min_kept_per_family, 0, ">= 0 (or a dict of kind to int)")
     return [int(min_kept_per_family)] * len(kinds)
-
-
-def _check_count(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"`{name}` must be an int >= 0 (or a dict of kind to int), got {value!r}.")
 
 
 def plan_uniform_quotas(
@@ -200,7 +215,7 @@ class FamilyConstraints:
         if self.constrained and mixed:
             raise ValueError(mixed)
         if self.constrained:
-            limits = f"`min_kept_per_family={min_kept_per_family!r}`"
+            limits = describe_minimums(min_kept_per_family, kinds)
             if max_family_sparsity < 1:
                 limits += f", `max_family_sparsity={max_family_sparsity:g}`"
             if protected:
@@ -327,7 +342,7 @@ class FamilyConstraints:
     ) -> torch.Tensor:
         """Groups to zero at `pruning_end` under the family constraints (CPU tensors in and out).
 
-        Candidates come in the order of `group_ops.deadline_selection` (non-zero redundant groups by decreasing score,
+        Candidates come in the order of `selection.deadline_selection` (non-zero redundant groups by decreasing score,
         then the other non-zero groups); a candidate is only taken while its family is under its quota. With
         `uniform_widths` every family is filled to its quota. Otherwise, for `"groups"`, the first candidates are taken
         until the target count is zero; for a cost budget, candidates are taken whenever they still fit under the

@@ -18,7 +18,7 @@ from tests.test_dhspg import batch, make
 def zero_masks(sync: bool, rank: int) -> list[list[bool]]:
     model, _, optimizer = make(variant="adamw", lr=1e-2, target_sparsity=0.5, sync_ranks=sync)
     masks = []
-    for step in range(optimizer.pruning_end + 2):
+    for step in range(optimizer.pruning_end_steps + 2):
         x, y = batch(step + 1000 * rank)  # each rank sees other data: other gradients, other statistics
         optimizer.zero_grad()
         F.mse_loss(model(x), y).backward()
