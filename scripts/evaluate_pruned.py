@@ -46,7 +46,7 @@ from transformers import (
 )
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-import oto_hf  # noqa: F401 - registers the `oto_*` configs and models with the Auto classes
+from oto_hf import PruningRecord  # importing oto_hf registers the `oto_*` configs and models with the Auto classes
 from oto_hf.report import compression_report, dense_reference
 from oto_hf.stats import count_parameters
 from utils_classification import check_label_column, compute_classification_metrics, f1_average_for, load_metrics
@@ -213,7 +213,8 @@ def dense_model_for(pruned: torch.nn.Module, model_args: ModelArguments, task: s
         )
         return dense.eval(), model_args.dense_model_name_or_path
     dense = dense_reference(pruned)
-    expected = (getattr(pruned.config, "oto_pruning_summary", None) or {}).get("params_before")
+    record = PruningRecord.from_model_or_config(pruned)
+    expected = record.params_before if record is not None else None
     description = f"{type(dense).__name__} rebuilt from the config (random weights)"
     if expected and count_parameters(dense) != expected:
         logger.warning(
