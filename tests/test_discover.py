@@ -91,10 +91,10 @@ def test_residual_stream_reported_with_reason(discovered):
 
 def test_kinds_filter(discovered):
     model, _ = discovered("bert")
-    heads = discover_groups(model, kinds=["head"])
+    heads = discover_groups(model, prune_kinds=["head"])
     assert heads.counts() == {"head": 8}
     with pytest.raises(ValueError, match="Unknown group kinds"):
-        discover_groups(model, kinds=["filter"])
+        discover_groups(model, prune_kinds=["filter"])
 
 
 def test_default_example_inputs():

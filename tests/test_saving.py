@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForQuestionA
 from oto_hf import construct_subnet, discover_groups, save_pruned
 from oto_hf.stats import forward_outputs
 from tests.utils.asserts import assert_save_load_roundtrip, random_nonuniform_ids
-from tests.utils.tiny_models import CASE_IDS, CASES, TEXT
+from tests.utils.tiny_models import CASES, TEXT
 from tests.utils.tokenizers import tiny_wordpiece_tokenizer
 
 
@@ -26,15 +26,19 @@ def _outputs(model, inputs):
 
 def _uniform_ids(groups, per_family: int = 1):
     """Remove the same number of groups from every family (layer x kind)."""
-    families = {}
-    for group in groups:
-        families.setdefault(tuple(sorted((s.name, s.dim) for s in group.slices)), []).append(group.id)
-    return sorted(i for members in families.values() for i in members[:per_family])
+    return sorted(group.id for family in groups.families().values() for group in family[:per_family])
+
+
+def _save_with_expected_outputs(pruned, groups, folder):
+    """`save_pruned` into `folder`; the example inputs and outputs go next to it (`<folder>.pt`) for the subprocess."""
+    save_pruned(pruned, folder)
+    torch.save({"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)}, f"{folder}.pt")
+    return folder
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """Every architecture pruned non-uniformly and saved, with its example inputs and outputs for the subprocess."""
+    """Every architecture pruned non-uniformly and saved as `oto_<model_type>`."""
     root = tmp_path_factory.mktemp("pruned")
     results = {}
     for case in CASES:
@@ -42,105 +46,93 @@ def saved(tmp_path_factory):
         model = case.build().eval()
         groups = discover_groups(model)
         pruned = construct_subnet(model, groups, random_nonuniform_ids(groups, seed=3))
-        folder = save_pruned(pruned, root / case.name)
-        torch.save(
-            {"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)},
-            root / f"{case.name}.pt",
-        )
-        results[case.name] = (model, pruned, groups, folder)
-    return root, results
+        results[case.name] = (model, pruned, groups, _save_with_expected_outputs(pruned, groups, root / case.name))
+    return results
+
+
+# Uniform widths: (model, `prune_kinds`, groups removed per family, Auto class); saved with the stock config.
+UNIFORM = {
+    "llama": (lambda: LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)), None, 1, "AutoModelForCausalLM"),
+    "qwen2": (
+        lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**TEXT, num_key_value_heads=2)),
+        None,
+        1,
+        "AutoModelForCausalLM",
+    ),
+    "bert-ffn": (lambda: BertForQuestionAnswering(BertConfig(**TEXT)), ["neuron"], 5, "AutoModelForQuestionAnswering"),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_uniform(tmp_path_factory):
+    """Each `UNIFORM` model pruned to the same width in every layer and saved: name -> (its config.json, folder)."""
+    root = tmp_path_factory.mktemp("uniform")
+    results = {}
+    for name, (build, kinds, per_family, _) in UNIFORM.items():
+        torch.manual_seed(0)
+        model = build().eval()
+        groups = discover_groups(model, prune_kinds=kinds)
+        pruned = construct_subnet(model, groups, _uniform_ids(groups, per_family=per_family))
+        folder = _save_with_expected_outputs(pruned, groups, root / name)
+        results[name] = (json.loads((folder / "config.json").read_text()), folder)
+    return results
 
 
 def test_base_auto_model_loads_a_task_checkpoint(saved):
-    _, results = saved
-    _, pruned, groups, folder = results["bert"]
+    _, pruned, groups, folder = saved["bert"]
     base = transformers.AutoModel.from_pretrained(folder)
     assert type(base).__name__ == "OTOBertModel"
     layer = base.encoder.layer[0].attention.self
     assert layer.query.weight.shape == pruned.bert.encoder.layer[0].attention.self.query.weight.shape
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_uniform_gqa_pruning_writes_the_stock_config(name, saved_uniform):
+    config, folder = saved_uniform[name]
+    assert config["model_type"] == name
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 1)
+    assert (config["head_dim"], config["intermediate_size"]) == (8, 36)
+    assert not list(folder.glob("modeling_oto_*.py"))
+
+
+def test_uniform_ffn_pruning_of_bert_writes_the_stock_config(saved_uniform):
+    config, _ = saved_uniform["bert-ffn"]
+    assert (config["model_type"], config["intermediate_size"]) == ("bert", 32)
+
+
 _SUBPROCESS = r"""
 import json, sys, torch, transformers
 sys.modules["oto_hf"] = None  # oto_hf must not be importable here
-root, cases = sys.argv[1], json.loads(sys.argv[2])
 worst = {}
-for name, auto_class in cases.items():
-    data = torch.load(f"{root}/{name}.pt", weights_only=False)
-    model = getattr(transformers, auto_class).from_pretrained(f"{root}/{name}", trust_remote_code=True).eval()
+for folder, auto_class, trust_remote_code in json.loads(sys.argv[1]):
+    data = torch.load(f"{folder}.pt", weights_only=False)
+    model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=trust_remote_code).eval()
     with torch.no_grad():
         out = model(**data["inputs"])
     leaves = [t for t in torch.utils._pytree.tree_leaves(out) if torch.is_tensor(t) and t.is_floating_point()]
-    worst[name] = max(float((a - b).abs().max()) for a, b in zip(leaves, data["outputs"]))
+    worst[folder] = max(float((a - b).abs().max()) for a, b in zip(leaves, data["outputs"]))
 print(json.dumps(worst))
 """
 
 
-def test_reload_in_a_process_without_oto_hf(saved):
-    root, _ = saved
-    cases = json.dumps({case.name: case.auto_class for case in CASES})
+def test_reload_in_a_process_without_oto_hf(saved, saved_uniform, tmp_path):
+    """One process that cannot import oto_hf loads every saved folder: the `oto_*` ones through their remote code,
+    the stock ones without it."""
+    folders = [(str(saved[case.name][3]), case.auto_class, True) for case in CASES]
+    folders += [(str(saved_uniform[name][1]), auto_class, False) for name, (*_, auto_class) in UNIFORM.items()]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS, str(root), cases],
+        [sys.executable, "-c", _SUBPROCESS, json.dumps(folders)],
         capture_output=True,
         text=True,
-        cwd=root,
+        cwd=tmp_path,
         env=env,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     worst = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(worst) == set(CASE_IDS)
+    assert set(worst) == {folder for folder, _, _ in folders}
     assert all(diff <= 1e-6 for diff in worst.values()), worst
-
-
-@pytest.mark.parametrize(
-    "model_class, config",
-    [
-        (LlamaForCausalLM, LlamaConfig(**TEXT, num_key_value_heads=2)),
-        (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(**TEXT, num_key_value_heads=2)),
-    ],
-    ids=["llama", "qwen2"],
-)
-def test_uniform_gqa_pruning_writes_the_stock_config(model_class, config, tmp_path):
-    model = model_class(config).eval()
-    groups = discover_groups(model)
-    pruned = construct_subnet(model, groups, _uniform_ids(groups, per_family=1))
-    folder = save_pruned(pruned, tmp_path / "out")
-    saved_config = json.loads((folder / "config.json").read_text())
-    assert saved_config["model_type"] == config.model_type
-    assert (saved_config["num_attention_heads"], saved_config["num_key_value_heads"]) == (2, 1)
-    assert (saved_config["head_dim"], saved_config["intermediate_size"]) == (8, 36)
-    assert not list(folder.glob("modeling_oto_*.py"))
-    _check_stock_load_without_oto_hf(folder, pruned, groups, "AutoModelForCausalLM")
-
-
-def test_uniform_ffn_pruning_of_bert_writes_the_stock_config(tmp_path):
-    model = BertForQuestionAnswering(BertConfig(**TEXT)).eval()
-    groups = discover_groups(model, kinds=["neuron"])
-    pruned = construct_subnet(model, groups, _uniform_ids(groups, per_family=5))
-    folder = save_pruned(pruned, tmp_path / "out")
-    saved_config = json.loads((folder / "config.json").read_text())
-    assert (saved_config["model_type"], saved_config["intermediate_size"]) == ("bert", 32)
-    _check_stock_load_without_oto_hf(folder, pruned, groups, "AutoModelForQuestionAnswering")
-
-
-def _check_stock_load_without_oto_hf(folder, pruned, groups, auto_class):
-    torch.save(
-        {"inputs": groups.example_inputs, "outputs": _outputs(pruned, groups.example_inputs)}, folder.parent / "out.pt"
-    )
-    code = _SUBPROCESS.replace("trust_remote_code=True", "trust_remote_code=False")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(folder.parent), json.dumps({"out": auto_class})],
-        capture_output=True,
-        text=True,
-        cwd=folder.parent,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["out"] <= 1e-6
 
 
 def test_unpruned_model_saves_stock_config(tmp_path):
@@ -193,8 +185,7 @@ def _config_only_copy(folder, target):
 
 
 def test_weights_that_do_not_match_the_config_are_a_clear_error(saved, tmp_path):
-    _, results = saved
-    model, _, _, folder = results["bert"]
+    model, _, _, folder = saved["bert"]
     broken = _config_only_copy(folder, tmp_path / "broken")
     model.save_pretrained(tmp_path / "dense")  # unpruned weights
     (broken / "model.safetensors").write_bytes((tmp_path / "dense" / "model.safetensors").read_bytes())
@@ -228,8 +219,7 @@ def test_checkpoint_keys_are_the_stock_ones_when_transformers_renames_them(tmp_p
 def test_a_weight_left_missing_or_unused_is_an_error(saved, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    _, results = saved
-    _, _, _, folder = results["bert"]
+    _, _, _, folder = saved["bert"]
     broken = _config_only_copy(folder, tmp_path / "renamed")
     tensors = load_file(str(folder / "model.safetensors"))
     tensors["qa_head.weight"] = tensors.pop("qa_outputs.weight")

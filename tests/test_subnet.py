@@ -13,19 +13,45 @@ from tests.utils.asserts import masked_copy, max_output_diff
 from tests.utils.tiny_models import TEXT
 
 
-def test_default_removes_exactly_the_zero_groups():
-    model = BertModel(BertConfig(**TEXT)).eval()
-    groups = discover_groups(model)
+@pytest.fixture(scope="module")
+def _discovered():
+    """Tiny BertModel and GPT-2 discovered once per module: name -> (model, groups)."""
+    found = {}
+    for name, build in [
+        ("bert", lambda: BertModel(BertConfig(**TEXT))),
+        ("gpt2", lambda: GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37))),
+    ]:
+        torch.manual_seed(0)
+        model = build().eval()
+        found[name] = (model, discover_groups(model))
+    return found
+
+
+@pytest.fixture
+def bert(_discovered):
+    """A fresh copy of the tiny BertModel (tests may change it) and its groups."""
+    model, groups = _discovered["bert"]
+    return copy.deepcopy(model), groups
+
+
+@pytest.fixture
+def gpt2(_discovered):
+    """A fresh copy of the tiny GPT-2 (tests may change it) and its groups."""
+    model, groups = _discovered["gpt2"]
+    return copy.deepcopy(model), groups
+
+
+def test_default_removes_exactly_the_zero_groups(bert):
+    model, groups = bert
     groups.zero_(model, [2, 9, 20])
     assert groups.zero_group_ids(model) == [2, 9, 20]
     pruned = construct_subnet(model, groups)
-    assert pruned.oto_pruning["removed_groups"] == {"head": 1, "neuron": 2, "channel": 0}
+    assert pruned.oto_pruning.removed_groups == {"head": 1, "neuron": 2, "channel": 0}
     assert max_output_diff(pruned, model, groups.example_inputs) <= 1e-5
 
 
-def test_original_is_untouched_unless_inplace():
-    model = BertModel(BertConfig(**TEXT)).eval()
-    groups = discover_groups(model)
+def test_original_is_untouched_unless_inplace(bert):
+    model, groups = bert
     before = copy.deepcopy(model.state_dict())
     construct_subnet(model, groups, [0, 10])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -34,26 +60,23 @@ def test_original_is_untouched_unless_inplace():
     assert model.encoder.layer[0].attention.self.num_attention_heads == 3
 
 
-def test_width_attributes_follow_the_weights():
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37)).eval()
-    groups = discover_groups(model)
+def test_width_attributes_follow_the_weights(gpt2):
+    model, groups = gpt2
     pruned = construct_subnet(model, groups, [0, 1, 8])  # two heads of layer 0, one neuron of layer 0
     attention = pruned.transformer.h[0].attn
     assert (attention.num_heads, attention.split_size, attention.c_attn.nf) == (2, 16, 48)
     assert pruned.transformer.h[0].mlp.c_fc.nf == 36
 
 
-def test_removing_every_head_of_a_layer_is_refused():
-    model = BertModel(BertConfig(**TEXT)).eval()
-    groups = discover_groups(model)
+def test_removing_every_head_of_a_layer_is_refused(bert):
+    model, groups = bert
     heads = [g.id for g in groups if g.kind == "head" and g.layer == 1]
     with pytest.raises(ValueError, match="all 4 heads of layer 1"):
         construct_subnet(model, groups, heads)
 
 
-def test_empty_ffn_allowed_when_asked():
-    model = BertModel(BertConfig(**TEXT)).eval()
-    groups = discover_groups(model)
+def test_empty_ffn_allowed_when_asked(bert):
+    model, groups = bert
     neurons = [g.id for g in groups if g.kind == "neuron" and g.layer == 0]
     with pytest.raises(ValueError, match="allow_empty_layers=True"):
         construct_subnet(model, groups, neurons)
@@ -62,16 +85,14 @@ def test_empty_ffn_allowed_when_asked():
     assert max_output_diff(pruned, masked_copy(model, groups, neurons), groups.example_inputs) <= 1e-5
 
 
-def test_unknown_group_ids():
-    model = BertModel(BertConfig(**TEXT)).eval()
-    groups = discover_groups(model)
+def test_unknown_group_ids(bert):
+    model, groups = bert
     with pytest.raises(ValueError, match=r"Unknown group ids \[82, 100\].*\[0, 81\]"):
         construct_subnet(model, groups, [1, 82, 100])
 
 
-def test_a_wrong_result_is_never_returned(monkeypatch):
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37)).eval()
-    groups = discover_groups(model)
+def test_a_wrong_result_is_never_returned(gpt2, monkeypatch):
+    model, groups = gpt2
     before = copy.deepcopy(model.state_dict())
     # Pretend oto_hf did not know GPT-2's `split_size`: the forward breaks, and the in-place model is restored.
     monkeypatch.setattr(subnet_module, "_scale_block_attributes", lambda *args: None)

@@ -88,9 +88,9 @@ def assert_zero_invariant(model: nn.Module, groups: GroupSet, ids: list[int], at
     diff = max_output_diff(pruned, masked_copy(model, groups, ids), groups.example_inputs)
     assert diff <= atol, f"the pruned model differs from the zero-masked one by {diff}"
     record = pruned.oto_pruning
-    assert record["params_after"] == count_parameters(pruned)
-    assert record["flops_after"] < record["flops_before"]
-    assert sum(record["removed_groups"].values()) == len(ids)
+    assert record.params_after == count_parameters(pruned)
+    assert record.flops_after < record.flops_before
+    assert sum(record.removed_groups.values()) == len(ids)
     return pruned
 
 
@@ -134,7 +134,7 @@ def assert_trains(model: nn.Module, groups: GroupSet, steps: int = 3, target_spa
     number of zero groups, as seen by both the optimizer and `groups`, and every other group trained."""
     model = copy.deepcopy(model).train()
     optimizer = DHSPG.from_model(
-        model, groups, lr=1e-2, target_sparsity=target_sparsity, partition_step=0, pruning_end=steps
+        model, groups, lr=1e-2, target_sparsity=target_sparsity, partition_steps=0, pruning_end_steps=steps
     )
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     args, kwargs = as_args_kwargs(groups.example_inputs)
