@@ -60,8 +60,7 @@ class LayerWidths:
         return dataclasses.asdict(self)
 
     def __getitem__(self, key: str) -> Any:
-        _warn_item_access("layer", key)
-        return getattr(self, key)
+        return _item(self, "layer", key)
 
 
 @dataclass
@@ -181,8 +180,7 @@ class PruningRecord:
         return None if summary is None else cls.from_dict(summary, source=f"`{SUMMARY_KEY}` in config.json")
 
     def __getitem__(self, key: str) -> Any:
-        _warn_item_access("record", key)
-        return getattr(self, key)
+        return _item(self, "record", key)
 
 
 def _known(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -198,10 +196,15 @@ def _known(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key in names}
 
 
-def _warn_item_access(name: str, key: str) -> None:
+def _item(record: Any, name: str, key: str) -> Any:
+    """`record[key]` as the untyped dict of oto_hf 0.1 answered it, with a deprecation warning."""
     warnings.warn(
         f"`{name}[{key!r}]` is deprecated and will be removed in oto_hf {_ITEM_ACCESS_REMOVAL}: the pruning record is "
         f"a `PruningRecord` dataclass now, read `{name}.{key}` instead.",
         FutureWarning,
         stacklevel=3,
     )
+    try:
+        return getattr(record, key)
+    except AttributeError:
+        raise KeyError(key) from None

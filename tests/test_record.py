@@ -136,6 +136,8 @@ def test_item_access_still_works_with_a_future_warning(pruned):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert record.params_before > 0  # attribute access does not warn
+    with pytest.warns(FutureWarning), pytest.raises(KeyError, match="params"):
+        record["params"]
 
 
 def test_the_trainer_records_its_settings_without_secrets(tmp_path):
