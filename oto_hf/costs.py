@@ -29,6 +29,7 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
     ```
     """
     meta = _meta_copy(model)
+    # Private: `torch.utils._pytree` (checked against torch 2.13, pinned by tests/test_private_apis.py).
     inputs = torch.utils._pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, example_inputs)
     if isinstance(inputs, dict):
         inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}

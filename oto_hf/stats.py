@@ -41,6 +41,8 @@ def forward_outputs(
         else:
             with counter:
                 outputs = model(*args, **kwargs)
+    # Private: `torch.utils._pytree`, which flattens transformers' ModelOutput (torch 2.13, transformers 5.24,
+    # pinned by tests/test_private_apis.py).
     leaves = [
         t for t in torch.utils._pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.is_floating_point()
     ]

@@ -177,6 +177,8 @@ def _check_empty_layers(groups: GroupSet, families: dict, ids: list[int], allow:
 def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str, bool]]]:
     """Every (name, module, attribute, is_parameter) holding each tensor, so tied tensors are sliced once."""
     owners: dict[int, list[tuple[str, nn.Module, str, bool]]] = defaultdict(list)
+    # Private: `nn.Module._parameters` / `_buffers`, read and replaced here, in `_slice` and in `_snapshot` /
+    # `_restore` (checked against torch 2.13, pinned by tests/test_private_apis.py).
     for module_name, module in model.named_modules(remove_duplicate=False):
         prefix = f"{module_name}." if module_name else ""
         for attr, tensor in module._parameters.items():
@@ -236,6 +238,8 @@ def _layer_widths(module: nn.Module) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     if isinstance(module, nn.Linear):
         updates = {"out_features": weight.shape[0], "in_features": weight.shape[1]}
+    # Private: the `_ConvNd` and `_NormBase` base classes; Conv1D's `nx`/`nf` (torch 2.13, transformers 5.24,
+    # pinned by tests/test_private_apis.py).
     elif isinstance(module, nn.modules.conv._ConvNd):
         out_channels, in_per_group = (weight.shape[1], weight.shape[0]) if module.transposed else weight.shape[:2]
         depthwise = module.groups > 1 and module.groups == module.in_channels

@@ -68,6 +68,8 @@ class OTOTrainer(Trainer):
         if model is None:
             raise ValueError("OTOTrainer needs a `model` (model_init is not supported: groups come from the model).")
         if args is None:
+            # Private: `PretrainedConfig._name_or_path` (checked against transformers 5.24, pinned by
+            # tests/test_private_apis.py).
             name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
             args = OTOTrainingArguments(output_dir=f"{Path(name).name}-oto")
         elif not isinstance(args, OTOTrainingArguments):
@@ -77,6 +79,9 @@ class OTOTrainer(Trainer):
         if self.model_accepts_loss_kwargs and not self._loss_uses_num_items():
             # transformers takes any `**kwargs` forward as normalising its loss by `num_items_in_batch` and scales the
             # loss by the number of processes; a head that ignores it would train with a world-size-times larger step.
+            # (`Trainer.compute_loss` passes it, `training_step` then skips dividing by the accumulation steps.)
+            # Private `Trainer.model_accepts_loss_kwargs` (transformers 5.24, pinned by tests/test_private_apis.py);
+            # upstream: huggingface/transformers#47688 (heads that declare **kwargs but drop the count).
             self.model_accepts_loss_kwargs = False
         self.example_inputs = example_inputs if example_inputs is not None else self._example_batch()
         self.groups = (
@@ -229,7 +234,8 @@ class OTOTrainer(Trainer):
         )
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             # transformers then leaves the loss undivided by the accumulation steps; the distillation term is a
-            # per-batch mean, so it is divided here to weigh the same in every step.
+            # per-batch mean, so it is divided here to weigh the same in every step. Private
+            # `Trainer.current_gradient_accumulation_steps` (transformers 5.24, pinned by tests/test_private_apis.py).
             distil = distil / self.current_gradient_accumulation_steps
         loss = (1 - args.distillation_alpha) * loss + args.distillation_alpha * distil
         return (loss, outputs) if return_outputs else loss

@@ -45,4 +45,5 @@ def device_of(model: nn.Module) -> torch.device:
 
 def to_device(inputs: Any, device: torch.device | str) -> Any:
     """`inputs` with every tensor in it (nested in dicts, lists, tuples) moved to `device`."""
+    # Private: `torch.utils._pytree` (checked against torch 2.13, pinned by tests/test_private_apis.py).
     return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, inputs)

@@ -71,6 +71,8 @@ def _run(
         if all(label is None or (isinstance(label, TensorRef) and label.is_buffer) for label in inputs):
             labels[node] = None
             continue
+        # Private: `torch._ops.HigherOrderOperator`, args (..., get_attr subgraph, *operands) (torch 2.13, pinned
+        # by tests/test_private_apis.py).
         if isinstance(node.target, torch._ops.HigherOrderOperator):
             labels[node] = _run_subgraph(module, node, labels, result)
             continue

@@ -42,6 +42,7 @@ class RuleContext:
     # ---- inputs -------------------------------------------------------------------------------------------------
     def argument(self, name: str, default: Any = None) -> Any:
         """An argument of the op by its schema name (positional or keyword)."""
+        # Private: `OpOverload._schema` (checked against torch 2.13, pinned by tests/test_private_apis.py).
         schema = getattr(self.node.target, "_schema", None)
         if name in self.node.kwargs:
             return self.node.kwargs[name]
@@ -655,6 +656,7 @@ def _op_name(target: Any) -> str:
 
 def module_path(node: fx.Node) -> str:
     """The innermost module a graph node comes from, e.g. `encoder.layer.0.attention.self`."""
+    # `nn_module_stack` entries are (path, type), innermost last (torch 2.13, pinned by tests/test_private_apis.py).
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return ""

@@ -11,6 +11,8 @@ from .pruned import PrunedModelMixin, pruned_config_class, pruned_model_class, r
 
 
 # Auto class name -> name of its model-type mapping in `transformers.models.auto.modeling_auto`.
+# Private: these `*_MAPPING_NAMES` tables and `configuration_auto.CONFIG_MAPPING` (checked against
+# transformers 5.24, pinned by tests/test_private_apis.py).
 AUTO_CLASSES: dict[str, str] = {
     "AutoModel": "MODEL_MAPPING_NAMES",
     "AutoModelForPreTraining": "MODEL_FOR_PRETRAINING_MAPPING_NAMES",

@@ -42,6 +42,8 @@ def _share_key_renames(name: str, stock_name: str) -> None:
     GPT-NeoX's output embedding) when saving and loading. A pruned folder is saved by the stock class, so its keys
     are the stock checkpoint's; the pruned classes must read them back the same way.
     """
+    # Private: `transformers.conversion_mapping` (checked against transformers 5.24, pinned by
+    # tests/test_private_apis.py, which fails if this import starts to fail).
     try:  # transformers >= 5.0
         from transformers.conversion_mapping import (
             get_checkpoint_conversion_mapping,
@@ -119,6 +121,7 @@ def resize_to_config(model: nn.Module, config: Any) -> None:
     for name, shape in shapes.items():
         module_name, _, attr = name.rpartition(".")
         module = modules.get(_resolve(model, module_name, modules))
+        # Private: `nn.Module._parameters` / `_buffers` (torch 2.13, pinned by tests/test_private_apis.py).
         if module is None or (attr not in module._parameters and attr not in module._buffers):
             continue  # a head this class does not have (e.g. loading a task model's folder with AutoModel)
         found += 1
