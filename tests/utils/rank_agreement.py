@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from tests.test_dhspg import batch, make
+from tests.utils.dhspg_toys import batch, make
 
 
 def zero_masks(sync: bool, rank: int) -> list[list[bool]]:
