@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
 from .distillation import distillation_loss, freeze, load_teacher
+from .fsdp import gather_full_model
 from .graph.discover import discover_groups
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
@@ -147,6 +148,8 @@ class OTOTrainer(Trainer):
             group_costs=self.group_flops if flops else None,
             budget_total=float(self.dense_flops) if flops else None,
             never_empty=self.never_empty,
+            # Trainer's default AdamW is fused; DHSPG's nearest path is the multi-tensor one, on CPU as on CUDA.
+            foreach=True,
             **settings,
         )
         logger.info(
@@ -241,19 +244,23 @@ class OTOTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ---- export ----------------------------------------------------------------------------------------------------
-    def pruned_model(self) -> nn.Module:
+    def pruned_model(self) -> nn.Module | None:
         """A copy of the trained model with its zero groups sliced away (outputs checked against the trained model).
 
         Its pruning record also holds the run's settings (`training_settings`), so cards of the saved folder show them.
+        Under FSDP2 the model is first gathered on the main process (every process must call this), and the other
+        processes get `None`.
         """
-        model = self.accelerator.unwrap_model(self.model)
+        model = gather_full_model(self.accelerator.unwrap_model(self.model))
+        if model is None:
+            return None
         ids = self.groups.zero_group_ids(model)
         inputs = to_device(self.example_inputs, device_of(model))
         pruned = construct_subnet(model, self.groups, ids, example_inputs=inputs, allow_empty_layers=True)
         pruned.oto_pruning.training_settings = training_settings(self.args)
         return pruned
 
-    def save_pruned(self, output_dir: str | Path | None = None, overwrite: bool = False) -> nn.Module:
+    def save_pruned(self, output_dir: str | Path | None = None, overwrite: bool = False) -> nn.Module | None:
         """Slice the zero groups away and `save_pruned` the result (with the processing class), on the main process.
 
         Args:
@@ -261,7 +268,7 @@ class OTOTrainer(Trainer):
             overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty folder.
 
         Returns:
-            `nn.Module`: the pruned model (on every process).
+            `nn.Module`: the pruned model (on every process; under FSDP2 on the main process only, `None` elsewhere).
         """
         pruned = self.pruned_model()
         output_dir = Path(output_dir or Path(self.args.output_dir) / "pruned")
