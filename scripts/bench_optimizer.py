@@ -1,13 +1,21 @@
-"""Benchmark DHSPG against `torch.optim.AdamW` on BERT-base-sized parameters with fake gradients.
+"""Benchmark DHSPG against `torch.optim.AdamW` on BERT-base shapes, and `OTOTrainer` against `Trainer`.
 
-Measures, in one run, the median step time of DHSPG (AdamW variant) before the partition step (warm-up) and after it
-(pruning phase, penalty active on the redundant groups), each relative to `torch.optim.AdamW`, and the bytes of
-optimizer state kept between steps (the default progressive schedule, with Fisher importance accumulated in every
-measured step). A second pruning-phase measurement adds the family constraints (`min_kept_per_family={"head": 1}`,
-`uniform_widths=True`).
+Optimizer steps (fake gradients, the same parameters for every optimizer) are measured interleaved: each round times
+one step of every optimizer in turn, and the figure reported is the median over rounds of each per-round ratio, so the
+machine's drift hits both sides alike. Measured, each against AdamW with the same settings:
+
+- warm-up, outside the importance window (the plain base step), and inside it (plus the Fisher importance statistics);
+- pruning phase (penalty on the redundant groups, the progressive schedule), and the same with family constraints
+  (`min_heads_per_layer=1`, `uniform_widths=True`);
+- both with `foreach=False` (torch's CPU default) and `foreach=True` (torch's CUDA default); on CUDA also AdamW with
+  `fused=True`;
+- the bytes of optimizer state kept between steps.
+
+Then a whole training step (forward, backward, optimizer step) of `OTOTrainer` in its pruning phase against
+`Trainer` (AdamW) on the same model and batch, interleaved in the same way.
 
     python scripts/bench_optimizer.py
-    python scripts/bench_optimizer.py --repeats 9 --device cuda
+    python scripts/bench_optimizer.py --rounds 9 --device cuda
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForSequenceClassification, BertModel, Trainer, TrainingArguments
 
+from oto_hf import OTOTrainer, OTOTrainingArguments, discover_groups
 from oto_hf.graph.groups import GroupSet, TensorSlice, ZeroInvariantGroup
 from oto_hf.optim import DHSPG
 
@@ -29,18 +38,18 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="Device for parameters and optimizer state (cpu or cuda).")
     parser.add_argument("--layers", type=int, default=12, help="Number of BERT layers (12 for BERT-base).")
-    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps before each measurement.")
-    parser.add_argument("--repeats", type=int, default=5, help="Timed steps per measurement (median reported).")
+    parser.add_argument("--rounds", type=int, default=7, help="Interleaved rounds (median over rounds reported).")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps of each optimizer before the rounds.")
     parser.add_argument("--target", type=float, default=0.5, help="DHSPG target group sparsity.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU), default: torch's.")
-    parser.add_argument(
-        "--skip_constrained", action="store_true", help="Skip the pruning-phase measurement with family constraints."
-    )
+    parser.add_argument("--batch_size", type=int, default=8, help="Batch of the whole-training-step comparison.")
+    parser.add_argument("--seq_len", type=int, default=128, help="Sequence length of that comparison.")
+    parser.add_argument("--skip_trainer", action="store_true", help="Skip the OTOTrainer / Trainer comparison.")
     return parser
 
 
 def bert_groups(model: BertModel) -> GroupSet:
-    """Head and FFN-neuron groups of a BERT encoder, built from the known layout."""
+    """Head and FFN-neuron groups of a BERT encoder, built from the known layout (fast for any size)."""
     config = model.config
     size = config.hidden_size // config.num_attention_heads
     groups = []
@@ -69,23 +78,37 @@ def bert_groups(model: BertModel) -> GroupSet:
     return GroupSet(groups)
 
 
-def time_steps(step: Callable[[], None], warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of `step` in seconds."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    """Wall time of one call of `step` in seconds (synchronising CUDA around it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
-def adamw_state_nbytes(optimizer: torch.optim.Optimizer) -> int:
+def interleaved_ratios(
+    steps: dict[str, Callable[[], None]], baseline: str, rounds: int, warmup: int, device: torch.device
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median time of each step and median over rounds of its ratio to `baseline`, timing every step once a round."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(timed(step, device))
+    ratios = {
+        name: statistics.median(t / b for t, b in zip(times[name], times[baseline], strict=True)) for name in steps
+    }
+    return {name: statistics.median(values) for name, values in times.items()}, ratios
+
+
+def state_nbytes(optimizer: torch.optim.Optimizer) -> int:
+    if isinstance(optimizer, DHSPG):
+        return optimizer.state_nbytes()
     return sum(
         value.numel() * value.element_size()
         for state in optimizer.state.values()
@@ -94,97 +117,114 @@ def adamw_state_nbytes(optimizer: torch.optim.Optimizer) -> int:
     )
 
 
-def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | None:
-    """Peak memory allocated above the starting point during one step (CUDA only)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    step()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - base
-
-
-def main(args: argparse.Namespace) -> dict[str, float]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+def optimizer_steps(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     model = BertModel(BertConfig(num_hidden_layers=args.layers), add_pooling_layer=False).to(device)
     groups = bert_groups(model)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
-    num_params = sum(p.numel() for p in params)
-    print(f"model: {num_params / 1e6:.1f}M parameters, {len(groups)} groups ({groups.counts()}), device {device}, "
-          f"threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"model: {sum(p.numel() for p in params) / 1e6:.1f}M parameters, {len(groups)} groups ({groups.counts()}), "
+          f"device {device}, threads {torch.get_num_threads()}")  # fmt: skip
 
-    reference = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
-    adamw_time = time_steps(reference.step, args.warmup, args.repeats, device)
-    adamw_bytes = adamw_state_nbytes(reference)
-    adamw_peak = peak_step_bytes(reference.step, device)
-    del reference
-    gc.collect()
+    def dhspg(foreach: bool, **kwargs) -> DHSPG:
+        settings = dict(lr=1e-5, weight_decay=0.01, variant="adamw", target_sparsity=args.target, foreach=foreach)
+        return DHSPG(params, groups, model.named_parameters(), **{**settings, **kwargs})
 
-    warmup_steps = args.warmup + args.repeats
-    start = time.perf_counter()
-    optimizer = DHSPG(
-        params, groups, model.named_parameters(), lr=1e-5, weight_decay=0.01, variant="adamw",
-        target_sparsity=args.target, partition_step=warmup_steps, pruning_end=10**9,
-    )  # fmt: skip
-    build_time = time.perf_counter() - start
-    dhspg_warmup = time_steps(optimizer.step, args.warmup, args.repeats, device)
-    if optimizer.phase != "pruning":
-        raise RuntimeError(f"expected the pruning phase after {warmup_steps} steps, got {optimizer.phase!r}")
-    partition_time = time_steps(optimizer.step, 0, 1, device)
-    dhspg_pruning = time_steps(optimizer.step, args.warmup, args.repeats, device)
-    dhspg_peak = peak_step_bytes(optimizer.step, device)
-    penalised = int((optimizer.lambdas > 0).sum())
-    dhspg_bytes = optimizer.state_nbytes()
-
-    print(f"DHSPG construction: {build_time:.2f} s; partition step (one-off, syncs): {partition_time * 1e3:.1f} ms")
-    print(f"redundant groups: {len(optimizer.redundant_group_ids())}, penalised in the last step: {penalised}, "
-          f"zero: {optimizer.num_zero_groups()}")  # fmt: skip
-    print(f"AdamW step:                 {adamw_time * 1e3:9.1f} ms")
-    print(f"DHSPG step, warm-up:        {dhspg_warmup * 1e3:9.1f} ms   ratio {dhspg_warmup / adamw_time:.2f}x")
-    print(f"DHSPG step, pruning phase:  {dhspg_pruning * 1e3:9.1f} ms   ratio {dhspg_pruning / adamw_time:.2f}x")
-    named = dict(model.named_parameters())
-    grouped = {id(named[s.name]): named[s.name] for g in groups for s in g.slices}.values()
-    transient = sum(p.numel() * p.element_size() for p in grouped)
-    print(f"AdamW state:  {adamw_bytes / 2**20:9.1f} MiB")
-    print(f"DHSPG state:  {dhspg_bytes / 2**20:9.1f} MiB   ratio {dhspg_bytes / adamw_bytes:.4f}x "
-          "(moments, per-group state and group index)")  # fmt: skip
-    print(f"DHSPG pruning step also holds the directions of the grouped parameters until the step ends: "
-          f"{transient / 2**20:.1f} MiB transient ({transient / adamw_bytes:.2f}x AdamW state)")  # fmt: skip
-    if adamw_peak is not None and dhspg_peak is not None:
-        print(
-            f"peak extra memory in one step: AdamW {adamw_peak / 2**20:.1f} MiB, "
-            f"DHSPG pruning {dhspg_peak / 2**20:.1f} MiB"
-        )
-    constrained_pruning = None
-    if not args.skip_constrained:
-        del optimizer
+    far = 10**9
+    results = {}
+    modes = [False, True] if device.type == "cpu" else [True]
+    for foreach in modes:
+        optimizers = {
+            "AdamW": torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, foreach=foreach),
+            # Importance is accumulated only in the last `importance_window` steps before the first partition.
+            "warm-up": dhspg(foreach, partition_steps=far, pruning_end_steps=far + 1, importance_window=1),
+            "warm-up, importance window": dhspg(foreach, partition_steps=far, pruning_end_steps=far + 1),
+            "pruning": dhspg(foreach, partition_steps=0, pruning_end_steps=far),
+            "pruning, constrained": dhspg(
+                foreach, partition_steps=0, pruning_end_steps=far, min_heads_per_layer=1, uniform_widths=True
+            ),
+        }
+        if device.type == "cuda":
+            optimizers["AdamW fused"] = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=True)
+        for name in ("pruning", "pruning, constrained"):
+            optimizers[name].step()  # the partition step (one-off, reads values back)
+        steps = {name: optimizer.step for name, optimizer in optimizers.items()}
+        times, ratios = interleaved_ratios(steps, "AdamW", args.rounds, args.warmup, device)
+        adamw_bytes = state_nbytes(optimizers["AdamW"])
+        print(f"\nforeach={foreach} ({args.rounds} interleaved rounds; ratio = median of per-round ratios to AdamW)")
+        for name in steps:
+            line = f"  {name:<28} {times[name] * 1e3:9.1f} ms   ratio {ratios[name]:.3f}x"
+            if name != "AdamW":
+                line += f"   state {state_nbytes(optimizers[name]) / adamw_bytes:.4f}x AdamW's"
+            print(line)
+        pruning = optimizers["pruning"]
+        print(f"  pruning phase: {len(pruning.redundant_group_ids())} redundant groups, "
+              f"{int((pruning.lambdas > 0).sum())} penalised in the last step")  # fmt: skip
+        tag = "foreach" if foreach else "single"
+        for name, ratio in ratios.items():
+            results[f"{tag}/{name}"] = ratio
+        results[f"{tag}/state"] = state_nbytes(pruning) / adamw_bytes
+        del optimizers, pruning, steps
         gc.collect()
-        constrained = DHSPG(
-            params, groups, model.named_parameters(), lr=1e-5, weight_decay=0.01, variant="adamw",
-            target_sparsity=args.target, partition_step=0, pruning_end=10**9,
-            min_kept_per_family={"head": 1}, uniform_widths=True,
-        )  # fmt: skip
-        constrained.step()  # the partition step
-        constrained_pruning = time_steps(constrained.step, args.warmup, args.repeats, device)
-        print(f"DHSPG step, pruning phase with min_kept_per_family and uniform_widths: "
-              f"{constrained_pruning * 1e3:.1f} ms   ratio {constrained_pruning / adamw_time:.2f}x "
-              f"(target {constrained.target_num_zero_groups} zero groups)")  # fmt: skip
-        del constrained
-        gc.collect()
-    return {
-        "adamw_step_s": adamw_time,
-        "warmup_ratio": dhspg_warmup / adamw_time,
-        "pruning_ratio": dhspg_pruning / adamw_time,
-        "state_ratio": dhspg_bytes / adamw_bytes,
-        "constrained_pruning_ratio": None if constrained_pruning is None else constrained_pruning / adamw_time,
+    return results
+
+
+def training_steps(args: argparse.Namespace, device: torch.device, output_dir: str) -> float:
+    """Median over interleaved rounds of (OTOTrainer step) / (Trainer step), same model, batch and settings."""
+    torch.manual_seed(0)
+    config = BertConfig(num_hidden_layers=args.layers, num_labels=2)
+    batch = {
+        "input_ids": torch.randint(1000, 20000, (args.batch_size, args.seq_len), device=device),
+        "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 2, (args.batch_size,), device=device),
     }
+    use_cpu = device.type == "cpu"
+    common = dict(max_steps=10**6, learning_rate=1e-5, report_to=[], use_cpu=use_cpu, bf16=not use_cpu)
+    dense_model = BertForSequenceClassification(config).to(device)
+    oto_model = BertForSequenceClassification(config).to(device)
+    oto_model.load_state_dict(dense_model.state_dict())
+    example = {k: v[:1] for k, v in batch.items() if k != "labels"}
+    groups = discover_groups(oto_model, example)
+    trainer = Trainer(dense_model, TrainingArguments(output_dir, **common))
+    oto_args = OTOTrainingArguments(
+        output_dir, **common, target_sparsity=args.target, partition_steps=1, pruning_end_steps=10**6 - 1
+    )
+    oto_trainer = OTOTrainer(oto_model, oto_args, groups=groups, example_inputs=example)
+    for each in (trainer, oto_trainer):
+        each.create_optimizer_and_scheduler(num_training_steps=10**6)
+
+    def train_step(each: Trainer) -> Callable[[], None]:
+        def run() -> None:
+            each.model.train()
+            # The loss and backward pass of `Trainer.training_step`, without its gradient-accumulation bookkeeping.
+            each.accelerator.backward(each.compute_loss(each.model, batch))
+            each.optimizer.step()
+            each.optimizer.zero_grad()
+
+        return run
+
+    steps = {"Trainer (AdamW)": train_step(trainer), "OTOTrainer (DHSPG)": train_step(oto_trainer)}
+    times, ratios = interleaved_ratios(steps, "Trainer (AdamW)", args.rounds, args.warmup, device)
+    phase = oto_trainer.optimizer.phase
+    print(f"\nwhole training step, batch {args.batch_size} x {args.seq_len}, {args.rounds} interleaved rounds "
+          f"(OTOTrainer in its {phase} phase, {oto_trainer.optimizer.num_zero_groups()} zero groups)")  # fmt: skip
+    for name in steps:
+        print(f"  {name:<28} {times[name] * 1e3:9.1f} ms   ratio {ratios[name]:.3f}x")
+    return ratios["OTOTrainer (DHSPG)"]
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    import tempfile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results = optimizer_steps(args, device)
+    if not args.skip_trainer:
+        with tempfile.TemporaryDirectory() as output_dir:
+            results["trainer_step_ratio"] = training_steps(args, device, output_dir)
+    return results
 
 
 if __name__ == "__main__":
