@@ -54,9 +54,16 @@ def max_output_diff(a: nn.Module, b: nn.Module, inputs: Any) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(outputs_a, outputs_b))
 
 
-def assert_groups_valid(groups: GroupSet, model: nn.Module) -> None:
+def assert_groups_valid(
+    groups: GroupSet,
+    model: nn.Module,
+    *,
+    expected: dict[str, int] | None = None,
+    per_layer: dict[str, int] | None = None,
+) -> None:
     """Ids are positions; every group slices real tensors inside their bounds; no entry is in two groups; the parts
-    that cannot be pruned (residual stream, outputs) are reported."""
+    that cannot be pruned (residual stream, outputs) are reported. With `expected` (groups per kind) and `per_layer`
+    (groups per kind in each of layers 0 and 1), the counts match them."""
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(model.named_buffers())
     seen: Counter = Counter()
@@ -70,6 +77,12 @@ def assert_groups_valid(groups: GroupSet, model: nn.Module) -> None:
                 seen[(name, dim, i)] += 1
     assert max(seen.values()) == 1, "an entry belongs to two groups"
     assert groups.unprunable, "the residual stream / outputs must be reported as unprunable"
+    if expected is not None:
+        assert groups.counts() == expected
+    if per_layer:
+        for layer, counts in groups.counts_per_layer().items():
+            if layer is not None and layer < 2:
+                assert counts == per_layer, f"layer {layer}"
 
 
 def assert_zero_invariant(model: nn.Module, groups: GroupSet, ids: list[int], atol: float = 1e-5) -> nn.Module:
@@ -118,7 +131,7 @@ def assert_save_load_roundtrip(
         assert type(loaded).__name__ == f"OTO{type(pruned).__name__}"
     else:
         assert config["model_type"] == pruned.config.model_type and type(loaded) is type(pruned)
-    # The stock classes of tests/utils/tiny_models.CASES reload their own dense checkpoints with all three lists empty.
+    # Stock classes reload their own dense checkpoints with all three lists empty (every CASES model, GPT-NeoX).
     assert {key: info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")} == {
         "missing_keys": set(),
         "unexpected_keys": set(),
