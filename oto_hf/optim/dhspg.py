@@ -21,7 +21,7 @@ from ..graph.groups import GROUP_KINDS
 from . import base_steps
 from .checks import check_at_least, check_choice, check_int, check_range
 from .families import MIN_KEPT_ARGUMENTS, FamilyConstraints, GroupFamily
-from .group_stats import importance_statistics, pruning_statistics
+from .group_stats import Scratch, importance_statistics, pruning_statistics
 from .packed_index import GroupIndex, extend
 from .penalty import LambdaRule, PenaltyState, penalise
 from .progressive import mark_due
@@ -432,6 +432,7 @@ class DHSPG(Optimizer):
         self._importance = torch.zeros(num_groups, dtype=torch.float32, device=device)
         self._importance_steps = 0
         self._num_forced = 0
+        self._scratch = Scratch()
 
     @classmethod
     def from_model(
@@ -599,7 +600,7 @@ class DHSPG(Optimizer):
             if self._budget.active and self.saliency == "fisher" and step >= self._importance_from:
                 params = [local(p) for p in self._index.params]
                 grads = [None if p.grad is None else local(p.grad) for p in self._index.params]
-                self._accumulate_importance(importance_statistics(self._index, params, grads))
+                self._accumulate_importance(importance_statistics(self._index, params, grads, self._scratch))
             self._base_step(masked=False)
         elif step < self._pruning_end_steps:
             self._pruning_step(step)
@@ -667,7 +668,15 @@ class DHSPG(Optimizer):
         grads = [None if p.grad is None else local(p.grad) for p in self._index.params]
         fisher = self.saliency == "fisher"
         stats = pruning_statistics(
-            self._index, params, grads, directions, decays, lrs, with_importance=fisher, with_l1=partition or deadline
+            self._index,
+            params,
+            grads,
+            directions,
+            decays,
+            lrs,
+            with_importance=fisher,
+            with_l1=partition or deadline,
+            scratch=self._scratch,
         )
         if fisher:
             self._accumulate_importance(stats["xg"])
@@ -861,7 +870,8 @@ class DHSPG(Optimizer):
         self._final_num_zero_groups = extra["final_num_zero_groups"]
 
     def state_nbytes(self) -> int:
-        """Bytes of all tensors this optimizer keeps between steps: per-parameter state, group state and the index."""
+        """Bytes of all tensors this optimizer keeps between steps: per-parameter state, group state, the index and the
+        scratch buffer of the statistics."""
         per_param = sum(
             local(value).numel() * local(value).element_size()
             for state in self.state.values()
@@ -874,7 +884,7 @@ class DHSPG(Optimizer):
             groups.due_norm, self._lambda, self._importance, self._costs,
         )  # fmt: skip
         per_group = sum(t.numel() * t.element_size() for t in group_state)
-        return per_param + per_group + self._index.index_nbytes()
+        return per_param + per_group + self._index.index_nbytes() + self._scratch.nbytes()
 
 
 def _renamed_arguments(deprecated: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,24 @@ from .packed_index import GroupIndex
 STEP_KEYS: tuple[str, ...] = ("xx", "xd", "dd", "axx", "axd")
 
 
+class Scratch:
+    """One reusable flat buffer per dtype and device, as large as the largest parameter it served: elementwise
+    products land there instead of in a fresh allocation per parameter and step."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def like(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = (tensor.dtype, tensor.device)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < tensor.numel():
+            buffer = self._buffers[key] = torch.empty(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+        return buffer[: tensor.numel()].view(tensor.shape)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
 def pruning_statistics(
     index: GroupIndex,
     params: list[torch.Tensor],
@@ -20,6 +38,7 @@ def pruning_statistics(
     lrs: list[float],
     with_importance: bool,
     with_l1: bool,
+    scratch: Scratch,
 ) -> dict[str, torch.Tensor]:
     """Per-group statistics of one pruning step, over the local tensors of `index.params` (same order).
 
@@ -29,18 +48,19 @@ def pruning_statistics(
     keys = [*STEP_KEYS, *(["xg"] if with_importance else []), *(["l1"] if with_l1 else [])]
     rows = []
     for x, grad, d, decay, lr, axes in zip(params, grads, directions, decays, lrs, index.axes, strict=True):
+        buffer = scratch.like(x) if x.is_contiguous() else None
         for axis in axes:
-            xx = axis.squared_norms(x)
+            xx = axis.squared_norms(x, buffer)
             if d is None:
                 xd = dd = torch.zeros_like(xx)
             else:
-                xd, dd = axis.inner_products(x, d), axis.squared_norms(d)
+                xd, dd = axis.inner_products(x, d, buffer), axis.squared_norms(d, buffer)
             if decay:
                 dd = (dd + 2 * decay * xd + decay**2 * xx).clamp_min_(0)
                 xd = xd + decay * xx
             block = [xx, xd, dd, xx * lr, xd * lr]
             if with_importance:
-                block.append(torch.zeros_like(xx) if grad is None else axis.inner_products(x, grad))
+                block.append(torch.zeros_like(xx) if grad is None else axis.inner_products(x, grad, buffer))
             if with_l1:
                 block.append(axis.sum_over_others(x.abs()))
             rows.append(torch.stack(block))
@@ -48,14 +68,15 @@ def pruning_statistics(
 
 
 def importance_statistics(
-    index: GroupIndex, params: list[torch.Tensor], grads: list[torch.Tensor | None]
+    index: GroupIndex, params: list[torch.Tensor], grads: list[torch.Tensor | None], scratch: Scratch
 ) -> torch.Tensor:
     """Per group, `<x_g, grad_g>` (the gradient of a mask on the group), over the local tensors of `index.params`."""
-    rows = [
-        (torch.zeros(axis.view_shape[axis.dim], device=x.device) if grad is None else axis.inner_products(x, grad))[
-            None
-        ]
-        for x, grad, axes in zip(params, grads, index.axes, strict=True)
-        for axis in axes
-    ]
+    rows = []
+    for x, grad, axes in zip(params, grads, index.axes, strict=True):
+        for axis in axes:
+            if grad is None:
+                rows.append(torch.zeros(1, axis.view_shape[axis.dim], device=x.device))
+            else:
+                buffer = scratch.like(x) if x.is_contiguous() and grad.dtype == x.dtype else None
+                rows.append(axis.inner_products(x, grad, buffer)[None])
     return index.segment_sums(rows)[0]

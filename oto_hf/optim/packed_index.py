@@ -41,29 +41,27 @@ class Axis:
             return values.float()
         return values.sum(dim=self.reduce_dims, dtype=torch.float32)
 
-    def squared_norms(self, values: torch.Tensor) -> torch.Tensor:
-        """Squared L2 norm of each hyper-row of `values` along `dim`, in float32."""
+    def squared_norms(self, values: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared L2 norm of each hyper-row of `values` along `dim`, in float32 (`scratch`: see `inner_products`)."""
         if not self.reduce_dims:
             return values.float().square()
         if self.dim == 0 and values.is_contiguous():
             # Reducing contiguous trailing dims: one pass, no temporary.
             return torch.linalg.vector_norm(values, dim=self.reduce_dims, dtype=torch.float32).square()
         # `vector_norm` over leading dims is ~10x slower on CPU than a product and a sum.
-        return torch.mul(values, values).sum(dim=self.reduce_dims, dtype=torch.float32)
+        return self.inner_products(values, values, scratch)
 
-    def inner_products(self, values: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """`<values, other>` over each hyper-row along `dim`, in float32."""
-        if (
-            self.dim == 0
-            and len(self.reduce_dims) == 1
-            and values.dtype == other.dtype == torch.float32
-            and values.is_contiguous()
-            and other.is_contiguous()
-        ):
-            # One batched dot product per row: reads both operands once, no temporary of the parameter's size.
-            rows = values.shape[0]
-            return torch.bmm(values.view(rows, 1, -1), other.view(rows, -1, 1)).view(rows).float()
-        return self.sum_over_others(values * other)
+    def inner_products(
+        self, values: torch.Tensor, other: torch.Tensor, scratch: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`<values, other>` over each hyper-row along `dim`, in float32.
+
+        `scratch`, a tensor shaped and typed like `values`, receives the elementwise product, so that a step allocates
+        no temporary of the parameter's size (on a CPU, fresh large allocations cost more than the arithmetic).
+        """
+        if scratch is None or not self.reduce_dims:  # without a reduction the product itself is the result
+            return self.sum_over_others(values * other)
+        return self.sum_over_others(torch.mul(values, other, out=scratch))
 
     def expand(self, per_group: torch.Tensor) -> torch.Tensor:
         """Broadcastable view of a `[num_groups + 1]` vector (last entry: indices in no group) along this axis."""
