@@ -148,8 +148,6 @@ class OTOTrainer(Trainer):
             group_costs=self.group_flops if flops else None,
             budget_total=float(self.dense_flops) if flops else None,
             never_empty=self.never_empty,
-            # Trainer's default AdamW is fused; DHSPG's nearest path is the multi-tensor one, on CPU as on CUDA.
-            foreach=True,
             **settings,
         )
         logger.info(

@@ -374,3 +374,39 @@ def test_renamed_arguments_still_work_with_a_future_warning(old, value, new):
         DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, pruning_end_steps=12)
     with pytest.raises(TypeError, match="unexpected keyword argument 'lamda'"):
         DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end_steps=10, lamda=1.0)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize(
+    "variant, extra",
+    [("adamw", {}), ("adam", {}), ("sgd", {}), ("sgd", {"nesterov": True}), ("sgd", {"momentum": 0.0})],
+    ids=["adamw", "adam", "sgd", "sgd-nesterov", "sgd-plain"],
+)
+def test_directions_written_into_the_gradients_equal_fresh_ones(variant, extra, foreach):
+    """A pruning step writes each direction into its gradient's storage: same values as fresh tensors, same state."""
+    from oto_hf.optim import base_steps
+
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3), torch.randn(7)]
+    group = {"lr": 0.1, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1, "momentum": 0.9, "dampening": 0.0,
+             "nesterov": False, **extra}  # fmt: skip
+    states = [[{}, {}], [{}, {}]]
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        results = []
+        for consume, state in zip((False, True), states):
+            for p, s in zip(params, state):
+                base_steps.init_state(variant, p, s)
+            copies = [g.clone() for g in grads]
+            d, decay = base_steps.directions(variant, params, copies, state, group, foreach, consume_grads=consume)
+            results.append(([t.clone() for t in d], decay))
+            if consume and not (variant == "sgd" and group["momentum"] and not group["nesterov"]):
+                assert all(t.data_ptr() == c.data_ptr() for t, c in zip(d, copies))  # no new tensor
+        (fresh, decay_fresh), (reused, decay_reused) = results
+        assert decay_fresh == decay_reused
+        for a, b in zip(fresh, reused):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+        for a, b in zip(*states):
+            for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+                if a.get(key) is not None:
+                    torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)

@@ -111,17 +111,20 @@ def directions(
     states: list[dict[str, Any]],
     group: dict[str, Any],
     foreach: bool,
+    consume_grads: bool = False,
 ) -> tuple[list[torch.Tensor], float]:
     """Advance the state of every parameter and return `(directions, decay)`, without touching the parameters: the
     base step is `param -= lr * (d + decay * param)`.
 
     `decay` is AdamW's decoupled weight decay (0 for the other variants, whose L2 term is inside the state); keeping it
-    apart lets DHSPG fold it into per-group reductions and the final update instead of a full pass over `d`.
+    apart lets DHSPG fold it into per-group reductions and the final update instead of a full pass over `d`. With
+    `consume_grads`, each direction is written into its gradient's storage (read first), so the step allocates nothing
+    of the parameters' size: the gradients must be contiguous tensors shaped and typed like their parameters.
     """
     if not params:
         return [], 0.0
     if variant == "sgd":
-        return _sgd_directions(params, grads, states, group, foreach), 0.0
+        return _sgd_directions(params, grads, states, group, foreach, in_place=consume_grads), 0.0
     exp_avgs, exp_avg_sqs, corrections1, corrections2_sqrt = _adam_moments(
         params, grads, states, group, variant == "adam", foreach
     )
@@ -129,14 +132,24 @@ def directions(
     eps = group["eps"]
     # d = m_hat / (sqrt(v_hat) + eps) = exp_avg / (sqrt(exp_avg_sq) * bc1 / bc2_sqrt + eps * bc1).
     scales = [c1 / c2 for c1, c2 in zip(corrections1, corrections2_sqrt)]
+    offsets = [eps * c1 for c1 in corrections1]
     if foreach:
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_mul_(denoms, scales)
-        torch._foreach_add_(denoms, [eps * c1 for c1 in corrections1])
-        return torch._foreach_div(exp_avgs, denoms), decay
+        if not consume_grads:
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_mul_(denoms, scales)
+            torch._foreach_add_(denoms, offsets)
+            return torch._foreach_div(exp_avgs, denoms), decay
+        torch._foreach_copy_(grads, exp_avg_sqs)
+        torch._foreach_sqrt_(grads)
+        torch._foreach_mul_(grads, scales)
+        torch._foreach_add_(grads, offsets)
+        torch._foreach_reciprocal_(grads)
+        torch._foreach_mul_(grads, exp_avgs)
+        return grads, decay
     out = []
-    for exp_avg, exp_avg_sq, scale, c1 in zip(exp_avgs, exp_avg_sqs, scales, corrections1):
-        denom = exp_avg_sq.sqrt().mul_(scale).add_(eps * c1)
+    for exp_avg, exp_avg_sq, grad, scale, offset in zip(exp_avgs, exp_avg_sqs, grads, scales, offsets):
+        denom = torch.sqrt(exp_avg_sq, out=grad) if consume_grads else exp_avg_sq.sqrt()
+        denom.mul_(scale).add_(offset)
         out.append(torch.div(exp_avg, denom, out=denom))
     return out, decay
 
@@ -147,9 +160,17 @@ def _sgd_directions(
     states: list[dict[str, Any]],
     group: dict[str, Any],
     foreach: bool,
+    in_place: bool = False,
 ) -> list[torch.Tensor]:
+    """SGD's step directions (momentum buffers advanced); with `in_place`, the gradients hold the intermediate sums."""
     weight_decay, momentum = group["weight_decay"], group["momentum"]
-    if weight_decay != 0:
+    if weight_decay != 0 and in_place:
+        if foreach:
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        else:
+            for grad, param in zip(grads, params):
+                grad.add_(param, alpha=weight_decay)
+    elif weight_decay != 0:
         grads = (
             torch._foreach_add(grads, params, alpha=weight_decay)
             if foreach
@@ -166,7 +187,10 @@ def _sgd_directions(
         else:
             buffer = local(buffer)
             buffer.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-        out.append(grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer)
+        if group["nesterov"]:
+            out.append(grad.add_(buffer, alpha=momentum) if in_place else grad.add(buffer, alpha=momentum))
+        else:
+            out.append(buffer)
     return out
 
 

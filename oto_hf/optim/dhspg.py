@@ -8,6 +8,7 @@ pieces with a job of their own live beside it: `base_steps` (SGD/Adam/AdamW), `p
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,20 +21,14 @@ from torch.optim import Optimizer
 from ..graph.groups import GROUP_KINDS
 from . import base_steps
 from .checks import check_at_least, check_choice, check_int, check_range
+from .deprecations import renamed_kwargs
+from .events import choose_redundant_set, deadline_projection, mark_next_quota
 from .families import MIN_KEPT_ARGUMENTS, FamilyConstraints, GroupFamily
-from .group_stats import Scratch, importance_statistics, pruning_statistics
+from .group_state import GroupState
+from .group_stats import Scratch, importance_rows, importance_statistics, pruning_statistics
 from .packed_index import GroupIndex, extend
-from .penalty import LambdaRule, PenaltyState, penalise
-from .progressive import mark_due
-from .selection import (
-    Budget,
-    cap_projections,
-    choose_redundant,
-    deadline_selection,
-    importance_scores,
-    redundancy_scores,
-    resolve_budget,
-)
+from .penalty import LambdaRule, penalise
+from .selection import Budget, importance_scores, redundancy_scores, resolve_budget
 from .sharding import from_first_rank, local
 
 if TYPE_CHECKING:
@@ -54,23 +49,6 @@ LAMBDA_DEFAULTS: dict[str, tuple[float, float, float]] = {
 LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
 # "fisher": loss-based importance per unit of cost (default); "otov2": OTOv2's cosine and magnitude mix.
 SALIENCIES: tuple[str, ...] = ("fisher", "otov2")
-# Keyword arguments renamed to the names `OTOTrainingArguments` uses; the old names still work, with a FutureWarning.
-RENAMED_ARGUMENTS: dict[str, str] = {
-    "budget": "sparsity_budget",
-    "partition_step": "partition_steps",
-    "pruning_end": "pruning_end_steps",
-    "lmbda": "lambda_",
-    "lmbda_amplify": "lambda_amplify",
-    "lmbda_cap": "lambda_cap",
-}
-_DEFAULTS: dict[str, Any] = {
-    "sparsity_budget": "groups",
-    "partition_steps": 0,
-    "pruning_end_steps": None,
-    "lambda_": None,
-    "lambda_amplify": None,
-    "lambda_cap": None,
-}
 
 
 class DHSPG(Optimizer):
@@ -136,8 +114,9 @@ class DHSPG(Optimizer):
     Every step uses a few segmented reductions over all groups and no Python loop over groups; the only host
     synchronisations happen at partition steps and at the deadline. All grouped parameters must sit on one device
     and `lr` must be a Python float. During a pruning step the base direction of every grouped parameter is held
-    until all group statistics are reduced: with the Adam variants that is one temporary tensor the size of the
-    grouped weights (with SGD the momentum buffer serves).
+    until all group statistics are reduced; it is written into the parameter's gradient once the gradient has been
+    read, so the step allocates nothing of the weights' size, and **after a pruning step `param.grad` of a grouped
+    parameter holds that direction, not the gradient** (zero the gradients before the next backward pass, as usual).
 
     With FSDP2 (`fully_shard`) every rank steps its own shards, and each step's group statistics are completed by one
     `all_reduce` over the mesh; see `oto_hf.optim.sharding`.
@@ -292,31 +271,13 @@ class DHSPG(Optimizer):
         sync_ranks: bool = True,
         **deprecated: Any,
     ) -> None:
-        renamed = _renamed_arguments(deprecated)
-        if renamed:
-            given = {
-                "sparsity_budget": sparsity_budget,
-                "partition_steps": partition_steps,
-                "pruning_end_steps": pruning_end_steps,
-                "lambda_": lambda_,
-                "lambda_amplify": lambda_amplify,
-                "lambda_cap": lambda_cap,
-            }
-            for new, value in renamed.items():
-                if new in given and given[new] != _DEFAULTS[new]:
-                    raise TypeError(f"DHSPG got `{new}` and its old name; pass `{new}` only.")
-            sparsity_budget = renamed.get("sparsity_budget", sparsity_budget)
-            partition_steps = renamed.get("partition_steps", partition_steps)
-            pruning_end_steps = renamed.get("pruning_end_steps", pruning_end_steps)
-            lambda_ = renamed.get("lambda_", lambda_)
-            lambda_amplify = renamed.get("lambda_amplify", lambda_amplify)
-            lambda_cap = renamed.get("lambda_cap", lambda_cap)
-            if "saliency_weights" in renamed:
-                saliency_cosine_weight, saliency_magnitude_weight = renamed["saliency_weights"]
+        if deprecated:
+            given = {k: v for k, v in locals().items() if k in _DEFAULTS}
+            DHSPG.__init__(self, params, groups, named_parameters, lr, **renamed_kwargs(deprecated, given, _DEFAULTS))
+            return
         minimums = {"head": min_heads_per_layer, "neuron": min_neurons_per_layer, "channel": min_channels_per_layer}
         for kind, value in minimums.items():
             check_int(MIN_KEPT_ARGUMENTS[kind], value, 0)
-        min_kept = renamed.get("min_kept_per_family", minimums)
         if pruning_end_steps is None:
             raise TypeError("DHSPG needs `pruning_end_steps`: the number of steps after which the target is met.")
         check_choice("variant", variant, base_steps.VARIANTS)
@@ -382,7 +343,7 @@ class DHSPG(Optimizer):
         device = self._index.device
         self._families = FamilyConstraints(
             groups,
-            min_kept,
+            minimums,
             uniform_widths,
             self._budget,
             tolerance,
@@ -418,15 +379,7 @@ class DHSPG(Optimizer):
         # Run state (all in `state_dict()`).
         num_groups = self._index.num_groups
         self._num_steps = 0
-        self._groups = PenaltyState(
-            zero=torch.zeros(num_groups, dtype=torch.bool, device=device),
-            redundant=torch.zeros(num_groups, dtype=torch.bool, device=device),
-            priority=torch.arange(num_groups, device=device),
-            family_order=self._families.family_order(torch.arange(num_groups, device=device)),
-            due_start=torch.full((num_groups,), -1, dtype=torch.long, device=device),
-            due_end=torch.full((num_groups,), -1, dtype=torch.long, device=device),
-            due_norm=torch.zeros(num_groups, dtype=torch.float32, device=device),
-        )
+        self._groups = GroupState.initial(num_groups, self._families, device)
         self._lambda = torch.zeros(num_groups, dtype=torch.float32, device=device)
         self._final_num_zero_groups: int | None = None
         self._importance = torch.zeros(num_groups, dtype=torch.float32, device=device)
@@ -550,7 +503,7 @@ class DHSPG(Optimizer):
 
     def due_group_ids(self) -> list[int]:
         """Ids of the groups whose ramp to zero has started (progressive schedule), zero ones included."""
-        return torch.nonzero(self._groups.due_start >= 0).flatten().tolist()
+        return torch.nonzero(self._groups.due).flatten().tolist()
 
     def family_zero_counts(self) -> list[int]:
         """Number of zero groups in each family, in `families` order (reads values back from the device)."""
@@ -641,7 +594,12 @@ class DHSPG(Optimizer):
     def _pruning_step(self, step: int) -> None:
         partition = step in self._partition_points
         deadline = step == self._pruning_end_steps - 1
-        num = len(self._index.params)
+        params = [local(p) for p in self._index.params]
+        grads = [None if p.grad is None else local(p.grad) for p in self._index.params]
+        fisher = self.saliency == "fisher"
+        # <x, grad> first: the directions then overwrite the gradients of grouped parameters.
+        importance = importance_rows(self._index, params, grads, self._scratch) if fisher else None
+        num = len(params)
         directions: list[torch.Tensor | None] = [None] * num
         decays, lrs = [0.0] * num, [0.0] * num
         for group in self.param_groups:
@@ -660,21 +618,20 @@ class DHSPG(Optimizer):
                 target[1].append(local(param.grad))
                 target[2].append(self.state[param])
             base_steps.update(self.variant, *plain, group, self.foreach)
-            group_directions, decay = base_steps.directions(self.variant, *grouped, group, self.foreach)
+            consume = all(_can_hold_direction(g, p) for p, g in zip(grouped[0], grouped[1]))
+            group_directions, decay = base_steps.directions(
+                self.variant, *grouped, group, self.foreach, consume_grads=consume
+            )
             for position, direction in zip(positions, group_directions, strict=True):
                 directions[position], decays[position], lrs[position] = direction, decay, group["lr"]
 
-        params = [local(p) for p in self._index.params]
-        grads = [None if p.grad is None else local(p.grad) for p in self._index.params]
-        fisher = self.saliency == "fisher"
         stats = pruning_statistics(
             self._index,
             params,
-            grads,
             directions,
             decays,
             lrs,
-            with_importance=fisher,
+            importance=importance,
             with_l1=partition or deadline,
             scratch=self._scratch,
         )
@@ -694,7 +651,13 @@ class DHSPG(Optimizer):
             step,
         )
         if deadline:
-            zero = self._deadline(stats, zero, step)
+            scores = self._scores(stats, zero)
+            chosen = deadline_projection(
+                zero, scores, self._groups.redundant, self._families, self._budget, self.sync_ranks, step
+            )
+            zero = zero | chosen
+            self._num_forced = int(chosen.sum())
+            self._final_num_zero_groups = int(zero.sum())
         if self.sync_ranks:
             (zero,) = from_first_rank(zero)
         self._groups.zero = zero
@@ -717,78 +680,33 @@ class DHSPG(Optimizer):
                 for tensor in base_steps.state_tensors(self.state[param]):
                     tensor.mul_(keep_p.to(tensor.dtype))
 
-    def _deadline(self, stats: dict[str, torch.Tensor], zero: torch.Tensor, step: int) -> torch.Tensor:
-        """Project the groups still missing at the last pruning step (counted as forced), and log how many."""
-        scores = self._scores(stats, zero)
-        select = self._families.deadline_selection if self._families.constrained else deadline_selection
-        chosen = select(scores, zero.cpu(), self._groups.redundant.cpu(), self._budget).to(zero.device)
-        if self.sync_ranks:
-            (chosen,) = from_first_rank(chosen)
-        zero = zero | chosen
-        self._num_forced = int(chosen.sum())
-        self._final_num_zero_groups = int(zero.sum())
-        forced_share = float((self._costs * chosen).sum()) / self._budget.target_cost
-        log = logger.warning if forced_share > 0.01 else logger.info
-        log(
-            "DHSPG step %d: deadline reached, %d groups zero, %d of them forced by the deadline (%.1f%% of the "
-            "target)%s.",
-            step,
-            self._final_num_zero_groups,
-            self._num_forced,
-            100 * forced_share,
-            ": the optimizer's steps did not zero them in time; prune over a longer window or more periods"
-            if forced_share > 0.01
-            else "",
-        )
-        return zero
-
     def _partition(self, stats: dict[str, torch.Tensor], step: int) -> None:
         """Re-score, re-choose the redundant set and, with the progressive schedule, mark the next quota due."""
-        groups = self._groups
-        scores = self._scores(stats, groups.zero)
-        zero = groups.zero.cpu()
-        if self._families.constrained:
-            redundant, priority = self._families.choose_redundant(scores, zero, self._budget)
-        else:
-            redundant, priority = choose_redundant(scores, zero, self._budget)
-        device = groups.zero.device
-        groups.redundant, groups.priority = redundant.to(device), priority.to(device)
-        if self.sync_ranks:
-            groups.redundant, groups.priority = from_first_rank(groups.redundant, groups.priority)
-        groups.family_order = self._families.family_order(groups.priority)
+        scores = self._scores(stats, self._groups.zero)
+        redundant, priority = choose_redundant_set(
+            self._groups, scores, self._families, self._budget, self.sync_ranks, step
+        )
         self._importance.zero_()
         self._importance_steps = 0
-        logger.info("DHSPG step %d: %d redundant groups chosen.", step, int(redundant.sum()))
         if self.lambda_schedule != "progressive":
             return
-        period = self._partition_points.index(step)
-        last = period == len(self._partition_points) - 1
-        ramp_end = self._pruning_end_steps - 1 if last else self._partition_points[period + 1] - 1
-        taken = zero | (groups.due_start >= 0).cpu()  # zero, or already on its way
-        families = self._families
-        if families.constrained and self.uniform_widths:
-            candidates = redundant & ~taken
-            new = families.due(
-                candidates, taken, families.family_order(priority), (period + 1) / len(self._partition_points)
-            )
-        elif last:
-            select = families.deadline_selection if families.constrained else deadline_selection
-            new = select(scores, taken, redundant, self._budget)
-        else:
-            candidates = redundant & ~taken
-            if families.constrained:
-                candidates = families.cap(candidates, taken, families.family_order(priority))
-            quota = self._budget.target_cost * (period + 1) / len(self._partition_points)
-            new = cap_projections(candidates, taken, self._budget, self._budget.costs, priority, quota)
-        groups.due_start, groups.due_end, groups.due_norm = mark_due(
-            new.to(device), groups.due_start, groups.due_end, groups.due_norm, stats["xx"].sqrt(), step, ramp_end
-        )
-        if self.sync_ranks:
-            groups.due_start, groups.due_end, groups.due_norm = from_first_rank(
-                groups.due_start, groups.due_end, groups.due_norm
-            )
-        logger.info(
-            "DHSPG step %d: %d groups start their ramp to zero (end of ramp: step %d).", step, int(new.sum()), ramp_end
+        points = self._partition_points
+        period = points.index(step)
+        last = period == len(points) - 1
+        mark_next_quota(
+            self._groups,
+            scores,
+            redundant,
+            priority,
+            self._families,
+            self._budget,
+            stats["xx"].sqrt(),
+            period=period,
+            num_periods=len(points),
+            step=step,
+            ramp_end=self._pruning_end_steps - 1 if last else points[period + 1] - 1,
+            uniform_widths=self.uniform_widths,
+            sync=self.sync_ranks,
         )
 
     def _epsilon_at(self, step: int) -> float:
@@ -811,21 +729,15 @@ class DHSPG(Optimizer):
         last per-group lambdas, importance, ramps of due groups, forced count and the group count; plain Python values
         and tensors only, so it loads with `torch.load(path, weights_only=True)`."""
         state = super().state_dict()
-        groups = self._groups
         state["dhspg"] = {
+            **self._groups.to_dict(),
             "num_steps": self._num_steps,
             "num_groups": self.num_groups,
-            "zero": groups.zero.clone(),
-            "redundant": groups.redundant.clone(),
-            "priority": groups.priority.clone(),
             "lambda": self._lambda.clone(),
             "family_max_zero": self._families.max_zero.clone(),
             "final_num_zero_groups": self._final_num_zero_groups,
             "importance": self._importance.clone(),
             "importance_steps": self._importance_steps,
-            "due_start": groups.due_start.clone(),
-            "due_end": groups.due_end.clone(),
-            "due_norm": groups.due_norm.clone(),
             "num_forced": self._num_forced,
         }
         return state
@@ -848,23 +760,10 @@ class DHSPG(Optimizer):
             )
         super().load_state_dict(state_dict)
         device = self._groups.zero.device
-
-        def restore(key: str, dtype: torch.dtype) -> torch.Tensor:
-            return extra[key].to(device=device, dtype=dtype).clone()
-
+        self._groups = GroupState.from_dict(extra, self._families, device)
         self._num_steps = int(extra["num_steps"])
-        priority = restore("priority", torch.long)
-        self._groups = PenaltyState(
-            zero=restore("zero", torch.bool),
-            redundant=restore("redundant", torch.bool),
-            priority=priority,
-            family_order=self._families.family_order(priority),
-            due_start=restore("due_start", torch.long),
-            due_end=restore("due_end", torch.long),
-            due_norm=restore("due_norm", torch.float32),
-        )
-        self._lambda = restore("lambda", torch.float32)
-        self._importance = restore("importance", torch.float32)
+        self._lambda = extra["lambda"].to(device=device, dtype=torch.float32).clone()
+        self._importance = extra["importance"].to(device=device, dtype=torch.float32).clone()
         self._importance_steps = int(extra["importance_steps"])
         self._num_forced = int(extra["num_forced"])
         self._final_num_zero_groups = extra["final_num_zero_groups"]
@@ -878,33 +777,20 @@ class DHSPG(Optimizer):
             for value in state.values()
             if isinstance(value, torch.Tensor)
         )
-        groups = self._groups
-        group_state = (
-            groups.zero, groups.redundant, groups.priority, groups.family_order, groups.due_start, groups.due_end,
-            groups.due_norm, self._lambda, self._importance, self._costs,
-        )  # fmt: skip
-        per_group = sum(t.numel() * t.element_size() for t in group_state)
+        per_group = self._groups.nbytes() + sum(
+            t.numel() * t.element_size() for t in (self._lambda, self._importance, self._costs)
+        )
         return per_param + per_group + self._index.index_nbytes() + self._scratch.nbytes()
 
 
-def _renamed_arguments(deprecated: dict[str, Any]) -> dict[str, Any]:
-    """Map keyword arguments under their old names to the new ones, with a `FutureWarning`; reject unknown ones."""
-    renamed: dict[str, Any] = {}
-    for old, value in deprecated.items():
-        if old in RENAMED_ARGUMENTS:
-            new = RENAMED_ARGUMENTS[old]
-        elif old in ("saliency_weights", "min_kept_per_family"):
-            new = old
-        else:
-            raise TypeError(f"DHSPG got an unexpected keyword argument {old!r}.")
-        hint = {
-            "saliency_weights": "`saliency_cosine_weight` and `saliency_magnitude_weight`",
-            "min_kept_per_family": "`min_heads_per_layer`, `min_neurons_per_layer` and `min_channels_per_layer`",
-        }.get(old, f"`{new}`")
-        warnings.warn(
-            f"DHSPG's `{old}` is renamed {hint}, the names `OTOTrainingArguments` uses; `{old}` will be removed.",
-            FutureWarning,
-            stacklevel=3,
-        )
-        renamed[new] = value
-    return renamed
+# Defaults of the keyword arguments, to tell an argument that was passed from one left at its default.
+_DEFAULTS: dict[str, Any] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(DHSPG.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}
+
+
+def _can_hold_direction(grad: torch.Tensor, param: torch.Tensor) -> bool:
+    """Whether a gradient's storage can take its parameter's step direction (it is read before being overwritten)."""
+    return grad.is_contiguous() and grad.shape == param.shape and grad.dtype == param.dtype

@@ -32,22 +32,23 @@ class Scratch:
 def pruning_statistics(
     index: GroupIndex,
     params: list[torch.Tensor],
-    grads: list[torch.Tensor | None],
     directions: list[torch.Tensor | None],
     decays: list[float],
     lrs: list[float],
-    with_importance: bool,
+    importance: list[torch.Tensor] | None,
     with_l1: bool,
     scratch: Scratch,
 ) -> dict[str, torch.Tensor]:
     """Per-group statistics of one pruning step, over the local tensors of `index.params` (same order).
 
     `d + decay * x` is the step direction of a parameter; its statistics come from those of `d` without materialising
-    it. Besides `STEP_KEYS`, `"xg"` (`<x, grad>`) is computed `with_importance` and `"l1"` (`sum |x|`) `with_l1`.
+    it. Besides `STEP_KEYS`, `"xg"` (`<x, grad>`) comes from the `importance` rows when given (`importance_rows`,
+    taken before the gradients were consumed), and `"l1"` (`sum |x|`) is computed `with_l1`.
     """
-    keys = [*STEP_KEYS, *(["xg"] if with_importance else []), *(["l1"] if with_l1 else [])]
+    keys = [*STEP_KEYS, *(["xg"] if importance is not None else []), *(["l1"] if with_l1 else [])]
+    importance_of_axis = iter(importance or ())
     rows = []
-    for x, grad, d, decay, lr, axes in zip(params, grads, directions, decays, lrs, index.axes, strict=True):
+    for x, d, decay, lr, axes in zip(params, directions, decays, lrs, index.axes, strict=True):
         buffer = scratch.like(x) if x.is_contiguous() else None
         for axis in axes:
             xx = axis.squared_norms(x, buffer)
@@ -59,18 +60,18 @@ def pruning_statistics(
                 dd = (dd + 2 * decay * xd + decay**2 * xx).clamp_min_(0)
                 xd = xd + decay * xx
             block = [xx, xd, dd, xx * lr, xd * lr]
-            if with_importance:
-                block.append(torch.zeros_like(xx) if grad is None else axis.inner_products(x, grad, buffer))
+            if importance is not None:
+                block.append(next(importance_of_axis)[0])
             if with_l1:
                 block.append(axis.sum_over_others(x.abs()))
             rows.append(torch.stack(block))
     return dict(zip(keys, index.segment_sums(rows), strict=True))
 
 
-def importance_statistics(
+def importance_rows(
     index: GroupIndex, params: list[torch.Tensor], grads: list[torch.Tensor | None], scratch: Scratch
-) -> torch.Tensor:
-    """Per group, `<x_g, grad_g>` (the gradient of a mask on the group), over the local tensors of `index.params`."""
+) -> list[torch.Tensor]:
+    """Per axis of `index`, the `[1, n]` row of `<x, grad>` per hyper-row (local tensors in `index.params` order)."""
     rows = []
     for x, grad, axes in zip(params, grads, index.axes, strict=True):
         for axis in axes:
@@ -79,4 +80,11 @@ def importance_statistics(
             else:
                 buffer = scratch.like(x) if x.is_contiguous() and grad.dtype == x.dtype else None
                 rows.append(axis.inner_products(x, grad, buffer)[None])
-    return index.segment_sums(rows)[0]
+    return rows
+
+
+def importance_statistics(
+    index: GroupIndex, params: list[torch.Tensor], grads: list[torch.Tensor | None], scratch: Scratch
+) -> torch.Tensor:
+    """Per group, `<x_g, grad_g>` (the gradient of a mask on the group), over the local tensors of `index.params`."""
+    return index.segment_sums(importance_rows(index, params, grads, scratch))[0]

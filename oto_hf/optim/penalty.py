@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .families import FamilyConstraints
+from .group_state import GroupState
 from .progressive import DUE_EPSILON, planned_lambda
 from .selection import TINY, Budget, cap_projections
 
@@ -30,22 +31,9 @@ class LambdaRule:
         return torch.where(grows, lam, torch.full_like(lam, self.lambda_))
 
 
-@dataclass
-class PenaltyState:
-    """The per-group vectors a pruning step reads: zero, redundant and due masks, ramps and the priority orders."""
-
-    zero: torch.Tensor
-    redundant: torch.Tensor
-    priority: torch.Tensor
-    family_order: torch.Tensor
-    due_start: torch.Tensor
-    due_end: torch.Tensor
-    due_norm: torch.Tensor
-
-
 def penalise(
     stats: dict[str, torch.Tensor],
-    state: PenaltyState,
+    state: GroupState,
     rule: LambdaRule,
     budget: Budget,
     costs: torch.Tensor,
@@ -60,7 +48,7 @@ def penalise(
     """
     xx = stats["xx"]
     zero = state.zero
-    due = (state.due_start >= 0) & ~zero
+    due = state.due & ~zero
     active = (costs * zero).sum() < budget.target_cost
     penalised = state.redundant & ~zero & active
     if families.constrained:
