@@ -90,15 +90,23 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
 
 
 def interleaved_ratios(
-    steps: dict[str, Callable[[], None]], baseline: str, rounds: int, warmup: int, device: torch.device
+    steps: dict[str, Callable[[], None]],
+    baseline: str,
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    before: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Median time of each step and median over rounds of its ratio to `baseline`, timing every step once a round."""
+    """Median time of each step and median over rounds of its ratio to `baseline`, timing every step once a round
+    (`before` runs untimed before each step)."""
     for step in steps.values():
         for _ in range(warmup):
+            before()
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            before()
             times[name].append(timed(step, device))
     ratios = {
         name: statistics.median(t / b for t, b in zip(times[name], times[baseline], strict=True)) for name in steps
@@ -122,8 +130,15 @@ def optimizer_steps(args: argparse.Namespace, device: torch.device) -> dict[str,
     model = BertModel(BertConfig(num_hidden_layers=args.layers), add_pooling_layer=False).to(device)
     groups = bert_groups(model)
     params = list(model.parameters())
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+    gradients = [torch.randn_like(p) * 1e-3 for p in params]
+    for p, g in zip(params, gradients):
+        p.grad = g.clone()
+
+    def reset_gradients() -> None:
+        """Every step sees the same gradients (a DHSPG pruning step overwrites them with its directions)."""
+        for p, g in zip(params, gradients):
+            p.grad.copy_(g)
+
     print(f"model: {sum(p.numel() for p in params) / 1e6:.1f}M parameters, {len(groups)} groups ({groups.counts()}), "
           f"device {device}, threads {torch.get_num_threads()}")  # fmt: skip
 
@@ -137,6 +152,8 @@ def optimizer_steps(args: argparse.Namespace, device: torch.device) -> dict[str,
     for foreach in modes:
         optimizers = {
             "AdamW": torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, foreach=foreach),
+            # A second AdamW: its ratio to the first shows the measurement noise.
+            "AdamW again (noise)": torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, foreach=foreach),
             # Importance is accumulated only in the last `importance_window` steps before the first partition.
             "warm-up": dhspg(foreach, partition_steps=far, pruning_end_steps=far + 1, importance_window=1),
             "warm-up, importance window": dhspg(foreach, partition_steps=far, pruning_end_steps=far + 1),
@@ -148,14 +165,15 @@ def optimizer_steps(args: argparse.Namespace, device: torch.device) -> dict[str,
         if device.type == "cuda":
             optimizers["AdamW fused"] = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=True)
         for name in ("pruning", "pruning, constrained"):
+            reset_gradients()
             optimizers[name].step()  # the partition step (one-off, reads values back)
         steps = {name: optimizer.step for name, optimizer in optimizers.items()}
-        times, ratios = interleaved_ratios(steps, "AdamW", args.rounds, args.warmup, device)
+        times, ratios = interleaved_ratios(steps, "AdamW", args.rounds, args.warmup, device, reset_gradients)
         adamw_bytes = state_nbytes(optimizers["AdamW"])
         print(f"\nforeach={foreach} ({args.rounds} interleaved rounds; ratio = median of per-round ratios to AdamW)")
         for name in steps:
             line = f"  {name:<28} {times[name] * 1e3:9.1f} ms   ratio {ratios[name]:.3f}x"
-            if name != "AdamW":
+            if isinstance(optimizers[name], DHSPG):
                 line += f"   state {state_nbytes(optimizers[name]) / adamw_bytes:.4f}x AdamW's"
             print(line)
         pruning = optimizers["pruning"]

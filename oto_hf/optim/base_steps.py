@@ -14,6 +14,7 @@ The `torch._foreach_*` ops are the ones `torch.optim` itself uses for `foreach=T
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,8 +71,13 @@ def update(
     states: list[dict[str, Any]],
     group: dict[str, Any],
     foreach: bool,
+    scratch: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
-    """Apply the plain base step of `variant` to every parameter (local tensors; states from `init_state`)."""
+    """Apply the plain base step of `variant` to every parameter (local tensors; states from `init_state`).
+
+    `scratch(t)`, if given, returns a reusable tensor shaped like `t` for the Adam denominators (per-tensor path), so
+    the step allocates nothing of the parameters' size; the arithmetic is unchanged.
+    """
     if not params:
         return
     lr = group["lr"]
@@ -100,8 +106,8 @@ def update(
         torch._foreach_addcdiv_(params, exp_avgs, denoms, [-(lr / c) for c in corrections1])
         return
     for param, exp_avg, exp_avg_sq, c1, c2 in zip(params, exp_avgs, exp_avg_sqs, corrections1, corrections2_sqrt):
-        denom = (exp_avg_sq.sqrt() / c2).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-(lr / c1))
+        denom = exp_avg_sq.sqrt() if scratch is None else torch.sqrt(exp_avg_sq, out=scratch(exp_avg_sq))
+        param.addcdiv_(exp_avg, denom.div_(c2).add_(eps), value=-(lr / c1))
 
 
 def directions(

@@ -385,7 +385,7 @@ class DHSPG(Optimizer):
         self._importance = torch.zeros(num_groups, dtype=torch.float32, device=device)
         self._importance_steps = 0
         self._num_forced = 0
-        self._scratch = Scratch()
+        self._scratch = Scratch(limit=max((local(p).numel() for p in self._index.params), default=0))
 
     @classmethod
     def from_model(
@@ -578,7 +578,7 @@ class DHSPG(Optimizer):
                 params.append(local(param))
                 grads.append(grad)
                 states.append(self.state[param])
-            base_steps.update(self.variant, params, grads, states, group, self.foreach)
+            base_steps.update(self.variant, params, grads, states, group, self.foreach, self._scratch.like)
 
     def _accumulate_importance(self, xg: torch.Tensor) -> None:
         """Add `<x_g, grad_g>^2` (the squared gradient of a mask on each group) to the running importance."""
@@ -617,7 +617,7 @@ class DHSPG(Optimizer):
                 target[0].append(local(param))
                 target[1].append(local(param.grad))
                 target[2].append(self.state[param])
-            base_steps.update(self.variant, *plain, group, self.foreach)
+            base_steps.update(self.variant, *plain, group, self.foreach, self._scratch.like)
             consume = all(_can_hold_direction(g, p) for p, g in zip(grouped[0], grouped[1]))
             group_directions, decay = base_steps.directions(
                 self.variant, *grouped, group, self.foreach, consume_grads=consume

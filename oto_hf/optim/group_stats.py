@@ -12,13 +12,17 @@ STEP_KEYS: tuple[str, ...] = ("xx", "xd", "dd", "axx", "axd")
 
 
 class Scratch:
-    """One reusable flat buffer per dtype and device, as large as the largest parameter it served: elementwise
-    products land there instead of in a fresh allocation per parameter and step."""
+    """One reusable flat buffer per dtype and device: elementwise products and denominators land there instead of in
+    a fresh allocation per parameter and step. Tensors above `limit` elements (e.g. an embedding larger than every
+    grouped weight) get a fresh tensor, so the buffer stays as small as the largest grouped weight."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self._buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def like(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.numel() > self.limit:
+            return torch.empty_like(tensor, memory_format=torch.contiguous_format)
         key = (tensor.dtype, tensor.device)
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < tensor.numel():
