@@ -1,4 +1,4 @@
-# Two commands: `make test` (the test suite) and `make demo` (the main job). Each builds its own virtualenv.
+# Two commands: `make test` (lint, format check and the test suite) and `make demo` (the main job). Each builds its own virtualenv.
 # CUDA users: make test TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

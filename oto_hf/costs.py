@@ -1,4 +1,4 @@
-"""What each group costs in FLOPs, for `DHSPG(sparsity_budget="flops", group_costs=...)` and the Trainer's `kept_flops`."""
+"""What each group costs in FLOPs, for `DHSPG(sparsity_budget="flops", group_costs=...)` and the `kept_flops` log."""
 
 from __future__ import annotations
 

@@ -46,7 +46,6 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from oto_hf import construct_subnet, discover_groups, save_pruned
 from oto_hf.stats import forward_outputs
 
-
 SUBNET_TOLERANCE = 1e-5  # pruned vs zero-masked, relative to the largest output entry (fp32)
 RELOAD_TOLERANCE = 1e-6  # reloaded vs pruned
 QK_SCALE = 10.0  # near-uniform random attention hides heads mixed by mistake: sharpen it
@@ -103,7 +102,12 @@ TINY = {
     "max_position_embeddings": 128,
 }
 FFN_KEYS = (
-    "intermediate_size", "ffn_dim", "n_inner", "d_ff", "moe_intermediate_size", "shared_expert_intermediate_size"
+    "intermediate_size",
+    "ffn_dim",
+    "n_inner",
+    "d_ff",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
 )
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 EXPERT_FFN = 40
@@ -259,8 +263,10 @@ def relative_diff(reference: list[torch.Tensor], outputs: list[torch.Tensor]) ->
     return worst
 
 
-QK_NAMES = re.compile(r"(^|\.)(q|k|query|key|q_proj|k_proj|qkv|qkv_proj|c_attn|Wqkv|query_key_value|in_proj|wq|wk|"
-                      r"qk_proj|query_proj|key_proj|to_q|to_k|W_pack|attn\.qkv)\.weight$")
+QK_NAMES = re.compile(
+    r"(^|\.)(q|k|query|key|q_proj|k_proj|qkv|qkv_proj|c_attn|Wqkv|query_key_value|in_proj|wq|wk|"
+    r"qk_proj|query_proj|key_proj|to_q|to_k|W_pack|attn\.qkv)\.weight$"
+)
 
 
 @torch.no_grad()
@@ -322,14 +328,21 @@ def _pipeline(model_type: str, workdir: Path, result: Result) -> None:
     masked = groups.zero_(copy.deepcopy(model), ids)
     pruned = construct_subnet(model, groups, ids)
     result.params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in pruned.parameters()))
-    check(result, "subnet", relative_diff(forward_outputs(masked, inputs)[0], forward_outputs(pruned, inputs)[0]),
-          SUBNET_TOLERANCE)
+    check(
+        result,
+        "subnet",
+        relative_diff(forward_outputs(masked, inputs)[0], forward_outputs(pruned, inputs)[0]),
+        SUBNET_TOLERANCE,
+    )
     sharp_masked, sharp_pruned = copy.deepcopy(masked), copy.deepcopy(pruned)
     if scale_queries_and_keys(sharp_masked) != scale_queries_and_keys(sharp_pruned):
         raise AssertionError("the pruned model has different query/key tensors")
-    check(result, "subnet_qk_x10",
-          relative_diff(forward_outputs(sharp_masked, inputs)[0], forward_outputs(sharp_pruned, inputs)[0]),
-          SUBNET_TOLERANCE)
+    check(
+        result,
+        "subnet_qk_x10",
+        relative_diff(forward_outputs(sharp_masked, inputs)[0], forward_outputs(sharp_pruned, inputs)[0]),
+        SUBNET_TOLERANCE,
+    )
 
     # Not a valid Python name: a folder named like an optional package (`xlstm`) in the working directory would be
     # imported as that package by transformers' availability checks.
@@ -343,16 +356,18 @@ def _pipeline(model_type: str, workdir: Path, result: Result) -> None:
 
 
 @torch.no_grad()
-def _check_generation(result: Result, masked: torch.nn.Module, pruned: torch.nn.Module, inputs: dict[str, Any]
-                      ) -> None:
+def _check_generation(
+    result: Result, masked: torch.nn.Module, pruned: torch.nn.Module, inputs: dict[str, Any]
+) -> None:
     """Greedy decoding with the KV cache: the pruned model must produce the zero-masked model's tokens."""
     prompt = inputs["input_ids"][:, :4]
     settings = dict(max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
     try:
         expected = masked.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
     except Exception as error:  # the stock model itself cannot generate from this tiny config
-        result.notes.append(f"generate() not checked: the stock model fails: {type(error).__name__}: "
-                            f"{_first_line(error)}")
+        result.notes.append(
+            f"generate() not checked: the stock model fails: {type(error).__name__}: {_first_line(error)}"
+        )
         return
     tokens = pruned.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
     check(result, "generate_tokens_differ", float(not torch.equal(expected, tokens)), 0)
@@ -388,8 +403,14 @@ def reload_without_oto_hf(results: list[Result], workdir: Path) -> None:
     if not names:
         return
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    process = subprocess.run([sys.executable, "-c", _SUBPROCESS, str(workdir), json.dumps(names)],
-                             capture_output=True, text=True, cwd=workdir, env=env, timeout=3600)
+    process = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS, str(workdir), json.dumps(names)],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=env,
+        timeout=3600,
+    )
     if process.returncode != 0:
         found = {name: f"subprocess failed: {process.stderr[-1000:]}" for name in names}
     else:
@@ -411,8 +432,9 @@ def sweep(model_types: list[str], workdir: Path, subprocess_check: bool = True, 
         result = run_architecture(model_type, workdir)
         results.append(result)
         if verbose:
-            print(f"{model_type:32s} {result.outcome:8s} {result.seconds:6.1f}s {_short(result.reason, 110)}",
-                  flush=True)
+            print(
+                f"{model_type:32s} {result.outcome:8s} {result.seconds:6.1f}s {_short(result.reason, 110)}", flush=True
+            )
     if subprocess_check:
         reload_without_oto_hf(results, workdir)
     return results
@@ -429,8 +451,10 @@ def table(results: list[Result]) -> str:
     total = len(swept)
     lines.append("")
     outcomes = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("exact", "refused", "failed"))
-    lines.append(f"{total} architectures: {outcomes}"
-                 + (f" ({100 * counts.get('exact', 0) / total:.0f}% exact)" if total else ""))
+    lines.append(
+        f"{total} architectures: {outcomes}"
+        + (f" ({100 * counts.get('exact', 0) / total:.0f}% exact)" if total else "")
+    )
     skipped = len(results) - total
     if skipped:
         lines.append(f"{skipped} model types skipped (cannot be built or run from a tiny config; see the JSON)")

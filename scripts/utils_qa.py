@@ -46,8 +46,10 @@ def read_squad_file(path: str | Path) -> list[dict[str, Any]]:
     """Flat records (`id`, `title`, `context`, `question`, `answers` as lists) from a local SQuAD file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"SQuAD file {str(path)!r} does not exist." + (
-            " It is a directory; pass the JSON file inside it." if path.is_dir() else ""))
+        raise FileNotFoundError(
+            f"SQuAD file {str(path)!r} does not exist."
+            + (" It is a directory; pass the JSON file inside it." if path.is_dir() else "")
+        )
     text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         raise ValueError(f"SQuAD file {str(path)!r} is empty. {FORMATS_HELP}")
@@ -60,8 +62,9 @@ def read_squad_file(path: str | Path) -> list[dict[str, Any]]:
     elif isinstance(data, dict) and {"id", "context", "question", "answers"} & set(data):
         data = [data]  # JSON lines with a single record
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-        raise ValueError(f"{str(path)!r} is JSON but not SQuAD data (top level: {type(data).__name__}). "
-                         f"{FORMATS_HELP}")
+        raise ValueError(
+            f"{str(path)!r} is JSON but not SQuAD data (top level: {type(data).__name__}). {FORMATS_HELP}"
+        )
     if data and "paragraphs" in data[0]:
         records = list(_flatten_nested(path, data))
     else:
@@ -124,8 +127,9 @@ def _answer_lists(path: Path, qid: Any, answers: Any) -> dict[str, list]:
     elif isinstance(answers, list) and all(isinstance(a, dict) and "text" in a for a in answers):
         texts, starts = [a["text"] for a in answers], [a.get("answer_start", -1) for a in answers]
     else:
-        raise ValueError(f"{str(path)!r}: question {qid!r} has answers in an unknown form: {answers!r}. "
-                         f"{FORMATS_HELP}")
+        raise ValueError(
+            f"{str(path)!r}: question {qid!r} has answers in an unknown form: {answers!r}. {FORMATS_HELP}"
+        )
     if len(starts) != len(texts):
         starts = (starts + [-1] * len(texts))[: len(texts)]
     return {"text": [str(t) for t in texts], "answer_start": [int(s) if s is not None else -1 for s in starts]}
@@ -214,8 +218,9 @@ def _tokenize(examples: dict[str, list], tokenizer, max_seq_length: int, doc_str
     ), (1 if pad_on_right else 0)
 
 
-def prepare_train_features(examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int,
-                           pad_to_max_length: bool = True) -> dict[str, list]:
+def prepare_train_features(
+    examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length: bool = True
+) -> dict[str, list]:
     """Tokenised windows with `start_positions`/`end_positions`; windows without the answer point at [CLS]."""
     encoded, context_index = _tokenize(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
     sample_map = encoded.pop("overflow_to_sample_mapping")
@@ -240,8 +245,9 @@ def prepare_train_features(examples: dict[str, list], tokenizer, max_seq_length:
     return encoded
 
 
-def prepare_validation_features(examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int,
-                                pad_to_max_length: bool = True) -> dict[str, list]:
+def prepare_validation_features(
+    examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length: bool = True
+) -> dict[str, list]:
     """Tokenised windows with `example_id`, and `offset_mapping` set to None outside the context."""
     encoded, context_index = _tokenize(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
     sample_map = encoded.pop("overflow_to_sample_mapping")
@@ -268,8 +274,10 @@ class QAPredictions:
     def for_metric(self, version_2_with_negative: bool) -> list[dict[str, Any]]:
         """Predictions in the format of the `squad` / `squad_v2` metrics."""
         if version_2_with_negative:
-            return [{"id": qid, "prediction_text": text, "no_answer_probability": self.no_answer_probability[qid]}
-                    for qid, text in self.texts.items()]
+            return [
+                {"id": qid, "prediction_text": text, "no_answer_probability": self.no_answer_probability[qid]}
+                for qid, text in self.texts.items()
+            ]
         return [{"id": qid, "prediction_text": text} for qid, text in self.texts.items()]
 
     def save(self, output_dir: str | Path, prefix: str) -> None:
@@ -308,15 +316,17 @@ def postprocess_qa_predictions(
     `no_answer_probability` is its softmax share among the n best candidates.
     """
     if len(start_logits) != len(features) or len(end_logits) != len(features):
-        raise ValueError(f"Got {len(start_logits)} start and {len(end_logits)} end logit rows for {len(features)} "
-                         "features.")
+        raise ValueError(
+            f"Got {len(start_logits)} start and {len(end_logits)} end logit rows for {len(features)} features."
+        )
     windows: dict[str, list[int]] = collections.defaultdict(list)
     for index, example_id in enumerate(features["example_id"]):
         windows[example_id].append(index)
     offsets_all = features["offset_mapping"]
     result = QAPredictions()
-    progress = hf_logging.tqdm(examples, desc="Post-processing", total=len(examples), leave=False,
-                               disable=not show_progress)
+    progress = hf_logging.tqdm(
+        examples, desc="Post-processing", total=len(examples), leave=False, disable=not show_progress
+    )
     for example in progress:
         context = example["context"]
         candidates: list[dict[str, Any]] = []
@@ -333,12 +343,14 @@ def postprocess_qa_predictions(
                 for e in top_ends:
                     if e >= len(offsets) or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
                         continue
-                    candidates.append({
-                        "text": context[offsets[s][0] : offsets[e][1]],
-                        "score": float(starts[s] + ends[e]),
-                        "start_logit": float(starts[s]),
-                        "end_logit": float(ends[e]),
-                    })
+                    candidates.append(
+                        {
+                            "text": context[offsets[s][0] : offsets[e][1]],
+                            "score": float(starts[s] + ends[e]),
+                            "start_logit": float(starts[s]),
+                            "end_logit": float(ends[e]),
+                        }
+                    )
         candidates = sorted(candidates, key=lambda c: c["score"], reverse=True)[:n_best_size]
         best = candidates[0] if candidates else None
         if version_2_with_negative and null_score is not None:
@@ -365,8 +377,12 @@ def postprocess_qa_predictions(
 
 def log_alignment(name: str, stats: AlignmentStats, for_training: bool) -> None:
     if stats.realigned:
-        logger.info("%s: re-aligned %d of %d answer_start offsets to the nearest exact occurrence of the answer.",
-                    name, stats.realigned, stats.answers)
+        logger.info(
+            "%s: re-aligned %d of %d answer_start offsets to the nearest exact occurrence of the answer.",
+            name,
+            stats.realigned,
+            stats.answers,
+        )
     if stats.not_found:
         what = "dropped (training needs positions)" if for_training else "kept for EM/F1 (they only compare texts)"
         logger.warning("%s: %d answers do not occur in their context; %s.", name, stats.not_found, what)

@@ -92,7 +92,7 @@ def test_text_classifier(tmp_path, text_folder, capsys):
     assert results["metrics"]["accuracy"] == pytest.approx(float((predictions == labels).mean()))
     assert results["task"] == "text-classification" and results["num_examples"] == 20
     report = results["compression"]
-    assert report["params_dense"] == pruned.oto_pruning["params_before"] > report["params_pruned"]
+    assert report["params_dense"] == pruned.oto_pruning.params_before > report["params_pruned"]
     assert report["params_pruned"] == count_parameters(pruned) and report["latency_ratio"] > 0
 
 
@@ -118,7 +118,7 @@ def test_remote_code_and_a_given_dense_model(tmp_path, text_folder, capsys):
     )
     assert "Loaded transformers_modules." in capsys.readouterr().out  # the modeling file saved beside the weights
     assert results["dense_reference"] == str(dense_dir)
-    assert results["compression"]["params_dense"] == pruned.oto_pruning["params_before"]
+    assert results["compression"]["params_dense"] == pruned.oto_pruning.params_before
 
 
 def test_image_classifier(tmp_path, image_folder):
@@ -144,7 +144,7 @@ def test_image_classifier(tmp_path, image_folder):
     assert results["metrics"]["accuracy"] == pytest.approx(float((predictions == labels).mean()))
     assert results["task"] == "image-classification" and results["num_examples"] == 24
     assert results["compression"]["latency_batch"] == {"pixel_values": [8, 1, 12, 12]}
-    assert results["compression"]["params_dense"] == pruned.oto_pruning["params_before"]
+    assert results["compression"]["params_dense"] == pruned.oto_pruning.params_before
 
 
 def test_not_a_pruned_model(tmp_path):

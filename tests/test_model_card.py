@@ -218,7 +218,7 @@ def test_training_arguments_of_other_kinds(bert_folder, tmp_path):
 
 
 def test_model_index_needs_task_and_dataset(bert_folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="oto_hf.model_card"):
+    with caplog.at_level(logging.WARNING, logger="oto_hf"):
         readme = write_model_card(bert_folder, eval_results={"f1": 70.5})
     assert "model-index" not in metadata_load(readme) and "| f1 | 70.5 |" in readme.read_text(encoding="utf-8")
     assert "needs both `task` and `dataset`" in caplog.text
@@ -227,7 +227,7 @@ def test_model_index_needs_task_and_dataset(bert_folder, caplog):
 def test_without_matplotlib_the_card_has_no_plot(bert_folder, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with caplog.at_level(logging.WARNING, logger="oto_hf.model_card"):
+    with caplog.at_level(logging.WARNING, logger="oto_hf"):
         readme = write_model_card(bert_folder)
     assert "matplotlib" in caplog.text
     assert not (bert_folder / PLOT_NAME).exists()

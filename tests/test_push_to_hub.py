@@ -50,8 +50,11 @@ def _local_files(folder: Path) -> dict[str, bytes]:
 
 def _run(args: list[str], hub: FakeHub, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """The script in a fresh process: huggingface_hub reads HF_ENDPOINT when it is imported."""
-    clean = {key: value for key, value in os.environ.items()
-             if not key.startswith(("HF_", "HUGGING_FACE_")) and key not in ("TRANSFORMERS_OFFLINE",)}
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("HF_", "HUGGING_FACE_")) and key not in ("TRANSFORMERS_OFFLINE",)
+    }
     clean.update(
         HF_ENDPOINT=hub.url,
         HF_HOME=str(tmp_path / "hf_home"),  # no cached login from this machine
@@ -65,15 +68,30 @@ def _run(args: list[str], hub: FakeHub, tmp_path: Path, **env: str) -> subproces
         no_proxy="127.0.0.1,localhost",
         **env,
     )
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=clean, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_push_over_lfs_writes_the_card_and_uploads_exact_bytes_privately(folder, hub, tmp_path):
     assert not (folder / "README.md").exists()
-    result = _run(["oto-tester/tiny-bert-pruned", str(folder), "--private", "--commit_message", "Prune 50% (test)",
-                   "--base_model", "google-bert/bert-base-uncased", "--license", "apache-2.0"],
-                  hub, tmp_path, HF_TOKEN=hub.token, HF_HUB_DISABLE_XET="1")
+    result = _run(
+        [
+            "oto-tester/tiny-bert-pruned",
+            str(folder),
+            "--private",
+            "--commit_message",
+            "Prune 50% (test)",
+            "--base_model",
+            "google-bert/bert-base-uncased",
+            "--license",
+            "apache-2.0",
+        ],
+        hub,
+        tmp_path,
+        HF_TOKEN=hub.token,
+        HF_HUB_DISABLE_XET="1",
+    )
     assert result.returncode == 0, result.stderr
     assert "Wrote the model card" in result.stdout and "Done: " in result.stdout
 

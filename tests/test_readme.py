@@ -12,4 +12,4 @@ def test_quick_start_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert type(namespace["reloaded"]).__name__ == "OTOBertForQuestionAnswering"
-    assert namespace["pruned"].oto_pruning["removed_groups"] == {"head": 1, "neuron": 2, "channel": 0}
+    assert namespace["pruned"].oto_pruning.removed_groups == {"head": 1, "neuron": 2, "channel": 0}

@@ -36,7 +36,9 @@ def restore_rules():
 
 
 def test_unknown_op_is_unprunable_with_a_reason():
-    with pytest.raises(ValueError, match=r"(?s)nothing prunable.*unsupported op.*register_op_rule.*oto_hf_test.scaled_gelu"):
+    with pytest.raises(
+        ValueError, match=r"(?s)nothing prunable.*unsupported op.*register_op_rule.*oto_hf_test.scaled_gelu"
+    ):
         discover_groups(CustomMLP(), example_inputs=(torch.randn(2, 6),))
 
 

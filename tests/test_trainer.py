@@ -22,8 +22,12 @@ def _zero_count(trainer):
 
 def test_trains_to_the_exact_target_and_exports(tmp_path):
     model = tiny_model()
-    trainer = OTOTrainer(model, tiny_args(str(tmp_path)), train_dataset=TinyClassification(),
-                         eval_dataset=TinyClassification(size=32, seed=1))
+    trainer = OTOTrainer(
+        model,
+        tiny_args(str(tmp_path)),
+        train_dataset=TinyClassification(),
+        eval_dataset=TinyClassification(size=32, seed=1),
+    )
     counts = []
 
     class Watch:
@@ -44,7 +48,7 @@ def test_trains_to_the_exact_target_and_exports(tmp_path):
 
     dense_metrics = trainer.evaluate()
     pruned = trainer.save_pruned(tmp_path / "pruned")
-    assert pruned.oto_pruning["params_after"] < pruned.oto_pruning["params_before"]
+    assert pruned.oto_pruning.params_after < pruned.oto_pruning.params_before
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")
     trainer.model = reloaded
     pruned_metrics = trainer.evaluate()
@@ -59,8 +63,11 @@ def test_plain_training_arguments_are_upgraded(tmp_path):
 
 
 def test_every_layer_keeps_its_minimum_of_heads(tmp_path):
-    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), min_heads_per_layer=2, target_sparsity=0.9,
-                                                 max_family_sparsity=1.0), train_dataset=TinyClassification())
+    trainer = OTOTrainer(
+        tiny_model(),
+        tiny_args(str(tmp_path), min_heads_per_layer=2, target_sparsity=0.9, max_family_sparsity=1.0),
+        train_dataset=TinyClassification(),
+    )
     trainer.train()
     zero = set(trainer.groups.zero_group_ids(trainer.model))
     assert len(zero) == round(0.9 * len(trainer.groups))
@@ -85,8 +92,9 @@ def test_uniform_widths_save_a_stock_config(tmp_path):
             return {"input_ids": ids, "labels": ids}
 
     model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2))
-    trainer = OTOTrainer(model, tiny_args(str(tmp_path), uniform_widths=True, target_sparsity=0.4),
-                         train_dataset=LanguageModelling())
+    trainer = OTOTrainer(
+        model, tiny_args(str(tmp_path), uniform_widths=True, target_sparsity=0.4), train_dataset=LanguageModelling()
+    )
     trainer.train()
     trainer.save_pruned(tmp_path / "pruned")
     config = AutoConfig.from_pretrained(tmp_path / "pruned")
@@ -95,41 +103,57 @@ def test_uniform_widths_save_a_stock_config(tmp_path):
 
 
 def test_accumulation_clipping_and_bf16(tmp_path):
-    args = tiny_args(str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_grad_norm=0.5,
-                     bf16=True, target_sparsity=0.5)
+    args = tiny_args(
+        str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_grad_norm=0.5,
+        bf16=True,
+        target_sparsity=0.5,
+    )
     trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
     trainer.train()
     assert _zero_count(trainer) == round(0.5 * len(trainer.groups))
 
 
 def test_flops_budget(tmp_path):
-    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.2),
-                         train_dataset=TinyClassification())
+    trainer = OTOTrainer(
+        tiny_model(),
+        tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.2),
+        train_dataset=TinyClassification(),
+    )
     trainer.train()
     zero = trainer.groups.zero_group_ids(trainer.model)
     removed = sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops
     assert removed >= 0.2 and removed - 0.2 <= max(trainer.group_flops)
     with pytest.raises(ValueError, match="cannot be met"):
-        OTOTrainer(tiny_model(), tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.95,
-                                           prune_kinds=["neuron"]), train_dataset=TinyClassification())
+        OTOTrainer(
+            tiny_model(),
+            tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.95, prune_kinds=["neuron"]),
+            train_dataset=TinyClassification(),
+        )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(target_sparsity=1.2), r"`target_sparsity` must be in \[0, 1\), got 1.2"),
-    (dict(partition_steps=10, pruning_end_steps=5), "must be after `partition_steps`"),
-    (dict(sparsity_budget="bytes"), "`sparsity_budget` must be one of"),
-    (dict(prune_kinds=["layer"]), "`prune_kinds` must be a non-empty subset"),
-    (dict(min_heads_per_layer=0), "`min_heads_per_layer` must be >= 1"),
-    (dict(dhspg_lambda_schedule="cosine"), "`dhspg_lambda_schedule` must be one of"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(target_sparsity=1.2), r"`target_sparsity` must be in \[0, 1\), got 1.2"),
+        (dict(partition_steps=10, pruning_end_steps=5), "must be after `partition_steps`"),
+        (dict(sparsity_budget="bytes"), "`sparsity_budget` must be one of"),
+        (dict(prune_kinds=["layer"]), "`prune_kinds` must be a non-empty subset"),
+        (dict(min_heads_per_layer=0), "`min_heads_per_layer` must be >= 1"),
+        (dict(dhspg_lambda_schedule="cosine"), "`dhspg_lambda_schedule` must be one of"),
+    ],
+)
 def test_bad_arguments(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_args(str(tmp_path), **overrides)
 
 
 def test_pruning_end_after_training_is_refused(tmp_path):
-    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path), pruning_end_steps=40),
-                         train_dataset=TinyClassification())
+    trainer = OTOTrainer(
+        tiny_model(), tiny_args(str(tmp_path), pruning_end_steps=40), train_dataset=TinyClassification()
+    )
     with pytest.raises(ValueError, match="after the last training step"):
         trainer.train()
 
@@ -138,8 +162,11 @@ def test_resume_is_bit_identical(tmp_path):
     full = OTOTrainer(tiny_model(), tiny_args(str(tmp_path / "full")), train_dataset=TinyClassification())
     full.train()
 
-    first = OTOTrainer(tiny_model(), tiny_args(str(tmp_path / "cut"), save_strategy="steps", save_steps=9),
-                       train_dataset=TinyClassification())
+    first = OTOTrainer(
+        tiny_model(),
+        tiny_args(str(tmp_path / "cut"), save_strategy="steps", save_steps=9),
+        train_dataset=TinyClassification(),
+    )
     first.train()  # saves checkpoint-9 (pruning phase: partition at 4, deadline at 14) and checkpoint-18, 24
     resumed = OTOTrainer(tiny_model(seed=1), tiny_args(str(tmp_path / "cut")), train_dataset=TinyClassification())
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-9"))
@@ -150,12 +177,24 @@ def test_resume_is_bit_identical(tmp_path):
 def test_two_processes_match_one(tmp_path):
     """DDP with distillation from the dense start: the teacher runs on every rank, outside DDP."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "tests.utils.train_tiny", str(tmp_path / "one"), "8", "dense"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "tests.utils.train_tiny", str(tmp_path / "one"), "8", "dense"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    double = subprocess.run([*launcher, "-m", "tests.utils.train_tiny", str(tmp_path / "two"), "4", "dense"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    double = subprocess.run(
+        [*launcher, "-m", "tests.utils.train_tiny", str(tmp_path / "two"), "4", "dense"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     one = torch.load(tmp_path / "one" / "weights-rank0.pt")
     rank0, rank1 = (torch.load(tmp_path / "two" / f"weights-rank{r}.pt") for r in (0, 1))
@@ -182,14 +221,24 @@ def test_heads_whose_loss_ignores_num_items_in_batch(tmp_path):
             ids = torch.arange(index, index + 10) % 99
             return {"input_ids": ids, "labels": ids}
 
-    causal = OTOTrainer(LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)), tiny_args(str(tmp_path)),
-                        train_dataset=LanguageModelling())
+    causal = OTOTrainer(
+        LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)),
+        tiny_args(str(tmp_path)),
+        train_dataset=LanguageModelling(),
+    )
     assert causal.model_accepts_loss_kwargs is True
 
 
 def test_training_by_epochs(tmp_path):
-    args = tiny_args(str(tmp_path), max_steps=-1, num_train_epochs=3, partition_steps=0, pruning_end_steps=0,
-                     partition_ratio=0.1, pruning_end_ratio=0.5)
+    args = tiny_args(
+        str(tmp_path),
+        max_steps=-1,
+        num_train_epochs=3,
+        partition_steps=0,
+        pruning_end_steps=0,
+        partition_ratio=0.1,
+        pruning_end_ratio=0.5,
+    )
     trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
     trainer.train()  # 64 examples / 8 = 8 steps per epoch, 24 steps
     assert _zero_count(trainer) == round(0.3 * len(trainer.groups))

@@ -105,7 +105,7 @@ class ChannelRegistry:
         parameter, other = shared[0], labels[shared[1]]
         low = torch.full((self.num_elements,), self.num_elements).scatter_reduce(0, parameter, other, reduce="amin")
         high = torch.full((self.num_elements,), -1).scatter_reduce(0, parameter, other, reduce="amax")
-        single = (low[parameter] == high[parameter])
+        single = low[parameter] == high[parameter]
         self._edges.append(shared[:, single])
         split = parameter[~single].unique()
         if split.numel():

@@ -15,7 +15,6 @@ from .channels import ChannelRegistry
 from .labels import Label, TensorRef, labeled_ids, varies_along
 from .rules import RuleContext, module_path, rule_for, unsupported
 
-
 logger = logging.getLogger(__name__)
 
 
@@ -41,7 +40,11 @@ def propagate(program: ExportedProgram, show_progress: bool | None = None) -> Pr
             continue
         spec = placeholders.get(node.name)
         value = node.meta.get("val")
-        if spec is not None and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER) and isinstance(value, torch.Tensor):
+        if (
+            spec is not None
+            and spec.kind in (InputKind.PARAMETER, InputKind.BUFFER)
+            and isinstance(value, torch.Tensor)
+        ):
             shape = tuple(int(n) for n in value.shape)
             result.tensor_ndims[spec.target] = len(shape)
             labels[node] = TensorRef(spec.target, shape, tuple(range(len(shape))), spec.kind == InputKind.BUFFER)
@@ -83,7 +86,7 @@ def _run(
         except Exception as error:  # a rule that cannot follow this node: keep its channels out of every group
             label = _rule_failed(node, labels, result.registry, error)
         labels[node] = label
-        for item in (label if isinstance(label, tuple) else (label,)):
+        for item in label if isinstance(label, tuple) else (label,):
             if isinstance(item, torch.Tensor) and item.numel():
                 result.values.append((node, item, frozenset(forbidden)))
     return None
@@ -95,8 +98,11 @@ def _rule_failed(node: fx.Node, labels: dict[fx.Node, Label], registry: ChannelR
     logger.warning("Channel propagation failed at node %r (%s): %s", node.name, node.target, message)
     ctx = RuleContext(node, labels, registry, set())
     for arg in ctx.tensor_args():
-        ctx.poison(ctx.label(arg), f"the propagation rule failed ({type(error).__name__}: {message}); register a "
-                                   "rule with oto_hf.register_op_rule")
+        ctx.poison(
+            ctx.label(arg),
+            f"the propagation rule failed ({type(error).__name__}: {message}); register a "
+            "rule with oto_hf.register_op_rule",
+        )
     return None
 
 
@@ -113,7 +119,11 @@ def _run_subgraph(module: fx.GraphModule, node: fx.Node, labels: dict[fx.Node, L
     for placeholder, operand in zip(placeholders, operands):
         inner[placeholder] = labels.get(operand) if isinstance(operand, fx.Node) else None
     outputs = _run(submodule, submodule.graph, inner, result, show_progress=False)
-    return tuple(outputs[0]) if isinstance(outputs, tuple) and len(outputs) == 1 and isinstance(outputs[0], (list, tuple)) else outputs
+    return (
+        tuple(outputs[0])
+        if isinstance(outputs, tuple) and len(outputs) == 1 and isinstance(outputs[0], (list, tuple))
+        else outputs
+    )
 
 
 def labels_in(value, labels: dict[fx.Node, Label]):

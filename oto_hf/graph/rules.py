@@ -24,7 +24,6 @@ from torch import fx
 from .channels import ChannelRegistry
 from .labels import Label, TensorRef, along, labeled_ids, unlabeled, varies_along
 
-
 aten = torch.ops.aten
 
 
@@ -179,7 +178,11 @@ def elementwise(ctx: RuleContext) -> Label:
 
     out = unlabeled(out_shape)
     for label in dense:
-        expanded = label.expand(out_shape) if label.dim() == rank else label.reshape((1,) * (rank - label.dim()) + tuple(label.shape)).expand(out_shape)
+        expanded = (
+            label.expand(out_shape)
+            if label.dim() == rank
+            else label.reshape((1,) * (rank - label.dim()) + tuple(label.shape)).expand(out_shape)
+        )
         ctx.registry.union(out, expanded)
         out = torch.where(out >= 0, out, expanded)
     for shape in plain:
@@ -303,7 +306,9 @@ def reduction(ctx: RuleContext) -> Label:
         return None
     dense = ctx.dense(source)
     dims = ctx.argument("dim")
-    dims = list(range(dense.dim())) if dims is None or dims == [] else ([dims] if isinstance(dims, int) else list(dims))
+    dims = (
+        list(range(dense.dim())) if dims is None or dims == [] else ([dims] if isinstance(dims, int) else list(dims))
+    )
     dims = sorted(d % max(dense.dim(), 1) for d in dims)
     if any(varies_along(dense, d) for d in dims):
         dense = tie_reduced(ctx, dense, dims, "reduction over a channel dimension")
@@ -352,7 +357,9 @@ def spatial(ctx: RuleContext) -> Label:
 
 
 # ---- producers and consumers -------------------------------------------------------------------------------------
-def _consume(ctx: RuleContext, x: Label, x_shape: tuple[int, ...], dim: int, weight: TensorRef, weight_dim: int) -> None:
+def _consume(
+    ctx: RuleContext, x: Label, x_shape: tuple[int, ...], dim: int, weight: TensorRef, weight_dim: int
+) -> None:
     """Slices of `weight` along `weight_dim` read entry i of `x` along `dim` (nothing to tie if `x` has no channel).
 
     A buffer read as data (e.g. a table of relative coordinates) is a constant input, not a channel: models rebuild
@@ -429,7 +436,9 @@ def contract(ctx: RuleContext, a: torch.Tensor, b: torch.Tensor, out_shape: tupl
     a_k, b_k = a.amax(dim=tuple(range(a.dim() - 1))), b.amax(dim=tuple(d for d in range(b.dim()) if d != b.dim() - 2))
     mismatch = (a_k >= 0) != (b_k >= 0)
     if mismatch.any():
-        ctx.registry.poison(torch.cat([a_k[mismatch], b_k[mismatch]]), f"contraction with unprunable data: {ctx.where}")
+        ctx.registry.poison(
+            torch.cat([a_k[mismatch], b_k[mismatch]]), f"contraction with unprunable data: {ctx.where}"
+        )
     rows, cols = a.amax(dim=-1), b.amax(dim=-2)  # one representative per row / column
     ctx.registry.union(a, rows.unsqueeze(-1))
     ctx.registry.union(b, cols.unsqueeze(-2))
@@ -629,7 +638,15 @@ def _move_ref(ctx: RuleContext, ref: TensorRef) -> TensorRef | None:
         return ref.with_dims(out_shape, tuple(dims[d % len(dims)] for d in ctx.node.args[1]))
     if packet is aten.numpy_T:  # `weight.T`: all dims reversed
         return ref.with_dims(out_shape, tuple(reversed(dims)))
-    if packet in (aten.expand, aten.view, aten.reshape, aten._unsafe_view, aten.unsqueeze, aten.squeeze, aten.broadcast_to):
+    if packet in (
+        aten.expand,
+        aten.view,
+        aten.reshape,
+        aten._unsafe_view,
+        aten.unsqueeze,
+        aten.squeeze,
+        aten.broadcast_to,
+    ):
         kept = [(d, n) for d, n in zip(dims, ref.shape) if n != 1]
         if packet in (aten.expand, aten.broadcast_to):
             return _broadcast_ref(ref, ref.shape, out_shape)
@@ -664,7 +681,7 @@ def module_path(node: fx.Node) -> str:
     return str(path).replace("L['self'].", "").replace("L__self__.", "")
 
 
-# ---- the default table -----------------------------------------------------------------------------------------------
+# ---- the default table ----------------------------------------------------------------------------------------------
 _UNARY = (
     "gelu relu relu_ silu silu_ tanh sigmoid dropout neg abs exp log sqrt rsqrt erf sin cos square hardtanh hardtanh_ "
     "hardswish hardsigmoid leaky_relu elu mish softplus clamp clamp_min clamp_max sign logical_not bitwise_not "
@@ -706,7 +723,10 @@ def _register_defaults() -> None:
         ("mm matmul bmm", matmul),
         ("conv1d conv2d conv3d convolution", convolution),
         ("embedding", embedding),
-        ("batch_norm _native_batch_norm_legit_no_training _native_batch_norm_legit native_batch_norm instance_norm", per_channel_norm),
+        (
+            "batch_norm _native_batch_norm_legit_no_training _native_batch_norm_legit native_batch_norm instance_norm",
+            per_channel_norm,
+        ),
         ("layer_norm native_layer_norm rms_norm _fused_rms_norm", _layer_norm),
         ("group_norm native_group_norm", group_norm),
         ("scaled_dot_product_attention", attention),

@@ -9,7 +9,6 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .pruned import PrunedModelMixin, pruned_config_class, pruned_model_class, resize_to_config
 
-
 # Auto class name -> name of its model-type mapping in `transformers.models.auto.modeling_auto`.
 # Private: these `*_MAPPING_NAMES` tables and `configuration_auto.CONFIG_MAPPING` (checked against
 # transformers 5.24, pinned by tests/test_private_apis.py).

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 TENSOR_SHAPES_KEY = "oto_tensor_shapes"
 MODULE_ATTRIBUTES_KEY = "oto_module_attributes"
 CONFIG_PREFIX = "config."  # a recorded attribute `config.<key>`: the key in the module's own copy of the config
@@ -75,11 +74,13 @@ class PrunedModelMixin:
             mismatches = _checkpoint_mismatches(cls, pretrained_model_name_or_path, kwargs.get("config"))
             if not mismatches:
                 raise
-            shown = "; ".join(f"{name}: checkpoint {found}, config {expected}" for name, found, expected in mismatches[:5])
+            shown = "; ".join(
+                f"{name}: checkpoint {found}, config {expected}" for name, found, expected in mismatches[:5]
+            )
             raise ValueError(
                 f"The weights in {pretrained_model_name_or_path} do not match the pruned shapes recorded in its "
-                f"config.json ({len(mismatches)} tensors differ: {shown}). The folder was probably edited or mixed with "
-                "another checkpoint; save it again with `oto_hf.save_pruned`."
+                f"config.json ({len(mismatches)} tensors differ: {shown}). The folder was probably edited or mixed "
+                "with another checkpoint; save it again with `oto_hf.save_pruned`."
             ) from error
         _check_loading_info(model, info, pretrained_model_name_or_path)
         return (model, info) if want_info else model

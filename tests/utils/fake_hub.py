@@ -65,8 +65,13 @@ class FakeHub:
     ```
     """
 
-    def __init__(self, token: str = "hf_fake_write_token", user: str = "oto-tester", lfs: bool = True,
-                 max_body: int = 64 * 1024 * 1024):
+    def __init__(
+        self,
+        token: str = "hf_fake_write_token",
+        user: str = "oto-tester",
+        lfs: bool = True,
+        max_body: int = 64 * 1024 * 1024,
+    ):
         self.token, self.user, self.lfs, self.max_body = token, user, lfs, max_body
         self.repos: dict[str, FakeRepo] = {}
         self.lfs_objects: dict[str, bytes] = {}
@@ -149,8 +154,12 @@ class FakeHub:
 
     def whoami(self, headers: Any, body: bytes) -> dict:
         user = self._auth(headers)
-        return {"type": "user", "name": user, "orgs": [], "auth": {"type": "access_token",
-                                                                  "accessToken": {"role": "write"}}}
+        return {
+            "type": "user",
+            "name": user,
+            "orgs": [],
+            "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+        }
 
     def create_repo(self, headers: Any, body: bytes) -> dict:
         user = self._auth(headers)
@@ -185,8 +194,12 @@ class FakeHub:
         if target.private and headers.get("Authorization") != f"Bearer {self.token}":
             raise HubError(404, "Repository not found", code="RepoNotFound")
         sha = target.commits[-1]["oid"] if target.commits else None
-        return {"id": target.repo_id, "sha": sha, "private": target.private,
-                "siblings": [{"rfilename": name} for name in sorted(target.files)]}
+        return {
+            "id": target.repo_id,
+            "sha": sha,
+            "private": target.private,
+            "siblings": [{"rfilename": name} for name in sorted(target.files)],
+        }
 
     def preupload(self, headers: Any, body: bytes, type: str, repo: str, rev: str) -> dict:
         self._auth(headers)
@@ -266,11 +279,24 @@ class FakeHub:
         target.lfs_files = (target.lfs_files - set(files)) | lfs_files
         parent = target.commits[-1]["oid"] if target.commits else ""
         oid = hashlib.sha1((parent + json.dumps(lines, sort_keys=True)).encode()).hexdigest()
-        target.commits.append({"oid": oid, "summary": header.get("summary"), "description": header.get("description"),
-                               "files": sorted(files), "lfs_files": sorted(lfs_files), "deleted": deleted})
+        target.commits.append(
+            {
+                "oid": oid,
+                "summary": header.get("summary"),
+                "description": header.get("description"),
+                "files": sorted(files),
+                "lfs_files": sorted(lfs_files),
+                "deleted": deleted,
+            }
+        )
         prefix = "" if target.repo_type == "model" else f"{target.repo_type}s/"
-        return {"success": True, "commitOid": oid, "commitUrl": f"{self.url}/{prefix}{repo}/commit/{oid}",
-                "hookOutput": "", "pullRequestUrl": None}
+        return {
+            "success": True,
+            "commitOid": oid,
+            "commitUrl": f"{self.url}/{prefix}{repo}/commit/{oid}",
+            "hookOutput": "",
+            "pullRequestUrl": None,
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):

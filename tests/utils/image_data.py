@@ -8,8 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-IDX_TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
-                  np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+IDX_TYPE_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(">i2"): 0x0B,
+    np.dtype(">i4"): 0x0C,
+    np.dtype(">f4"): 0x0D,
+    np.dtype(">f8"): 0x0E,
+}
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> Path:
@@ -25,23 +31,25 @@ def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None)
     return path
 
 
-def pattern_images(count: int, size: int = 12, num_classes: int = 3, channels: int = 1,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pattern_images(
+    count: int, size: int = 12, num_classes: int = 3, channels: int = 1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, H, W) or (N, H, W, C) whose class is a bright band's position, plus noise; and their labels."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, count)
     images = rng.integers(0, 60, (count, size, size)).astype(np.int64)
     band = max(size // num_classes, 1)
     for index, label in enumerate(labels):
-        images[index, label * band:(label + 1) * band, :] += 180
+        images[index, label * band : (label + 1) * band, :] += 180
     images = np.clip(images, 0, 255).astype(np.uint8)
     if channels > 1:
         images = np.repeat(images[..., None], channels, axis=-1)
     return images, labels.astype(np.uint8)
 
 
-def write_fashion_mnist_like(folder: str | Path, train: int = 48, test: int = 16, size: int = 12,
-                             num_classes: int = 3, gz: bool = True) -> Path:
+def write_fashion_mnist_like(
+    folder: str | Path, train: int = 48, test: int = 16, size: int = 12, num_classes: int = 3, gz: bool = True
+) -> Path:
     """The four Fashion-MNIST IDX files (same names) holding tiny generated images."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,8 +61,14 @@ def write_fashion_mnist_like(folder: str | Path, train: int = 48, test: int = 16
     return folder
 
 
-def write_image_folder(folder: str | Path, count: int = 24, size: int = 16, num_classes: int = 3,
-                       seed: int = 0, names: tuple[str, ...] = ("circle", "square", "stripe")) -> Path:
+def write_image_folder(
+    folder: str | Path,
+    count: int = 24,
+    size: int = 16,
+    num_classes: int = 3,
+    seed: int = 0,
+    names: tuple[str, ...] = ("circle", "square", "stripe"),
+) -> Path:
     """PNG files in one sub-folder per class (RGB), for the `imagefolder` loader. Needs Pillow."""
     from PIL import Image
 

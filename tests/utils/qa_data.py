@@ -15,8 +15,9 @@ from tests.utils.tokenizers import CORPUS
 QUESTIONS = ["what sat on the mat", "where did the dog run", "what removes heads", "what gives a smaller model"]
 
 
-def qa_records(count: int = 16, seed: int = 0, unanswerable: int = 0, misaligned: int = 1,
-               long_contexts: int = 1) -> list[dict[str, Any]]:
+def qa_records(
+    count: int = 16, seed: int = 0, unanswerable: int = 0, misaligned: int = 1, long_contexts: int = 1
+) -> list[dict[str, Any]]:
     """Flat SQuAD records (`id`, `title`, `context`, `question`, `answers` as lists).
 
     The answer is one word of the context. The first `misaligned` records point `answer_start` a few characters off
@@ -37,8 +38,15 @@ def qa_records(count: int = 16, seed: int = 0, unanswerable: int = 0, misaligned
         answers = {"text": [answer], "answer_start": [start + (3 if index < misaligned else 0)]}
         if index >= count - unanswerable:
             answers = {"text": [], "answer_start": []}
-        records.append({"id": f"q{seed}-{index}", "title": f"doc{index % 3}", "context": context,
-                        "question": rng.choice(QUESTIONS), "answers": answers})
+        records.append(
+            {
+                "id": f"q{seed}-{index}",
+                "title": f"doc{index % 3}",
+                "context": context,
+                "question": rng.choice(QUESTIONS),
+                "answers": answers,
+            }
+        )
     return records
 
 
@@ -52,8 +60,10 @@ def write_nested(path: str | Path, records: list[dict[str, Any]], version: str =
     """The official layout: articles by title, one paragraph per record, `is_impossible` on unanswerable ones."""
     articles: dict[str, list] = {}
     for record in records:
-        answers = [{"text": t, "answer_start": s} for t, s in zip(record["answers"]["text"],
-                                                                   record["answers"]["answer_start"])]
+        answers = [
+            {"text": t, "answer_start": s}
+            for t, s in zip(record["answers"]["text"], record["answers"]["answer_start"])
+        ]
         qa = {"id": record["id"], "question": record["question"], "answers": answers}
         if version.startswith("2"):
             qa["is_impossible"] = not answers

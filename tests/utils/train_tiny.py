@@ -20,10 +20,21 @@ def tiny_model(seed: int = 0, dropout: float = 0.1) -> BertForSequenceClassifica
 
 def tiny_args(output_dir: str, **overrides) -> OTOTrainingArguments:
     values = dict(
-        max_steps=24, per_device_train_batch_size=8, learning_rate=2e-3, target_sparsity=0.3, sparsity_budget="groups",
+        max_steps=24,
+        per_device_train_batch_size=8,
+        learning_rate=2e-3,
+        target_sparsity=0.3,
+        sparsity_budget="groups",
         partition_steps=4,
-        pruning_end_steps=14, logging_steps=2, report_to=[], save_strategy="no", use_cpu=True, seed=0,
-        data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        pruning_end_steps=14,
+        logging_steps=2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     values.update(overrides)
     return OTOTrainingArguments(output_dir, **values)
@@ -36,8 +47,10 @@ def main(output_dir: str, per_device_batch: int, distillation: str = "off") -> N
     trainer = OTOTrainer(model, args, train_dataset=TinyClassification(size=8))
     trainer.train()
     rank = trainer.args.process_index
-    torch.save({k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()},
-               f"{output_dir}/weights-rank{rank}.pt")
+    torch.save(
+        {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()},
+        f"{output_dir}/weights-rank{rank}.pt",
+    )
 
 
 if __name__ == "__main__":
