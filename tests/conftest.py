@@ -2,7 +2,6 @@
 
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,12 +13,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from tests.utils.paths import SCRIPTS_DIR  # noqa: E402
+
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
 # The scripts import their sibling modules (`import utils_common`, `from assets import ...`, `from metrics import ...`)
 # from `scripts/`, which `python scripts/<name>.py` puts first on `sys.path`; the tests do the same once, here.
-SCRIPTS = str(Path(__file__).resolve().parents[1] / "scripts")
+SCRIPTS = str(SCRIPTS_DIR)
 if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
 

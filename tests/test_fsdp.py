@@ -13,15 +13,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.utils.paths import REPO_ROOT
 
 
 def run(out: Path, processes: int) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29541"]
-    done = subprocess.run([*launcher, "-m", "tests.utils.fsdp_run", str(out)], cwd=ROOT, env=env,
+    done = subprocess.run([*launcher, "-m", "tests.utils.fsdp_run", str(out)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -26,9 +26,9 @@ from oto_hf.model_card import (
     write_model_card,
 )
 from tests.utils.asserts import random_nonuniform_ids
+from tests.utils.paths import REPO_ROOT
 from tests.utils.tiny_models import CASES
 
-REPO = Path(__file__).resolve().parents[1]
 SECTIONS = [
     "## Base model",
     "## Task and dataset",
@@ -331,7 +331,7 @@ def test_settings_in_the_pruning_record_reach_the_card(bert_folder, tmp_path):
 
 
 def test_template_is_found_in_the_source_tree():
-    assert template_path() == REPO / "model_cards" / "pruned_model_card.md"
+    assert template_path() == REPO_ROOT / "model_cards" / "pruned_model_card.md"
 
 
 def test_template_ships_in_the_wheel(saved, tmp_path):
@@ -339,11 +339,11 @@ def test_template_ships_in_the_wheel(saved, tmp_path):
     source = tmp_path / "src"  # build from a copy: the build writes build/ and *.egg-info next to the sources
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, source / name)
+        if (REPO_ROOT / name).exists():
+            shutil.copy(REPO_ROOT / name, source / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("oto_hf", "model_cards"):
-        shutil.copytree(REPO / name, source / name, ignore=ignore)
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=ignore)
     # With setuptools here, build offline; without it (Python >= 3.12 venvs), pip fetches it from the package index.
     isolation = ["--no-build-isolation"] if _has_setuptools() else []
     build = subprocess.run(
@@ -370,7 +370,7 @@ def test_template_ships_in_the_wheel(saved, tmp_path):
     # The template is package data of oto_hf.templates, and every package under oto_hf/ is in the (listed) packages.
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "oto_hf/templates/pruned_model_card.md" in names and not any(n.startswith("share/") for n in names)
-    packages = {p.relative_to(REPO).as_posix() for p in (REPO / "oto_hf").rglob("__init__.py")}
+    packages = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "oto_hf").rglob("__init__.py")}
     assert packages <= names, f"packages missing from pyproject.toml's [tool.setuptools] packages: {packages - names}"
 
     venv = tmp_path / "venv"
@@ -426,7 +426,7 @@ def test_template_ships_in_the_wheel(saved, tmp_path):
     assert Path(result["oto_hf"]).resolve().is_relative_to(venv.resolve())
     assert Path(result["template"]).resolve().is_relative_to(venv.resolve())
     assert Path(result["template"]).parent.name == "templates"
-    assert Path(result["template"]).read_text() == (REPO / "model_cards" / "pruned_model_card.md").read_text()
+    assert Path(result["template"]).read_text() == (REPO_ROOT / "model_cards" / "pruned_model_card.md").read_text()
     text = Path(result["readme"]).read_text(encoding="utf-8")
     assert "## How to load" in text
     assert metadata_load(result["readme"])["base_model"] == "google-bert/bert-base-uncased"

@@ -1,9 +1,10 @@
 """The README's quick start runs as written."""
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.utils.paths import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
 
 
 def test_quick_start_runs(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +10,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Trainin
 
 from oto_hf import OTOTrainer, OTOTrainingArguments
 from tests.utils.data import TinyClassification
+from tests.utils.paths import REPO_ROOT
 from tests.utils.train_tiny import tiny_args, tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _zero_count(trainer):
@@ -176,10 +174,10 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_two_processes_match_one(tmp_path):
     """DDP with distillation from the dense start: the teacher runs on every rank, outside DDP."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
         [sys.executable, "-m", "tests.utils.train_tiny", str(tmp_path / "one"), "8", "dense"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -189,7 +187,7 @@ def test_two_processes_match_one(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
     double = subprocess.run(
         [*launcher, "-m", "tests.utils.train_tiny", str(tmp_path / "two"), "4", "dense"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

@@ -6,7 +6,9 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from tests.utils.paths import SCRIPTS_DIR
+
+SCRIPTS = SCRIPTS_DIR
 
 
 def load_script(name: str) -> ModuleType:

@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ from tests.utils.dhspg_toys import (
     make,
     train_step,
 )
+from tests.utils.paths import REPO_ROOT
 
 
 def group_norms(model, groups) -> torch.Tensor:
@@ -170,7 +170,7 @@ def test_importance_is_the_squared_mask_gradient_accumulated_before_the_first_pa
 
 def test_ranks_with_different_statistics_agree_on_every_decision(tmp_path):
     """Local decisions differ when each rank's statistics differ; taken from rank 0, the zero masks agree."""
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
     out = tmp_path / "agreement.json"
