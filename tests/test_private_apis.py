@@ -22,7 +22,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.pytorch_utils import Conv1D
 
 from oto_hf.graph.export import export_model
-from oto_hf.graph.rules import module_path
+from oto_hf.graph.rule_context import module_path
 from oto_hf.models import AUTO_CLASSES, DEFAULT_MODEL_TYPES, model_classes_for, register_pruned_architecture
 from tests.utils.tiny_models import TEXT
 
@@ -212,8 +212,8 @@ def test_higher_order_ops_carry_one_subgraph_then_its_operands(exported):
 
 
 def test_op_overloads_expose_their_schema(exported):
-    """`OpOverload._schema` (`graph/rules.py`: arguments by name, op names in errors) and `aten._unsafe_view`,
-    which `view`s of fresh tensors become."""
+    """`OpOverload._schema` (`graph/rule_context.py`: arguments by name, op names in errors) and `aten._unsafe_view`,
+    which `view`s of fresh tensors become (`graph/rules.py::movement`)."""
     linear = next(n for n in exported.graph.nodes if n.target is torch.ops.aten.linear.default)
     assert [a.name for a in linear.target._schema.arguments] == ["input", "weight", "bias"]
     assert str(torch.ops.aten.linear.default) == "aten.linear.default"
@@ -222,7 +222,7 @@ def test_op_overloads_expose_their_schema(exported):
 
 
 def test_nodes_record_their_module_path(exported):
-    """`node.meta["nn_module_stack"]` (`graph/rules.py::module_path`): innermost module last, as (path, type)."""
+    """`node.meta["nn_module_stack"]` (`graph/rule_context.py::module_path`): innermost module last, (path, type)."""
     linears = [n for n in exported.graph.nodes if n.target is torch.ops.aten.linear.default]
     assert [module_path(n) for n in linears] == ["first", "inner.0"]
     path, _ = list(linears[1].meta["nn_module_stack"].values())[-1]
