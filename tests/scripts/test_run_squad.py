@@ -9,6 +9,8 @@ from transformers import AutoModelForQuestionAnswering, BertConfig, BertModel, D
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 import utils_qa
+import utils_squad_data
+import utils_squad_model
 from metrics import load_metric
 from tests.utils.qa_data import qa_records, write_jsonl, write_nested
 from tests.utils.scripts import load_script
@@ -223,7 +225,7 @@ def test_hub_dataset_offline_names_the_local_route(run_squad, tiny_model_dir, tm
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'squad' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(run_squad.datasets, "load_dataset", offline)
+    monkeypatch.setattr(utils_squad_data.datasets, "load_dataset", offline)
     args = ["--model_name_or_path", str(tiny_model_dir), "--dataset_name", "squad", "--output_dir", str(tmp_path)]
     with pytest.raises(RuntimeError, match="--train_file and --validation_file.*scripts/assets.py"):
         _run(run_squad, *args)
@@ -279,7 +281,7 @@ def test_evaluation_keeps_windows_in_order_with_group_by_length(run_squad, tmp_p
     )
     data_args = run_squad.DataArguments(train_file="unused.json", max_answer_length=1)
     squad, _ = load_metric("squad", prefer_local=True)
-    metrics = run_squad.evaluate_squad(trainer, trainer.model, examples, features, data_args, squad, "order")
+    metrics = utils_squad_model.evaluate_squad(trainer, trainer.model, examples, features, data_args, squad, "order")
     predictions = json.loads((tmp_path / "order_predictions.json").read_text())
     assert predictions == {e["id"]: e["context"].split()[0] for e in examples}
     assert 0 <= metrics["exact_match"] <= 100 and trainer.args.train_sampling_strategy == "group_by_length"
