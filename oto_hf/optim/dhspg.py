@@ -1,9 +1,11 @@
 """DHSPG (OTOv2's Dual Half-Space Projected Gradient) as a `torch.optim.Optimizer`, vectorised over packed groups.
 
-This module is longer than our ~400-line guideline because it holds one algorithm whose contract is its docstring
-(about 190 lines: the three phases, the progressive schedule, the exact budget rule and the family constraints). The
-pieces with a job of their own live beside it: `base_steps` (SGD/Adam/AdamW), `packed_index` (segmented reductions),
-`group_stats`, `penalty`, `selection`, `families`, `progressive`, `sharding` (FSDP2 and rank agreement), `checks`.
+This module is longer than our ~400-line guideline because it holds one algorithm: the class docstring is its contract
+(about 180 lines: the three phases, the progressive schedule, the exact budget rule, the family constraints and the
+arguments), the step orchestrates the phases, and some 25 read-only accessors report progress. The pieces with a job of
+their own live beside it: `base_steps` (SGD/Adam/AdamW), `packed_index` (segmented reductions), `group_stats`,
+`penalty`, `events` (partition and deadline), `progressive`, `selection`, `families`, `group_state`, `sharding` (FSDP2
+and rank agreement), `deprecations` and `checks`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..graph.groups import GROUP_KINDS
 from . import base_steps
 from .checks import check_at_least, check_choice, check_int, check_range
 from .deprecations import renamed_kwargs
@@ -331,9 +332,9 @@ class DHSPG(Optimizer):
         if not isinstance(named_parameters, Mapping):
             named_parameters = dict(named_parameters)
         optimizer_params = [p for group in self.param_groups for p in group["params"]]
-        self._index = GroupIndex(groups, named_parameters, optimizer_params)
-        self._position = {id(p): i for i, p in enumerate(self._index.params)}
-        self.foreach = all(p.is_cuda for p in optimizer_params) if foreach is None else bool(foreach)
+        self._group_list = groups
+        self._foreach_choice = foreach
+        self._bind(named_parameters, optimizer_params)
         num_params = [
             getattr(g, "num_params", 0) or int(n) for g, n in zip(groups, self._index.group_numel, strict=True)
         ]
@@ -347,7 +348,6 @@ class DHSPG(Optimizer):
             uniform_widths,
             self._budget,
             tolerance,
-            known_kinds=GROUP_KINDS,
             max_family_sparsity=max_family_sparsity,
             never_empty=never_empty,
         ).to(device)
@@ -385,7 +385,43 @@ class DHSPG(Optimizer):
         self._importance = torch.zeros(num_groups, dtype=torch.float32, device=device)
         self._importance_steps = 0
         self._num_forced = 0
+
+    def _bind(self, named_parameters: Mapping[str, torch.Tensor], optimizer_params: list[torch.Tensor]) -> None:
+        """Index the grouped parameters among `optimizer_params` (also the local shards of FSDP2 `DTensor`s)."""
+        self._index = GroupIndex(self._group_list, named_parameters, optimizer_params)
+        self._position = {id(p): i for i, p in enumerate(self._index.params)}
+        grouped = set(self._position)
+        self._grouped_names = {name: p for name, p in named_parameters.items() if id(p) in grouped}
+        self._bound = optimizer_params
+        # torch.optim's default: the multi-tensor path when every parameter is on a CUDA device.
+        choice = self._foreach_choice
+        self.foreach = all(p.is_cuda for p in optimizer_params) if choice is None else bool(choice)
         self._scratch = Scratch(limit=max((local(p).numel() for p in self._index.params), default=0))
+
+    def _follow_replaced_parameters(self) -> None:
+        """Re-index when the parameter groups hold other tensors than at construction.
+
+        `accelerate` does this with FSDP2: `Trainer` builds the optimizer first, then `prepare` shards the model and
+        swaps each optimizer parameter for its sharded `DTensor`, in place and in order (accelerate 1.15,
+        `fsdp2_switch_optimizer_parameters`). Group state stays; parameters added by `add_param_group` are ignored.
+        """
+        current = [p for group in self.param_groups for p in group["params"]][: len(self._bound)]
+        if all(a is b for a, b in zip(current, self._bound)):
+            return
+        if self.state:
+            raise RuntimeError(
+                "DHSPG's parameters were replaced after it took steps; replace them before the first step (as "
+                "accelerate's prepare does)."
+            )
+        replaced = {id(old): new for old, new in zip(self._bound, current)}
+        self._bind({name: replaced[id(p)] for name, p in self._grouped_names.items()}, current)
+        device = self._index.device  # prepare may also have moved the model, e.g. to its GPU
+        if device != self._costs.device:
+            self._families = self._families.to(device)
+            self._groups = self._groups.to(device)
+            self._lambda, self._importance, self._costs = (
+                t.to(device) for t in (self._lambda, self._importance, self._costs)
+            )
 
     @classmethod
     def from_model(
@@ -548,6 +584,7 @@ class DHSPG(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._follow_replaced_parameters()
         step = self._num_steps
         if not self._budget.active or step < self._partition_steps:
             if self._budget.active and self.saliency == "fisher" and step >= self._importance_from:

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from .checks import check_int
-
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
 
@@ -49,7 +47,7 @@ class GroupFamily:
         kind (`str`): kind of its groups (`"head"`, `"neuron"`, `"channel"`, or a custom kind).
         tensors (`tuple[tuple[str, int], ...]`): the family key, sorted `(parameter name, dim)` pairs.
         group_ids (`tuple[int, ...]`): its groups, in id order.
-        min_kept (`int`): groups that always stay non-zero: `min(size, min_kept_per_family of its kind)`.
+        min_kept (`int`): groups that always stay non-zero: `min(size, the per-layer minimum of its kind)`.
         max_zero (`int`): most groups that may be zero; with `uniform_widths`, exactly this many are zero from
             `pruning_end` on.
     """
@@ -98,34 +96,14 @@ def find_families(
     return keys, kinds, members, mixed
 
 
-def describe_minimums(min_kept_per_family: int | Mapping[str, int], kinds: Sequence[str]) -> str:
+def describe_minimums(min_kept: Mapping[str, int], kinds: Sequence[str]) -> str:
     """The minimums of the `kinds` present, as the user set them, for error messages: "`min_heads_per_layer=1`"."""
-    if not isinstance(min_kept_per_family, Mapping):
-        return f"`min_kept_per_family={min_kept_per_family!r}`"
     named = [
-        f"`{MIN_KEPT_ARGUMENTS[kind]}={value}`" if kind in MIN_KEPT_ARGUMENTS else f"`{kind}: {value}`"
-        for kind, value in min_kept_per_family.items()
+        f"`{MIN_KEPT_ARGUMENTS.get(kind, kind)}={value}`"
+        for kind, value in min_kept.items()
         if value and kind in kinds
     ]
     return ", ".join(named) or "no per-layer minimums"
-
-
-def resolve_min_kept(
-    min_kept_per_family: int | Mapping[str, int], kinds: Sequence[str], known: Sequence[str]
-) -> list[int]:
-    """Per-family minimum from an int (every kind) or a `{kind: int}` dict (missing kinds: 0), with checks."""
-    if isinstance(min_kept_per_family, Mapping):
-        allowed = sorted(set(known) | set(kinds))
-        for kind, value in min_kept_per_family.items():
-            if kind not in allowed:
-                raise ValueError(
-                    f"`min_kept_per_family` has an unknown kind {kind!r}; use kinds among {allowed}, e.g. "
-                    "`{'head': 1}`."
-                )
-            check_int(f"min_kept_per_family[{kind!r}]", value, 0)
-        return [int(min_kept_per_family.get(kind, 0)) for kind in kinds]
-    check_int("min_kept_per_family", min_kept_per_family, 0, ">= 0 (or a dict of kind to int)")
-    return [int(min_kept_per_family)] * len(kinds)
 
 
 def plan_uniform_quotas(
@@ -169,11 +147,10 @@ class FamilyConstraints:
 
     Args:
         groups (`Sequence[ZeroInvariantGroup]`): the groups, group `i` at position `i`.
-        min_kept_per_family (`int` or `dict[str, int]`): see `DHSPG`.
+        min_kept (`dict[str, int]`): groups each family of a kind keeps (`DHSPG`'s per-layer minimums).
         uniform_widths (`bool`): see `DHSPG`.
         budget (`Budget`): the resolved budget (its costs plan the quotas).
         tolerance (`float`): extra share of each family's width penalised beyond its quota with `uniform_widths`.
-        known_kinds (`Sequence[str]`): kinds accepted as keys of a `min_kept_per_family` dict.
         max_family_sparsity (`float`): most of each family's groups that may be zero, in `(0, 1]`.
         never_empty (`Sequence[FamilyKey]`): families that always keep at least one group.
     """
@@ -181,11 +158,10 @@ class FamilyConstraints:
     def __init__(
         self,
         groups: Sequence[ZeroInvariantGroup],
-        min_kept_per_family: int | Mapping[str, int],
+        min_kept: Mapping[str, int],
         uniform_widths: bool,
         budget: Budget,
         tolerance: float,
-        known_kinds: Sequence[str] = (),
         max_family_sparsity: float = 1.0,
         never_empty: Sequence[FamilyKey] = (),
     ) -> None:
@@ -201,7 +177,7 @@ class FamilyConstraints:
                 "use keys of `DHSPG.families` (`family.tensors`)."
             )
         protected = set(map(tuple, never_empty))
-        minimum = resolve_min_kept(min_kept_per_family, kinds, known_kinds)
+        minimum = [int(min_kept.get(kind, 0)) for kind in kinds]
         minimum = [
             max(m, len(ids) - math.floor(max_family_sparsity * len(ids) + 1e-9), int(key in protected))
             for m, ids, key in zip(minimum, members, keys)
@@ -215,7 +191,7 @@ class FamilyConstraints:
         if self.constrained and mixed:
             raise ValueError(mixed)
         if self.constrained:
-            limits = describe_minimums(min_kept_per_family, kinds)
+            limits = describe_minimums(min_kept, kinds)
             if max_family_sparsity < 1:
                 limits += f", `max_family_sparsity={max_family_sparsity:g}`"
             if protected:

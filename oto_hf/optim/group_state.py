@@ -60,5 +60,9 @@ class GroupState:
         restored = {key: values[key].to(device=device, dtype=dtype).clone() for key, dtype in _DTYPES.items()}
         return cls(**restored, family_order=families.family_order(restored["priority"]))
 
+    def to(self, device: torch.device) -> GroupState:
+        """The same state on `device`."""
+        return GroupState(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
     def nbytes(self) -> int:
         return sum(getattr(self, f.name).numel() * getattr(self, f.name).element_size() for f in fields(self))

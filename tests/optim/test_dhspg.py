@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from oto_hf.graph.groups import GroupSet
 from oto_hf.optim import DHSPG
@@ -410,3 +411,26 @@ def test_directions_written_into_the_gradients_equal_fresh_ones(variant, extra, 
             for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
                 if a.get(key) is not None:
                     torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
+def test_parameters_swapped_before_the_first_step_are_followed():
+    """accelerate's FSDP2 prepare swaps each optimizer parameter for a new tensor after the optimizer is built."""
+    reference, _, reference_optimizer = make(variant="adamw", lr=1e-2, target_sparsity=0.5)
+    model, _, optimizer = make(variant="adamw", lr=1e-2, target_sparsity=0.5)
+    new_of = {}
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            new_of[id(param)] = nn.Parameter(param.detach().clone())
+            setattr(module, name, new_of[id(param)])
+    for param_group in optimizer.param_groups:
+        param_group["params"] = [new_of[id(p)] for p in param_group["params"]]
+    for step in range(optimizer.pruning_end_steps + 2):
+        train_step(reference, reference_optimizer, step)
+        train_step(model, optimizer, step)
+    assert optimizer.zero_group_ids() == reference_optimizer.zero_group_ids() != []
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), name
+    for param_group in optimizer.param_groups:  # once it has stepped, the parameters are its own
+        param_group["params"] = [nn.Parameter(p.detach().clone()) for p in param_group["params"]]
+    with pytest.raises(RuntimeError, match="replaced after it took steps"):
+        optimizer.step()

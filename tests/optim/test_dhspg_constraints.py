@@ -191,7 +191,7 @@ def test_family_cap_keeps_candidates_in_priority_order_within_each_quota():
     model = TinyModel()
     groups = tiny_groups(model)
     budget = resolve_budget("groups", 0.5, 0.05, [g.num_params for g in groups], None, None)
-    families = FamilyConstraints(groups, 0, True, budget, tolerance=0.05)  # quotas [1, 6, 1, 6]
+    families = FamilyConstraints(groups, {}, True, budget, tolerance=0.05)  # quotas [1, 6, 1, 6]
     priority = torch.randperm(NUM_GROUPS, generator=torch.Generator().manual_seed(1))
     zero = torch.zeros(NUM_GROUPS, dtype=torch.bool)
     zero[[4, 5]] = True

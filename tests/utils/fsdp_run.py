@@ -63,11 +63,22 @@ def batch(step: int) -> torch.Tensor:
 def train(variant: str, rank: int, world: int, out: Path) -> None:
     model = build_model()
     groups = discover_groups(model, {"input_ids": batch(0)[:1]})  # on the whole model, before sharding
+    # With adamw the optimizer is built first and its parameters are then swapped for the sharded ones, as
+    # `Trainer` + accelerate do with FSDP2; with sgd it is built on the sharded model.
+    early = variant == "adamw"
+    if early:
+        optimizer = DHSPG.from_model(model, groups, variant=variant, lr=LEARNING_RATES[variant], **SETTINGS)
+        names = {id(p): name for name, p in model.named_parameters()}
     if world > 1:
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-    optimizer = DHSPG.from_model(model, groups, variant=variant, lr=LEARNING_RATES[variant], **SETTINGS)
+    if early:
+        sharded = dict(model.named_parameters())
+        for param_group in optimizer.param_groups:
+            param_group["params"] = [sharded[names[id(p)]] for p in param_group["params"]]
+    else:
+        optimizer = DHSPG.from_model(model, groups, variant=variant, lr=LEARNING_RATES[variant], **SETTINGS)
     share = GLOBAL_BATCH // world
     for step in range(STEPS):
         ids = batch(step)[rank * share : (rank + 1) * share]
