@@ -152,7 +152,7 @@ def test_norm_over_all_heads_mixes_them():
             return super().split(x)
 
     with pytest.raises(ValueError, match="(?s)nothing prunable.*reduction over a channel dimension"):
-        discover_groups(WholeNorm().eval(), example_inputs=(torch.randn(1, 5, 8),), kinds=["head"])
+        discover_groups(WholeNorm().eval(), example_inputs=(torch.randn(1, 5, 8),), prune_kinds=["head"])
 
 
 def test_relative_position_table_follows_its_head():
