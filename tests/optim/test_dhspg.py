@@ -366,11 +366,18 @@ def test_renamed_arguments_still_work_with_a_future_warning(old, value, new):
     model = TinyModel()
     with pytest.warns(FutureWarning, match=f"`{old}` is renamed `?{new}"):
         optimizer = DHSPG(
-            model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, **{old: value}
+            model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end_steps=10, **{old: value}
         )
-    assert optimizer.pruning_end_steps == 10
+    if old == "budget":
+        assert optimizer.sparsity_budget == "params"
+    if old == "partition_step":
+        assert optimizer.partition_points[0] == 2
+    if old == "min_kept_per_family":
+        assert {f.kind: f.min_kept for f in optimizer.families} == {"head": 1, "neuron": 0}
     with pytest.warns(FutureWarning, match="renamed `partition_points`"):
         assert optimizer.partition_steps == optimizer.partition_points
+    with pytest.warns(FutureWarning, match="renamed `pruning_end_steps`"):
+        assert optimizer.pruning_end == optimizer.pruning_end_steps == 10
     with pytest.raises(TypeError, match="pass `pruning_end_steps` only"):
         DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, pruning_end_steps=12)
     with pytest.raises(TypeError, match="unexpected keyword argument 'lamda'"):
