@@ -40,4 +40,4 @@ def gather_full_model(model: nn.Module) -> nn.Module | None:
     cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
     full = cls._from_config(model.config)
     full.load_state_dict(state)
-    return full.eval() if not model.training else full
+    return full.train(model.training)

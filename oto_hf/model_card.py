@@ -5,7 +5,6 @@ The template ships inside the package as `oto_hf.templates` (its source is the r
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import json
 import logging
@@ -15,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
-from transformers import TrainingArguments
 
 from . import card_format as fmt
 from ._version import __version__
 from .graph.groups import GROUP_KINDS
 from .record import SUMMARY_KEY, LayerWidths, PruningRecord
-from .training_args import OTOTrainingArguments
+from .training_args import oto_field_names
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +31,7 @@ CARD_TAGS = ["oto_hf", "pruning", "structured-pruning", "only-train-once"]
 # Every OTOTrainingArguments field of its own (so that a new argument is never missing from cards), then the
 # TrainingArguments fields that matter for reproduction. The arguments are never dumped whole: they hold secrets such
 # as `hub_token`.
-_TRAINER_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
-OTO_SETTINGS = tuple(f.name for f in dataclasses.fields(OTOTrainingArguments) if f.name not in _TRAINER_FIELDS)
+OTO_SETTINGS = tuple(oto_field_names())
 TRAINING_SETTINGS = (
     "learning_rate",
     "lr_scheduler_type",
