@@ -101,8 +101,15 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     config_class = register_pruned_architecture(model_type)
     values = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "transformers_version")}
     config = config_class(**values)
-    setattr(config, TENSOR_SHAPES_KEY, _relative_names(model, record.tensor_shapes))
-    setattr(config, MODULE_ATTRIBUTES_KEY, _relative_names(model, record.module_attributes, modules=True))
+    # A model loaded from an `oto_*` folder and pruned again keeps the shapes its config already recorded.
+    shapes = {**(getattr(base_config, TENSOR_SHAPES_KEY, None) or {}), **_relative_names(model, record.tensor_shapes)}
+    attributes = {
+        name: dict(values) for name, values in (getattr(base_config, MODULE_ATTRIBUTES_KEY, None) or {}).items()
+    }
+    for name, values in _relative_names(model, record.module_attributes, modules=True).items():
+        attributes.setdefault(name, {}).update(values)
+    setattr(config, TENSOR_SHAPES_KEY, shapes)
+    setattr(config, MODULE_ATTRIBUTES_KEY, attributes)
     config.oto_hf_version = __version__
     setattr(config, SUMMARY_KEY, summary.to_dict(shapes=False))
     module = _remote_module_name(model_type)

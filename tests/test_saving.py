@@ -229,3 +229,22 @@ def test_a_weight_left_missing_or_unused_is_an_error(saved, tmp_path):
         transformers.AutoModelForQuestionAnswering.from_pretrained(broken)
     base = transformers.AutoModel.from_pretrained(folder)  # a base class may leave the task head unused
     assert type(base).__name__ == "OTOBertModel"
+
+
+def test_a_reloaded_pruned_model_pruned_again_keeps_both_prunings(tmp_path):
+    """The second save records the first pruning's shapes too (here layer 1's, untouched the second time)."""
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    layer_1 = [g.id for g in groups if g.layer == 1][-3:] + [next(g.id for g in groups if g.layer == 1)]
+    save_pruned(construct_subnet(model, groups, layer_1), tmp_path / "first")
+    reloaded = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "first").eval()
+    again = discover_groups(reloaded)
+    second = construct_subnet(reloaded, again, [next(g.id for g in again if g.layer == 0)])
+    save_pruned(second, tmp_path / "second")
+    final = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "second").eval()
+    inputs = {"input_ids": torch.randint(0, TEXT["vocab_size"], (2, 7))}
+    for a, b in zip(_outputs(final, inputs), _outputs(second, inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    recorded = final.config.oto_module_attributes.keys()  # names relative to the base model
+    assert {"encoder.layer.0.attention.self", "encoder.layer.1.attention.self"} <= recorded
