@@ -1,6 +1,6 @@
 """DHSPG's budget, saliency and selection rules, on per-group vectors of length `num_groups`.
 
-`cap_projections` and `first_within` run in every pruning step and use tensor ops only; the other functions run at
+`cap_projections` runs in every pruning step and uses tensor ops only; the other functions run at
 the rare partition and deadline events and may read values back.
 """
 
@@ -158,13 +158,6 @@ def cap_projections(
     ordered = torch.where(candidates, costs, torch.zeros_like(costs))[priority]
     allowed = candidates[priority] & (ordered.cumsum(0) <= remaining)
     return torch.zeros_like(candidates).scatter_(0, priority, allowed)
-
-
-def first_within(mask: torch.Tensor, costs: torch.Tensor, priority: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
-    """Groups of `mask`, in priority order, that start before their cumulative cost reaches `need` (no host sync)."""
-    ordered = torch.where(mask, costs, torch.zeros_like(costs))[priority]
-    within = mask[priority] & (ordered.cumsum(0) - ordered < need)
-    return torch.zeros_like(mask).scatter_(0, priority, within)
 
 
 def deadline_selection(
