@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -588,8 +588,7 @@ class DHSPG(Optimizer):
         step = self._num_steps
         if not self._budget.active or step < self._partition_steps:
             if self._budget.active and self.saliency == "fisher" and step >= self._importance_from:
-                params = [local(p) for p in self._index.params]
-                grads = [None if p.grad is None else local(p.grad) for p in self._index.params]
+                params, grads = self._local_tensors()
                 self._accumulate_importance(importance_statistics(self._index, params, grads, self._scratch))
             self._base_step(masked=False)
         elif step < self._pruning_end_steps:
@@ -599,22 +598,31 @@ class DHSPG(Optimizer):
         self._num_steps += 1
         return loss
 
+    def _local_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """The local shards of the grouped parameters and of their gradients, in `self._index.params` order."""
+        params = self._index.params
+        return [local(p) for p in params], [None if p.grad is None else local(p.grad) for p in params]
+
+    def _with_grads(self, group: dict[str, Any]) -> Iterator[tuple[int | None, torch.Tensor, torch.Tensor, dict]]:
+        """`(position among the grouped parameters or None, local parameter, local gradient, state)` of every
+        parameter of `group` that has a gradient, its state created if needed."""
+        for param in group["params"]:
+            if param.grad is not None:
+                state = self.state[param]
+                base_steps.init_state(self.variant, param, state)
+                yield self._position.get(id(param)), local(param), local(param.grad), state
+
     def _base_step(self, masked: bool) -> None:
         keep = extend((~self._groups.zero).float(), 1.0) if masked else None
         for group in self.param_groups:
             params, grads, states = [], [], []
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = local(param.grad)
-                position = self._position.get(id(param))
+            for position, param, grad, state in self._with_grads(group):
                 if keep is not None and position is not None:
                     # Zero gradients keep the weights and the state of zero groups exactly zero.
                     grad = grad * self._expand(keep, position, torch.mul).to(grad.dtype)
-                base_steps.init_state(self.variant, param, self.state[param])
-                params.append(local(param))
+                params.append(param)
                 grads.append(grad)
-                states.append(self.state[param])
+                states.append(state)
             base_steps.update(self.variant, params, grads, states, group, self.foreach, self._scratch.like)
 
     def _accumulate_importance(self, xg: torch.Tensor) -> None:
@@ -631,8 +639,7 @@ class DHSPG(Optimizer):
     def _pruning_step(self, step: int) -> None:
         partition = step in self._partition_points
         deadline = step == self._pruning_end_steps - 1
-        params = [local(p) for p in self._index.params]
-        grads = [None if p.grad is None else local(p.grad) for p in self._index.params]
+        params, grads = self._local_tensors()
         fisher = self.saliency == "fisher"
         # <x, grad> first: the directions then overwrite the gradients of grouped parameters.
         importance = importance_rows(self._index, params, grads, self._scratch) if fisher else None
@@ -643,17 +650,13 @@ class DHSPG(Optimizer):
             plain: tuple[list, list, list] = ([], [], [])
             grouped: tuple[list, list, list] = ([], [], [])
             positions = []
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                base_steps.init_state(self.variant, param, self.state[param])
-                position = self._position.get(id(param))
+            for position, param, grad, state in self._with_grads(group):
                 target = plain if position is None else grouped
                 if position is not None:
                     positions.append(position)
-                target[0].append(local(param))
-                target[1].append(local(param.grad))
-                target[2].append(self.state[param])
+                target[0].append(param)
+                target[1].append(grad)
+                target[2].append(state)
             base_steps.update(self.variant, *plain, group, self.foreach, self._scratch.like)
             consume = all(_can_hold_direction(g, p) for p, g in zip(grouped[0], grouped[1]))
             group_directions, decay = base_steps.directions(
