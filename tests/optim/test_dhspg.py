@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from oto_hf.graph.groups import GroupSet
@@ -16,12 +15,12 @@ from tests.utils.dhspg_toys import (
     NUM_GROUPS,
     ChainMLP,
     TinyModel,
-    batch,
     forbid_host_sync,
     group_state_is_zero,
     make,
     tiny_groups,
     train_step,
+    train_without_host_sync,
     trainer_param_groups,
 )
 
@@ -246,19 +245,10 @@ def test_resume_is_bit_identical(tmp_path, variant, stop):
 @pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
 def test_normal_steps_do_not_synchronise(monkeypatch, variant):
     model, _, optimizer = make(variant=variant, partition_steps=2, pruning_end_steps=6)
-    events = {*optimizer.partition_points, optimizer.pruning_end_steps - 1}
     with forbid_host_sync(monkeypatch):
         with pytest.raises(AssertionError, match="host synchronisation"):
             torch.ones(1).item()
-    for step in range(9):
-        x, y = batch(step)
-        optimizer.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        if step in events:
-            optimizer.step()
-            continue
-        with forbid_host_sync(monkeypatch):
-            optimizer.step()
+    train_without_host_sync(model, optimizer, 9, monkeypatch)
     assert optimizer.phase == "recovery"
 
 

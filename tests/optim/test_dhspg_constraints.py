@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from oto_hf.optim import DHSPG
 from oto_hf.optim.families import FamilyConstraints
@@ -16,12 +15,11 @@ from tests.utils.dhspg_toys import (
     FLOP_COSTS,
     NUM_GROUPS,
     TinyModel,
-    batch,
-    forbid_host_sync,
     group_state_is_zero,
     make,
     tiny_groups,
     train_step,
+    train_without_host_sync,
 )
 
 # Aggressive settings: groups project naturally (and early) so that the caps have something to stop.
@@ -271,16 +269,7 @@ def test_resume_with_constraints_and_schedule_is_bit_identical(tmp_path, kwargs)
 )
 def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
     model, _, optimizer = make(**EAGER, target_sparsity=0.5, partition_steps=2, pruning_end_steps=12, **kwargs)
-    events = {*optimizer.partition_points, optimizer.pruning_end_steps - 1}
-    for step in range(14):
-        x, y = batch(step)
-        optimizer.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        if step in events:
-            optimizer.step()
-            continue
-        with forbid_host_sync(monkeypatch):
-            optimizer.step()
+    train_without_host_sync(model, optimizer, 14, monkeypatch)
     assert optimizer.num_zero_groups() == optimizer.target_num_zero_groups
 
 

@@ -18,10 +18,10 @@ from tests.utils.dhspg_toys import (
     FLOP_COSTS,
     NUM_GROUPS,
     batch,
-    forbid_host_sync,
     group_state_is_zero,
     make,
     train_step,
+    train_without_host_sync,
 )
 from tests.utils.paths import REPO_ROOT
 
@@ -127,13 +127,7 @@ def test_otov2_preset_ranks_by_its_saliency_and_accumulates_no_importance():
 def test_progressive_pruning_steps_do_not_synchronise(monkeypatch):
     model, _, optimizer = make(variant="adamw", lr=1e-3, target_sparsity=0.5, partition_steps=2, pruning_end_steps=12,
                                min_heads_per_layer=1, min_neurons_per_layer=1)  # fmt: skip
-    events = {*optimizer.partition_points, optimizer.pruning_end_steps - 1}
-    for step in range(14):
-        if step in events:
-            train_step(model, optimizer, step)
-            continue
-        with forbid_host_sync(monkeypatch):
-            train_step(model, optimizer, step)
+    train_without_host_sync(model, optimizer, 14, monkeypatch)
     assert optimizer.num_zero_groups() == optimizer.target_num_zero_groups and optimizer.num_forced_zero_groups == 0
 
 

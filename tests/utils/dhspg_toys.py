@@ -138,6 +138,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, step: int) ->
     optimizer.step()
 
 
+def train_without_host_sync(model: nn.Module, optimizer: DHSPG, steps: int, monkeypatch) -> None:
+    """`steps` training steps, none of which may read a value back to the host, except the partition and deadline
+    steps (the rare events that choose groups)."""
+    events = {*optimizer.partition_points, optimizer.pruning_end_steps - 1}
+    for step in range(steps):
+        if step in events:
+            train_step(model, optimizer, step)
+            continue
+        with forbid_host_sync(monkeypatch):
+            train_step(model, optimizer, step)
+
+
 def group_state_is_zero(model: nn.Module, groups: GroupSet, optimizer: DHSPG, group_ids: list[int]) -> bool:
     params = dict(model.named_parameters())
     for group_id in group_ids:
