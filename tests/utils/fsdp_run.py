@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from oto_hf import DHSPG, construct_subnet, discover_groups, save_pruned
 from oto_hf.fsdp import gather_full_model
+from tests.utils.tiny_models import CASES_BY_NAME, TEXT
 
 GLOBAL_BATCH = 4
 SEQ_LEN = 12
@@ -41,44 +42,39 @@ SETTINGS = dict(
 
 
 def build_model() -> LlamaForCausalLM:
+    """The tiny LLaMA (GQA) of the architecture table."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        use_cache=False,
-    )
+    config = CASES_BY_NAME["llama"].config()
+    config.use_cache = False  # torch.export cannot return the cache object
     return LlamaForCausalLM(config)
 
 
 def batch(step: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1000 + step)
-    return torch.randint(0, 64, (GLOBAL_BATCH, SEQ_LEN), generator=generator)
+    return torch.randint(0, TEXT["vocab_size"], (GLOBAL_BATCH, SEQ_LEN), generator=generator)
 
 
 def train(variant: str, rank: int, world: int, out: Path) -> None:
     model = build_model()
     groups = discover_groups(model, {"input_ids": batch(0)[:1]})  # on the whole model, before sharding
+
     # With adamw the optimizer is built first and its parameters are then swapped for the sharded ones, as
     # `Trainer` + accelerate do with FSDP2; with sgd it is built on the sharded model.
-    early = variant == "adamw"
-    if early:
-        optimizer = DHSPG.from_model(model, groups, variant=variant, lr=LEARNING_RATES[variant], **SETTINGS)
-        names = {id(p): name for name, p in model.named_parameters()}
+    def build_optimizer() -> DHSPG:
+        return DHSPG.from_model(model, groups, variant=variant, lr=LEARNING_RATES[variant], **SETTINGS)
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    optimizer = build_optimizer() if variant == "adamw" else None
     if world > 1:
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-    if early:
+    if optimizer is None:
+        optimizer = build_optimizer()
+    else:
         sharded = dict(model.named_parameters())
         for param_group in optimizer.param_groups:
             param_group["params"] = [sharded[names[id(p)]] for p in param_group["params"]]
-    else:
-        optimizer = DHSPG.from_model(model, groups, variant=variant, lr=LEARNING_RATES[variant], **SETTINGS)
     share = GLOBAL_BATCH // world
     for step in range(STEPS):
         ids = batch(step)[rank * share : (rank + 1) * share]
