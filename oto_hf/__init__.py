@@ -3,8 +3,8 @@
 from ._version import __version__
 from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
+from .discovery import discover_groups
 from .graph import rules
-from .graph.discover import discover_groups
 from .graph.export import TracingError, default_example_inputs
 from .graph.groups import GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup
 from .graph.rules import RuleContext, register_op_rule

@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# Private: `FakeTensorMode` (checked against torch 2.13, pinned by tests/test_private_apis.py).
+from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PreTrainedModel
 
 from .graph.groups import GroupSet
@@ -18,8 +21,9 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
     """The dense model's FLOPs on `example_inputs` and the FLOPs each group's removal saves.
 
     Counted on a meta-device copy (no weights are read or allocated), with one forward per family: the groups of a
-    family (e.g. the heads of one layer) cost the same. `attention_mask` is left out of dict inputs: transformers reads
-    padding masks back to the host, which meta tensors cannot do, and a mask does not change the layers' FLOPs.
+    family (e.g. the heads of one layer) cost the same. The inputs are fake tensors, as under `torch.export`: code that
+    would read a tensor back to the host (transformers' padding and packed-sequence checks) takes its tracing path,
+    which computes the same layers.
 
     Example:
     ```python
@@ -29,15 +33,22 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
     ```
     """
     meta = _meta_copy(model)
+    # Meta weights join the fake mode where they are used (`allow_non_fake_inputs`); slicing stays outside it.
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
     # Private: `torch.utils._pytree` (checked against torch 2.13, pinned by tests/test_private_apis.py).
-    inputs = torch.utils._pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, example_inputs)
-    if isinstance(inputs, dict):
-        inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
-    dense = count_flops(meta, inputs)
+    inputs = torch.utils._pytree.tree_map(
+        lambda t: mode.from_tensor(t.to("meta")) if isinstance(t, torch.Tensor) else t, example_inputs
+    )
+
+    def flops(module: nn.Module) -> int:
+        with mode:
+            return count_flops(module, inputs)
+
+    dense = flops(meta)
     costs = [0] * len(groups)
     for members in groups.families().values():
         smaller = construct_subnet(meta, groups, [members[0].id], verify=False, allow_empty_layers=True)
-        per_group = dense - count_flops(smaller, inputs)
+        per_group = dense - flops(smaller)
         for group in members:
             costs[group.id] = per_group
     return dense, costs

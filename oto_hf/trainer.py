@@ -14,9 +14,9 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
+from .discovery import discover_groups
 from .distillation import distillation_loss, freeze, load_teacher
 from .fsdp import gather_full_model
-from .graph.discover import discover_groups
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
 from .model_card import training_settings

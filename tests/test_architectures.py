@@ -1,8 +1,10 @@
 """Every architecture of `tests/utils/tiny_models.CASES` through the whole pipeline: discover -> valid groups ->
-construct_subnet == zero-masked model -> save_pruned -> Auto-class reload -> equal outputs -> a few DHSPG steps."""
+construct_subnet == zero-masked model -> save_pruned -> Auto-class reload -> equal outputs -> a few DHSPG steps; the
+same groups from a user's inputs, their FLOP prices, and OTOTrainer's start on the causal LMs."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -10,7 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from oto_hf import GroupSet, discover_groups
+from oto_hf import (
+    GroupSet,
+    OTOTrainer,
+    OTOTrainingArguments,
+    construct_subnet,
+    count_flops,
+    discover_groups,
+    group_flop_costs,
+)
 from tests.utils.asserts import (
     assert_groups_valid,
     assert_save_load_roundtrip,
@@ -18,7 +28,9 @@ from tests.utils.asserts import (
     assert_zero_invariant,
     random_nonuniform_ids,
 )
-from tests.utils.tiny_models import CASE_IDS, CASES, ArchCase
+from tests.utils.tiny_models import CASE_IDS, CASES, ArchCase, user_inputs
+
+CAUSAL_LMS = [case for case in CASES if case.auto_class == "AutoModelForCausalLM"]
 
 
 @dataclass
@@ -63,3 +75,58 @@ def test_save_and_auto_reload(arch, tmp_path):
 
 def test_trains(arch):
     assert_trains(arch.model, arch.groups, steps=3)
+
+
+def test_user_inputs_give_the_same_groups(arch):
+    """A tokenizer's padded batch or an image processor's pixels, passed as they are: a causal LM, which would return
+    its key-value cache, traces too."""
+    groups = discover_groups(arch.model, user_inputs(arch.model), probe=False)
+    assert [repr(g) for g in groups] == [repr(g) for g in arch.groups]
+
+
+def test_flop_costs_are_what_removing_groups_saves(arch):
+    """The prices of the default budget (`sparsity_budget="flops"`), counted on meta and fake tensors, equal what the
+    real model computes: the dense FLOPs, and the FLOPs saved by removing a group of two families. Eager attention,
+    whose matmuls the counter sees on any device; no key-value cache, as in training, where transformers looks for
+    packed sequences."""
+    model = copy.deepcopy(arch.model)
+    model.set_attn_implementation("eager")
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    inputs = user_inputs(model)
+    dense, costs = group_flop_costs(model, arch.groups, inputs)
+    assert dense == count_flops(model, inputs)
+    assert len(costs) == len(arch.groups) and min(costs) > 0
+    # Two families that slice no tensor in common: the weights between two that do would be priced in both.
+    first, *others = [members[0] for members in arch.groups.families().values()]
+    tensors = {s.name for s in first.slices}
+    last = next(g for g in reversed(others) if tensors.isdisjoint(s.name for s in g.slices))
+    ids = [first.id, last.id]
+    smaller = construct_subnet(model, arch.groups, ids, example_inputs=inputs)
+    assert dense - count_flops(smaller, inputs) == costs[ids[0]] + costs[ids[1]]
+
+
+def _texts(model: nn.Module) -> list[dict[str, torch.Tensor]]:
+    """Four padded token sequences with their labels, as a causal-LM training set."""
+    batch = user_inputs(model)
+    rows = [{key: value[i % 2] for key, value in batch.items()} for i in range(4)]
+    return [{**row, "labels": row["input_ids"].masked_fill(row["attention_mask"] == 0, -100)} for row in rows]
+
+
+@pytest.mark.parametrize("case", CAUSAL_LMS, ids=[case.name for case in CAUSAL_LMS])
+def test_trainer_trains_a_causal_lm_with_the_default_budget(case, tmp_path):
+    """Groups traced on a training batch and priced in FLOPs (the default budget); DHSPG removes the target FLOPs."""
+    torch.manual_seed(0)
+    args = OTOTrainingArguments(
+        str(tmp_path), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3, target_sparsity=0.3,
+        partition_steps=1, pruning_end_steps=3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+        disable_tqdm=True,
+    )  # fmt: skip
+    model = case.build()
+    trainer = OTOTrainer(model, args, train_dataset=_texts(model))
+    assert trainer.args.sparsity_budget == "flops"
+    assert trainer.dense_flops > 0 and min(trainer.group_flops) > 0
+    trainer.train()
+    zero = trainer.groups.zero_group_ids(trainer.model)
+    removed = sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops
+    assert 0.3 - 1e-9 <= removed < 0.3 + max(trainer.group_flops) / trainer.dense_flops  # DHSPG's exact rule

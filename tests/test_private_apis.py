@@ -244,6 +244,24 @@ def test_pytree_maps_nested_containers_and_flattens_model_outputs():
     assert len(leaves) == 2 and leaves[0] is loss and leaves[1] is logits
 
 
+# ---- torch: fake tensors (costs.py) ---------------------------------------------------------------------------------
+
+
+def test_fake_tensor_mode_runs_meta_weights_on_fake_inputs():
+    """`torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True)` (`costs.py::group_flop_costs`):
+    `from_tensor` makes a meta tensor fake, meta weights join the mode where they are used, and transformers counts
+    fake tensors as traced (`is_tracing`), so it reads none of them back to the host."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from transformers.utils import is_tracing
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    x = mode.from_tensor(torch.ones(2, 3, device="meta"))
+    assert isinstance(x, FakeTensor) and x.device.type == "meta" and is_tracing(x)
+    with mode:
+        y = nn.Linear(3, 4, device="meta")(x)
+    assert isinstance(y, FakeTensor) and y.shape == (2, 4) and y.device.type == "meta"
+
+
 # ---- torch: module internals (subnet.py, models/pruned.py) ----------------------------------------------------------
 
 

@@ -1,10 +1,9 @@
-"""oto_hf.utils: eval mode, example inputs as call arguments, device moves (and their old home, graph/export)."""
+"""oto_hf.utils: eval mode, example inputs as call arguments, device moves."""
 
 import pytest
 import torch
 from torch import nn
 
-from oto_hf.graph import export
 from oto_hf.utils import as_args_kwargs, device_of, eval_mode, to_device
 
 
@@ -39,7 +38,3 @@ def test_to_device_and_device_of():
     assert moved["nested"][1] == "text" and moved["flag"] is False and not inputs["ids"].is_meta
     assert device_of(nn.Linear(2, 2, device="meta")) == torch.device("meta")
     assert device_of(nn.ReLU()) == torch.device("cpu")  # no parameters
-
-
-def test_the_helpers_are_still_importable_from_graph_export():
-    assert export.eval_mode is eval_mode and export.as_args_kwargs is as_args_kwargs

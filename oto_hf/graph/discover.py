@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -19,6 +18,9 @@ from .propagate import check_sliceable, propagate
 
 logger = logging.getLogger(__name__)
 
+# The families whose removal breaks the model, with the error (`oto_hf.subnet.unremovable_families`).
+RemovabilityProbe = Callable[[nn.Module, GroupSet], Mapping[tuple, str]]
+
 
 def discover_groups(
     model: nn.Module,
@@ -26,10 +28,11 @@ def discover_groups(
     *,
     prune_kinds: Iterable[str] | None = None,
     show_progress: bool | None = None,
-    probe: bool = True,
-    kinds: Iterable[str] | None = None,
+    probe: RemovabilityProbe | None = None,
 ) -> GroupSet:
-    """Find the zero-invariant groups of `model` from its `torch.export` graph.
+    """Find the zero-invariant groups of `model` from its `torch.export` graph: the graph layer's part of
+    `oto_hf.discover_groups`, which documents the other arguments and adds the probe of `oto_hf.subnet` (above this
+    layer).
 
     Channel identity is propagated from producers (linear, conv, embedding) through shape-preserving and elementwise
     ops, reshapes into heads, attention, residual adds, concatenation and normalisation to the consumers. Whatever
@@ -37,40 +40,10 @@ def discover_groups(
     listed in `GroupSet.unprunable` with the reason.
 
     Args:
-        model (`nn.Module`): any module `torch.export` can trace; it may live on the `meta` device.
-        example_inputs (`dict`, `tuple` or `torch.Tensor`, *optional*): inputs for tracing. Derived from the model's
-            config when omitted (token ids for text models, `pixel_values` for vision models).
-        prune_kinds (`Iterable[str]`, *optional*, defaults to all): which of `"head"`, `"neuron"`, `"channel"` to
-            return (as `OTOTrainingArguments.prune_kinds`).
-        show_progress (`bool`, *optional*): show a progress bar while propagating; by default only for large graphs
-            (over 1,000 nodes). `transformers.utils.logging.disable_progress_bar()` turns it off.
-        probe (`bool`, *optional*, defaults to `True`): slice a copy of the model (one or two groups per layer) and
-            compare its outputs with the zero-masked model; groups whose removal breaks the forward (a width the
-            model computes from something else) are moved to `unprunable`. Skipped on the `meta` device.
-        kinds (`Iterable[str]`, *optional*): deprecated name of `prune_kinds`, removed in oto_hf 0.3.0.
-
-    Returns:
-        `GroupSet`: the groups, in graph order, and the unprunable components with their reasons.
-
-    Example:
-    ```python
-    >>> from transformers import BertConfig, BertModel
-    >>> from oto_hf import discover_groups
-    >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37))
-    >>> groups = discover_groups(model)
-    >>> groups.counts()
-    {'head': 8, 'neuron': 74}
-    ```
+        probe (`Callable[[nn.Module, GroupSet], Mapping[tuple, str]]`, *optional*): finds the families whose removal
+            breaks the model (keyed as in `GroupSet.families()`, with the error); their groups move to `unprunable`.
+            Skipped on the `meta` device.
     """
-    if kinds is not None:
-        if prune_kinds is not None:
-            raise TypeError("Pass `prune_kinds` only: `kinds` is its deprecated name.")
-        warnings.warn(
-            "`discover_groups(kinds=...)` is deprecated and will be removed in oto_hf 0.3.0; use `prune_kinds=...`.",
-            FutureWarning,
-            stacklevel=2,
-        )
-        prune_kinds = kinds
     prune_kinds = GROUP_KINDS if prune_kinds is None else check_kinds(prune_kinds)
     if example_inputs is None:
         example_inputs = default_example_inputs(model)
@@ -91,17 +64,14 @@ def discover_groups(
             f"removed without changing its outputs. Reasons found:\n{details}\nIf a custom op hides the structure, "
             "register a rule for it with `oto_hf.register_op_rule`."
         )
-    if probe and not any(p.is_meta for p in model.parameters()):
-        result = _drop_unremovable(model, result)
+    if probe is not None and not any(p.is_meta for p in model.parameters()):
+        result = _drop_unremovable(model, result, probe(model, result))
     logger.info("%s", result.summary())
     return result
 
 
-def _drop_unremovable(model: nn.Module, groups: GroupSet) -> GroupSet:
-    """Probe-slice a copy of the model; families whose removal breaks it become unprunable, with the error."""
-    from ..subnet import unremovable_families  # construct_subnet sits above discovery; the probe borrows it
-
-    failures = unremovable_families(model, groups)
+def _drop_unremovable(model: nn.Module, groups: GroupSet, failures: Mapping[tuple, str]) -> GroupSet:
+    """The families the probe found unremovable become unprunable, with the error."""
     if not failures:
         return groups
     families = groups.families()

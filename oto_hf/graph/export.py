@@ -1,7 +1,4 @@
-"""Tracing a model with `torch.export`, and example inputs derived from its config.
-
-`eval_mode` and `as_args_kwargs` live in `oto_hf.utils`; they are imported here too, where they used to be.
-"""
+"""Tracing a model with `torch.export`, and example inputs derived from its config."""
 
 from __future__ import annotations
 
@@ -29,9 +26,6 @@ def default_example_inputs(model: nn.Module) -> dict[str, Any]:
             "e.g. `discover_groups(model, example_inputs={'x': torch.randn(1, 16)})`."
         )
     device = device_of(model)
-    parameters = inspect.signature(model.forward).parameters
-    accepted = set(parameters)
-    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     main_input = getattr(model, "main_input_name", "input_ids")
     inputs: dict[str, Any] = {}
     if main_input == "pixel_values":
@@ -46,21 +40,25 @@ def default_example_inputs(model: nn.Module) -> dict[str, Any]:
             DEFAULT_SEQUENCE_LENGTH, getattr(config, "max_position_embeddings", None) or DEFAULT_SEQUENCE_LENGTH
         )
         inputs["input_ids"] = (torch.arange(1, length + 1) % vocab).unsqueeze(0).to(device)
-        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
+        takes_decoder_ids = "decoder_input_ids" in inspect.signature(model.forward).parameters
+        if getattr(config, "is_encoder_decoder", False) and takes_decoder_ids:
             inputs["decoder_input_ids"] = inputs["input_ids"].clone()
     else:
         raise ValueError(
             f"Cannot derive example inputs for {type(model).__name__} (main input {main_input!r}). Pass "
             "`example_inputs` as a dict of keyword arguments for its forward."
         )
-    if "use_cache" in accepted or (passes_on and hasattr(config, "use_cache")):
-        inputs["use_cache"] = False  # a returned cache object cannot be exported (nor is it needed)
     return inputs
 
 
 def export_model(model: nn.Module, example_inputs: Any) -> torch.export.ExportedProgram:
-    """`torch.export` the model in eval mode (restoring its mode afterwards), with a clear error if tracing fails."""
+    """`torch.export` the model in eval mode (restoring its mode afterwards), with a clear error if tracing fails.
+
+    A model that can return a cache of keys and values is traced with `use_cache=False` unless the inputs set it: a
+    cache object cannot be exported, and it changes no layer.
+    """
     args, kwargs = as_args_kwargs(example_inputs)
+    kwargs = _cache_off(model, args, kwargs)
     with eval_mode(model):
         try:
             return torch.export.export(model, args, kwargs, strict=False)
@@ -77,6 +75,20 @@ def export_model(model: nn.Module, example_inputs: Any) -> torch.export.Exported
                 "`oto_hf.register_op_rule(op, oto_hf.rules.unsupported)`: its tensors are then left out of every "
                 "group."
             ) from error
+
+
+def _cache_off(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    parameters = inspect.signature(model.forward).parameters
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    takes = "use_cache" in parameters or (passes_on and hasattr(getattr(model, "config", None), "use_cache"))
+    positional = [
+        name
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if not takes or "use_cache" in kwargs or "use_cache" in positional[: len(args)]:
+        return kwargs
+    return {**kwargs, "use_cache": False}
 
 
 class TracingError(RuntimeError):

@@ -1,12 +1,17 @@
 """Group discovery: the exact groups of a few architectures, plain modules, filters and errors (the counts and
 validity of every architecture's groups are checked in test_architectures.py)."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
+import oto_hf
 from oto_hf import construct_subnet, default_example_inputs, discover_groups
+from oto_hf.graph import discover
 from oto_hf.graph.export import TracingError
 from tests.utils.tiny_models import CASES_BY_NAME, TEXT
 
@@ -99,7 +104,7 @@ def test_kinds_filter(discovered):
 
 def test_default_example_inputs():
     text = default_example_inputs(LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)))
-    assert text["input_ids"].shape == (1, 8) and text["use_cache"] is False
+    assert set(text) == {"input_ids"} and text["input_ids"].shape == (1, 8)
     vision = default_example_inputs(CASES_BY_NAME["vit"].build())
     assert vision["pixel_values"].shape == (1, 3, 16, 16)
     with pytest.raises(ValueError, match="Pass `example_inputs`"):
@@ -144,6 +149,27 @@ def test_untraceable_inputs_are_a_clear_error():
     model = BertModel(BertConfig(**TEXT))
     with pytest.raises(RuntimeError, match="torch.export could not trace BertModel"):
         discover_groups(model, example_inputs={"not_an_argument": torch.ones(1, 3)})
+
+
+class _Cached(nn.Module):
+    """Returns a non-tensor (as transformers' `DynamicCache`) unless `use_cache=False`."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(4, 5), nn.Linear(5, 4)
+
+    def forward(self, x, use_cache=True):
+        y = self.down(torch.relu(self.up(x)))
+        return (y, object()) if use_cache else y
+
+
+def test_tracing_turns_the_cache_off_unless_the_inputs_set_it():
+    x = torch.randn(2, 4)
+    assert discover_groups(_Cached(), {"x": x}).counts() == {"neuron": 5}
+    assert discover_groups(_Cached(), (x,)).counts() == {"neuron": 5}
+    for inputs in ({"x": x, "use_cache": True}, (x, True)):
+        with pytest.raises(TracingError, match="object"):
+            discover_groups(_Cached(), inputs)
 
 
 class _DataDependent(nn.Module):
@@ -191,3 +217,32 @@ def test_groups_whose_removal_breaks_the_forward_are_left_out_with_the_error():
         c.tensors for c in groups.unprunable if c.reason == reason
     )
     construct_subnet(model, groups, [0, 3])
+
+
+def test_the_graph_layer_takes_the_probe_from_the_caller():
+    """`oto_hf.graph.discover.discover_groups` moves what its `probe` reports to `unprunable`, and probes nothing
+    without one."""
+    model = _WidthFromInput().eval()
+    inputs = (torch.randn(2, 6),)
+    assert discover.discover_groups(model, inputs).counts() == {"neuron": 6 + 5}
+    seen = []
+
+    def probe(module, groups):
+        seen.append(module)
+        return {key: "ValueError: made up" for key, members in groups.families().items() if len(members) == 5}
+
+    groups = discover.discover_groups(model, inputs, probe=probe)
+    assert seen == [model] and groups.counts() == {"neuron": 6}
+    assert "(ValueError: made up)" in groups.unprunable[-1].reason
+
+
+def test_the_graph_layer_imports_nothing_above_it():
+    """Layers point down: of the package, `oto_hf/graph/` imports only `oto_hf.utils` (the probe, which slices with
+    `construct_subnet`, is passed in by `oto_hf.discover_groups`)."""
+    for path in sorted((Path(oto_hf.__file__).parent / "graph").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert node.module == "utils", f"{path.name} imports ..{node.module}"
+            if isinstance(node, ast.ImportFrom) and node.level == 0 or isinstance(node, ast.Import):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(name.split(".")[0] == "oto_hf" for name in names), f"{path.name} imports {names}"

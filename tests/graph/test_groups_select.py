@@ -1,4 +1,4 @@
-"""GroupSet.select (a subset of groups, renumbered) and discover_groups' `prune_kinds` (and its old name `kinds`)."""
+"""GroupSet.select (a subset of groups, renumbered)."""
 
 import pytest
 import torch
@@ -63,15 +63,3 @@ def test_selected_groups_prune_like_the_originals(model, groups):
 def test_select_rejects_unknown_kinds_and_ids(groups, kwargs, error, match):
     with pytest.raises(error, match=match):
         groups.select(**kwargs)
-
-
-def test_discover_groups_prune_kinds_and_its_old_name(model):
-    heads = discover_groups(model, prune_kinds=["head"], probe=False)
-    assert heads.counts() == {"head": 8}
-    with pytest.warns(FutureWarning, match="use `prune_kinds=...`"):
-        old = discover_groups(model, kinds=["head"], probe=False)
-    assert [repr(g) for g in old] == [repr(g) for g in heads]
-    with pytest.raises(TypeError, match="Pass `prune_kinds` only"):
-        discover_groups(model, prune_kinds=["head"], kinds=["head"])
-    with pytest.raises(ValueError, match=r"Unknown group kinds \['layer'\]"):
-        discover_groups(model, prune_kinds=["layer"])

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+import torch
 import transformers
 from transformers import (
     BertConfig,
     ConvNextConfig,
     DistilBertConfig,
     GPT2Config,
+    GPTNeoXConfig,
     LlamaConfig,
     Qwen2Config,
     ResNetConfig,
     RobertaConfig,
     ViTConfig,
 )
+
+from oto_hf import default_example_inputs
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,15 @@ CASES = [
         per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
+        # One fused query_key_value projection, heads interleaved in it; rotary on a quarter of each head.
+        name="gpt_neox",
+        model_class="GPTNeoXForCausalLM",
+        config=lambda: GPTNeoXConfig(**TEXT),
+        auto_class="AutoModelForCausalLM",
+        expected={"head": 2 * 4, "neuron": 2 * 37},
+        per_layer={"head": 4, "neuron": 37},
+    ),
+    ArchCase(
         name="vit",
         model_class="ViTForImageClassification",
         config=lambda: ViTConfig(
@@ -129,3 +142,16 @@ CASES = [
 ]
 CASE_IDS = [case.name for case in CASES]
 CASES_BY_NAME = {case.name: case for case in CASES}
+
+
+def user_inputs(model: transformers.PreTrainedModel) -> dict[str, Any]:
+    """What a user passes: a tokenizer's padded batch of two (ids and attention mask), or an image processor's
+    `pixel_values` for two images; never the `use_cache=False` that tracing needs."""
+    generator = torch.Generator().manual_seed(0)
+    if model.main_input_name == "pixel_values":
+        pixels = default_example_inputs(model)["pixel_values"]
+        return {"pixel_values": torch.randn(2, *pixels.shape[1:], generator=generator)}
+    input_ids = torch.randint(1, model.config.vocab_size, (2, 8), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, -3:] = 0  # the shorter sentence, padded
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
