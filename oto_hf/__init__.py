@@ -12,7 +12,7 @@ from .models import register_default_architectures, register_pruned_architecture
 from .optim import DHSPG
 from .record import PruningRecord
 from .saving import save_pruned
-from .stats import count_flops, count_parameters, group_sparsity
+from .stats import count_flops, count_parameters
 from .subnet import SubnetMismatchError, construct_subnet
 from .trainer import OTOTrainer
 from .training_args import OTOTrainingArguments
@@ -39,7 +39,6 @@ __all__ = [
     "default_example_inputs",
     "discover_groups",
     "group_flop_costs",
-    "group_sparsity",
     "register_op_rule",
     "register_pruned_architecture",
     "rules",

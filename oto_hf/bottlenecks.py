@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .optim.families import FamilyKey
+from .graph.families import FamilyKey
 from .stats import forward_outputs
 
 logger = logging.getLogger(__name__)

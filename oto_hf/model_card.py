@@ -19,7 +19,7 @@ from . import card_format as fmt
 from ._version import __version__
 from .graph.groups import GROUP_KINDS
 from .record import SUMMARY_KEY, LayerWidths, PruningRecord
-from .training_args import oto_field_names
+from .training_args import oto_field_names, training_settings
 
 logger = logging.getLogger(__name__)
 
@@ -28,22 +28,8 @@ TEMPLATE_NAME = "pruned_model_card.md"
 PLOT_NAME = "kept_per_layer.png"
 CARD_TAGS = ["oto_hf", "pruning", "structured-pruning", "only-train-once"]
 
-# Every OTOTrainingArguments field of its own (so that a new argument is never missing from cards), then the
-# TrainingArguments fields that matter for reproduction. The arguments are never dumped whole: they hold secrets such
-# as `hub_token`.
+# Every OTOTrainingArguments field of its own: a card whose settings hold one of them describes an OTO run.
 OTO_SETTINGS = tuple(oto_field_names())
-TRAINING_SETTINGS = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "weight_decay",
-    "max_steps",
-    "num_train_epochs",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "optim",
-    "seed",
-)
 # Trainer metrics that are not model quality: left out of the evaluation table and `model-index`.
 NON_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
 METRIC_PREFIXES = ("eval_", "test_", "predict_")
@@ -186,27 +172,6 @@ def template_path(name: str = TEMPLATE_NAME) -> Path:
             "(`pip install --force-reinstall oto-hf`, or `pip install -e .` in a source checkout)."
         )
     return path
-
-
-def training_settings(training_args: Any) -> dict[str, Any]:
-    """The settings of `training_args` that cards show and `OTOTrainer` records: the OTO fields and the main
-    optimisation settings, never the whole arguments (they hold secrets such as `hub_token`).
-
-    Args:
-        training_args (`OTOTrainingArguments`, `TrainingArguments`, `dict` or `None`): the arguments of the run.
-    """
-    if training_args is None:
-        return {}
-    if isinstance(training_args, Mapping):
-        values = dict(training_args)
-    elif callable(getattr(training_args, "to_dict", None)):
-        values = training_args.to_dict()
-    else:
-        raise ValueError(
-            "`training_args` must be OTOTrainingArguments, TrainingArguments, a dict or None, got "
-            f"{type(training_args).__name__}."
-        )
-    return {name: values[name] for name in (*OTO_SETTINGS, *TRAINING_SETTINGS) if values.get(name) is not None}
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ SUMMARY_KEY = "oto_pruning_summary"  # the key of the record in a saved config.j
 # Keys written for readers of config.json but computed from the other fields, so not read back.
 _DERIVED_KEYS = ("removed_groups",)
 _SHAPE_KEYS = ("tensor_shapes", "module_attributes")
-_ITEM_ACCESS_REMOVAL = "0.3.0"
 
 
 @dataclass
@@ -58,9 +57,6 @@ class LayerWidths:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def __getitem__(self, key: str) -> Any:
-        return _item(self, "layer", key)
 
 
 @dataclass
@@ -179,9 +175,6 @@ class PruningRecord:
             summary = getattr(config, SUMMARY_KEY, None)
         return None if summary is None else cls.from_dict(summary, source=f"`{SUMMARY_KEY}` in config.json")
 
-    def __getitem__(self, key: str) -> Any:
-        return _item(self, "record", key)
-
 
 def _known(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The entries of `data` that are fields of `cls`; the others are dropped with a warning."""
@@ -194,17 +187,3 @@ def _known(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
             stacklevel=3,
         )
     return {key: value for key, value in data.items() if key in names}
-
-
-def _item(record: Any, name: str, key: str) -> Any:
-    """`record[key]` as the untyped dict of oto_hf 0.1 answered it, with a deprecation warning."""
-    warnings.warn(
-        f"`{name}[{key!r}]` is deprecated and will be removed in oto_hf {_ITEM_ACCESS_REMOVAL}: the pruning record is "
-        f"a `PruningRecord` dataclass now, read `{name}.{key}` instead.",
-        FutureWarning,
-        stacklevel=3,
-    )
-    try:
-        return getattr(record, key)
-    except AttributeError:
-        raise KeyError(key) from None

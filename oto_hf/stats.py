@@ -1,17 +1,14 @@
-"""Model size figures: parameters, FLOPs (via `torch.utils.flop_counter`) and group sparsity."""
+"""Model size figures: parameters and FLOPs (via `torch.utils.flop_counter`), and the outputs they are counted on."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .utils import as_args_kwargs, eval_mode
-
-if TYPE_CHECKING:
-    from .graph.groups import GroupSet
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -47,8 +44,3 @@ def forward_outputs(
         t for t in torch.utils._pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.is_floating_point()
     ]
     return leaves, (int(counter.get_total_flops()) if counter is not None else None)
-
-
-def group_sparsity(model: nn.Module, groups: GroupSet) -> float:
-    """Fraction of the groups in `groups` (a `GroupSet`) whose parameters are all zero in `model`."""
-    return len(groups.zero_group_ids(model)) / max(len(groups), 1)

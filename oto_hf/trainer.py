@@ -19,12 +19,11 @@ from .distillation import distillation_loss, freeze, load_teacher
 from .fsdp import gather_full_model
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
-from .model_card import training_settings
 from .optim import DHSPG
 from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet
-from .training_args import OTOTrainingArguments
+from .training_args import OTOTrainingArguments, training_settings
 from .utils import device_of, eval_mode, to_device
 
 logger = get_logger(__name__)

@@ -1,7 +1,6 @@
 """PruningRecord: what construct_subnet attaches, its dict form in config.json, and records saved by older versions."""
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -125,19 +124,6 @@ def test_chained_pruning_keeps_the_earlier_shapes(pruned, tmp_path):
     assert record.removed_groups == {"head": 0, "neuron": 2, "channel": 0}
     reloaded = AutoModel.from_pretrained(save_pruned(again, tmp_path / "twice"))
     assert max_output_diff(reloaded, again, groups.example_inputs) <= 1e-5
-
-
-def test_item_access_still_works_with_a_future_warning(pruned):
-    record = pruned.oto_pruning
-    with pytest.warns(FutureWarning, match=r"record\.params_before"):
-        assert record["params_before"] == record.params_before
-    with pytest.warns(FutureWarning, match=r"layer\.kept"):
-        assert record.layers[0]["kept"] == record.layers[0].kept
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert record.params_before > 0  # attribute access does not warn
-    with pytest.warns(FutureWarning), pytest.raises(KeyError, match="params"):
-        record["params"]
 
 
 def test_the_trainer_records_its_settings_without_secrets(tmp_path):

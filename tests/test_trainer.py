@@ -1,5 +1,6 @@
-"""OTOTrainer: exact target, logs, export, resume and several processes."""
+"""OTOTrainer: exact target, logs, export, resume, several processes, and what its defaults reach."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -132,22 +133,6 @@ def test_flops_budget(tmp_path):
         )
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(target_sparsity=1.2), r"`target_sparsity` must be in \[0, 1\), got 1.2"),
-        (dict(partition_steps=10, pruning_end_steps=5), "must be after `partition_steps`"),
-        (dict(sparsity_budget="bytes"), "`sparsity_budget` must be one of"),
-        (dict(prune_kinds=["layer"]), "`prune_kinds` must be a non-empty subset"),
-        (dict(min_heads_per_layer=0), "`min_heads_per_layer` must be >= 1"),
-        (dict(dhspg_lambda_schedule="cosine"), "`dhspg_lambda_schedule` must be one of"),
-    ],
-)
-def test_bad_arguments(tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_args(str(tmp_path), **overrides)
-
-
 def test_pruning_end_after_training_is_refused(tmp_path):
     trainer = OTOTrainer(
         tiny_model(), tiny_args(str(tmp_path), pruning_end_steps=40), train_dataset=TinyClassification()
@@ -240,3 +225,58 @@ def test_training_by_epochs(tmp_path):
     trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
     trainer.train()  # 64 examples / 8 = 8 steps per epoch, 24 steps
     assert _zero_count(trainer) == round(0.3 * len(trainer.groups))
+
+
+def default_args(output_dir: str, **overrides) -> OTOTrainingArguments:
+    """The OTO defaults (FLOPs budget, progressive DHSPG, Fisher importance); only the run's size is set."""
+    values = dict(
+        max_steps=30,
+        per_device_train_batch_size=8,
+        learning_rate=2e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=3,
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return OTOTrainingArguments(output_dir, **values)
+
+
+def test_defaults_reach_the_flops_target_with_no_forced_zero_and_keep_the_pooler(tmp_path):
+    args = default_args(str(tmp_path), target_sparsity=0.4)
+    assert (args.sparsity_budget, args.dhspg_lambda_schedule, args.dhspg_saliency) == (
+        "flops",
+        "progressive",
+        "fisher",
+    )
+    trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
+    assert [key[0][0].split(".")[:2] for key in trainer.never_empty] == [["bert", "pooler"]]
+    trainer.train()
+    zero = set(trainer.groups.zero_group_ids(trainer.model))
+    removed = sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops
+    assert removed >= 0.4
+    logs = [h for h in trainer.state.log_history if "dhspg/forced_zero" in h]
+    assert logs[-1]["dhspg/forced_zero"] == 0 and logs[-1]["dhspg/natural_zero"] == len(zero)
+    assert logs[-1]["kept_flops"] <= 0.6
+    kinds = trainer.groups.counts()
+    for kind, total in kinds.items():
+        assert logs[-1][f"sparsity/{kind}"] == round(sum(trainer.groups[i].kind == kind for i in zero) / total, 4)
+    # Every family keeps at least 10% of its groups (max_family_sparsity 0.9), the pooler at least one.
+    for key, members in trainer.groups.families().items():
+        kept = sum(g.id not in zero for g in members)
+        assert kept >= max(1, len(members) - int(0.9 * len(members))), key
+
+
+def test_a_loss_jump_while_groups_go_is_logged(tmp_path, caplog):
+    trainer = OTOTrainer(tiny_model(), default_args(str(tmp_path)), train_dataset=TinyClassification())
+    trainer.state.global_step = 7
+    with caplog.at_level(logging.WARNING):
+        trainer._warn_on_loss_jump(0.30, num_zero=0)
+        trainer._warn_on_loss_jump(0.31, num_zero=5)  # groups went, the loss held: quiet
+        trainer._warn_on_loss_jump(0.90, num_zero=9)
+        trainer._warn_on_loss_jump(2.00, num_zero=9)  # no group went: not a pruning shock
+    assert caplog.text.count("the training loss rose") == 1
+    assert "from 0.3100 to 0.9000 while 4 groups became zero" in caplog.text

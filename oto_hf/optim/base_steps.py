@@ -52,6 +52,11 @@ def check_hyperparameters(group: dict[str, Any], index: int) -> None:
         raise ValueError(f"`nesterov=True` needs `momentum > 0` and `dampening == 0`{where}.")
 
 
+def can_hold_directions(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+    """Whether every gradient's storage can take its parameter's direction (`directions(..., consume_grads=True)`)."""
+    return all(g.is_contiguous() and g.shape == p.shape and g.dtype == p.dtype for p, g in zip(params, grads))
+
+
 def init_state(variant: str, param: torch.Tensor, state: dict[str, Any]) -> None:
     """Create the state of `param` (zeros shaped and sharded like it) unless it exists."""
     if state:

@@ -1,7 +1,7 @@
 """Families of groups and the per-family constraints of DHSPG: a minimum of groups kept, and uniform widths.
 
 A *family* is the set of groups that slice the same tensors along the same dims, e.g. the heads of one attention
-layer or the neurons of one FFN. Its key is `tuple(sorted((name, dim) for name, dim, _ in group.slices))`.
+layer or the neurons of one FFN; `oto_hf.graph.families.family_key` is its key.
 
 **Quotas.** Every family `f` gets `max_zero[f]`, the most groups of it that may be zero. Without `uniform_widths` it
 is `size - min(size, min_kept)`, also at most `floor(max_family_sparsity * size)`, and at most `size - 1` for a family
@@ -16,6 +16,7 @@ value at the start of its segment.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,13 +25,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from ..graph.families import FamilyKey, family_key
+
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
 
     from .selection import Budget
 
 
-FamilyKey = tuple[tuple[str, int], ...]
 # The `DHSPG` / `OTOTrainingArguments` argument that sets the minimum of each group kind.
 MIN_KEPT_ARGUMENTS: dict[str, str] = {
     "head": "min_heads_per_layer",
@@ -62,11 +64,6 @@ class GroupFamily:
     def size(self) -> int:
         """Number of groups in the family."""
         return len(self.group_ids)
-
-
-def family_key(group: ZeroInvariantGroup) -> FamilyKey:
-    """The tensors (`(name, dim)` pairs, sorted) a group slices: groups with equal keys form a family."""
-    return tuple(sorted((name, dim) for name, dim, _ in group.slices))
 
 
 def find_families(
@@ -239,6 +236,14 @@ class FamilyConstraints:
     def max_zero(self) -> torch.Tensor:
         """Quota of each family, on the optimizer's device."""
         return self._device.max_zero
+
+    def planned_budget(self, budget: Budget) -> Budget:
+        """`budget`, whose target becomes the planned count of zero groups with `uniform_widths` and the `"groups"`
+        budget (uniform widths may need a few more than `round(target * num_groups)`)."""
+        if not (self.constrained and self.uniform and budget.kind == "groups"):
+            return budget
+        planned = float(sum(family.max_zero for family in self.families))
+        return dataclasses.replace(budget, target_cost=planned, redundant_cost=planned)
 
     def to(self, device: torch.device) -> FamilyConstraints:
         """Keep a copy of the static tensors on `device` for the per-step rules; returns self."""

@@ -14,7 +14,7 @@ rows, and `segment_sums` adds the other ranks' partial sums with one `all_reduce
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -157,6 +157,15 @@ class GroupIndex:
         sums = torch.zeros(packed.shape[0], self.num_groups + 1, dtype=packed.dtype, device=self.device)
         sums.index_add_(1, self.segment_ids, packed)
         return all_reduce_sum(sums[:, : self.num_groups].contiguous(), self.shard_group)
+
+    def expand(self, per_group: torch.Tensor, position: int, combine: Callable) -> torch.Tensor:
+        """Broadcastable per-element view of an `extend`ed per-group vector for the parameter at `position` in
+        `self.params`, its axes combined with `combine` (e.g. `torch.mul` for masks)."""
+        axes = self.axes[position]
+        out = axes[0].expand(per_group)
+        for axis in axes[1:]:
+            out = combine(out, axis.expand(per_group))
+        return out
 
     def index_nbytes(self) -> int:
         """Bytes held by the index tensors (kept for the optimizer's lifetime)."""

@@ -1,4 +1,5 @@
-"""DHSPG's per-group penalty and half-space projection for one pruning step, on per-group vectors (no host sync)."""
+"""DHSPG's per-group penalty and half-space projection for one pruning step, on per-group vectors, and the step that
+applies them to the grouped parameters (no host sync)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import LAMBDA_DEFAULTS
 from .families import FamilyConstraints
 from .group_state import GroupState
+from .packed_index import GroupIndex
 from .progressive import DUE_EPSILON, planned_lambda
 from .selection import TINY, Budget, cap_projections
 
@@ -20,6 +23,14 @@ class LambdaRule:
     lambda_: float
     lambda_amplify: float
     lambda_cap: float
+
+    @classmethod
+    def for_variant(
+        cls, variant: str, lambda_: float | None, lambda_amplify: float | None, lambda_cap: float | None
+    ) -> LambdaRule:
+        """The rule with the values given, and the defaults of the base optimizer `variant` for those left `None`."""
+        given = (lambda_, lambda_amplify, lambda_cap)
+        return cls(*(default if value is None else value for value, default in zip(given, LAMBDA_DEFAULTS[variant])))
 
     def __call__(self, xx: torch.Tensor, xd: torch.Tensor, dd: torch.Tensor) -> torch.Tensor:
         norm = xx.sqrt()
@@ -74,3 +85,25 @@ def penalise(
         others = families.cap(others, taken, state.family_order)
     others = cap_projections(others, taken, budget, costs, state.priority)
     return zero | (candidates & due) | others, coef, lam
+
+
+def apply_step(
+    index: GroupIndex,
+    params: list[torch.Tensor],
+    directions: list[torch.Tensor | None],
+    decays: list[float],
+    lrs: list[float],
+    keep: torch.Tensor,
+    coef: torch.Tensor,
+) -> None:
+    """Update the grouped parameters (`index.params`, local tensors) in place: the penalised step along each base
+    direction, zero groups masked to exactly zero. `keep` and `coef` are `extend`ed per-group vectors."""
+    for position, (param, d, decay, lr) in enumerate(zip(params, directions, decays, lrs)):
+        keep_p = index.expand(keep, position, torch.mul).to(param.dtype)
+        if d is None:
+            param.mul_(keep_p)
+            continue
+        # x <- keep * ((1 - lr * (decay + lambda_g / ||x_g||)) * x - lr * d)
+        # In float32: 1 - lr * coef must not round to 1 in a low-precision dtype before it multiplies x.
+        scale = index.expand(coef, position, torch.add).add(decay).mul_(-lr).add_(1).mul_(keep_p)
+        param.mul_(scale).addcmul_(d, keep_p, value=-lr)

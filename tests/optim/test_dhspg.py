@@ -288,16 +288,19 @@ def test_progress_api_and_from_model():
         ({"betas": (1.0, 0.9)}, r"`betas` must be two numbers in \[0, 1\)"),
         ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0"),
         ({"momentum": 0.0, "nesterov": True}, r"`nesterov=True` needs `momentum > 0`"),
-        ({"num_partition_periods": 0}, r"`num_partition_periods` must be an int in \[1, "),
+        ({"num_partition_periods": 0}, r"`num_partition_periods` must be an int >= 1, got 0"),
         (
             {"num_partition_periods": 20, "pruning_end_steps": 10},
             r"`num_partition_periods` must be an int in \[1, pruning_end_steps - partition_steps\] = "
             r"\[1, 10\], got 20",
         ),
         ({"lambda_": 0.0}, r"`lambda_` must be > 0"),
+        ({"lambda_amplify": 0.5}, r"`lambda_amplify` must be >= 1, got 0.5"),
         ({"lambda_cap": 0.5}, r"`lambda_cap` must be >= 1"),
         ({"epsilon": 1.0}, r"`epsilon` must be in \[0, 1\)"),
+        ({"final_epsilon": 1.5}, r"`final_epsilon` must be in \[0, 1\), got 1.5"),
         ({"tolerance": -0.5}, r"`tolerance` must be in \[0, 1\)"),
+        ({"importance_window": -1}, r"`importance_window` must be an int >= 0, got -1"),
         (
             {"saliency_cosine_weight": 0.0, "saliency_magnitude_weight": 0.0},
             r"`saliency_cosine_weight` and `saliency_magnitude_weight` must be non-negative",
@@ -340,38 +343,6 @@ def test_group_interface_errors():
     optimizer = DHSPG(model.parameters(), groups, named, pruning_end_steps=5)
     with pytest.raises(ValueError, match="not written by `DHSPG.state_dict\\(\\)`"):
         optimizer.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
-
-
-@pytest.mark.parametrize(
-    "old, value, new",
-    [
-        ("budget", "params", "sparsity_budget"),
-        ("partition_step", 2, "partition_steps"),
-        ("lmbda", 0.5, "lambda_"),
-        ("saliency_weights", (0.2, 0.8), "saliency_cosine_weight"),
-        ("min_kept_per_family", {"head": 1}, "min_heads_per_layer"),
-    ],
-)
-def test_renamed_arguments_still_work_with_a_future_warning(old, value, new):
-    model = TinyModel()
-    with pytest.warns(FutureWarning, match=f"`{old}` is renamed `?{new}"):
-        optimizer = DHSPG(
-            model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end_steps=10, **{old: value}
-        )
-    if old == "budget":
-        assert optimizer.sparsity_budget == "params"
-    if old == "partition_step":
-        assert optimizer.partition_points[0] == 2
-    if old == "min_kept_per_family":
-        assert {f.kind: f.min_kept for f in optimizer.families} == {"head": 1, "neuron": 0}
-    with pytest.warns(FutureWarning, match="renamed `partition_points`"):
-        assert optimizer.partition_steps == optimizer.partition_points
-    with pytest.warns(FutureWarning, match="renamed `pruning_end_steps`"):
-        assert optimizer.pruning_end == optimizer.pruning_end_steps == 10
-    with pytest.raises(TypeError, match="pass `pruning_end_steps` only"):
-        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end=10, pruning_end_steps=12)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'lamda'"):
-        DHSPG(model.parameters(), tiny_groups(model), model.named_parameters(), pruning_end_steps=10, lamda=1.0)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
