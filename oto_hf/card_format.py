@@ -73,6 +73,13 @@ def latency_text(ratio: float | None) -> str:
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
+def dataset_text(dataset: str | None, description: str | None) -> str:
+    """The card's dataset line: a link to the Hub dataset and/or the description of local data."""
+    parts = [f"[`{dataset}`](https://huggingface.co/datasets/{dataset})"] if dataset else []
+    parts += [description] if description else []
+    return "; ".join(parts) or "not recorded"
+
+
 def removed_rows(record: PruningRecord) -> list[dict[str, Any]]:
     """Groups removed, kept and in total, per kind."""
     rows = []

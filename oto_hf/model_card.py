@@ -52,6 +52,11 @@ class CardInputs:
             Hub pipeline tag, e.g. `"question-answering"`. Defaults to the one implied by the saved class name.
         dataset (`str`, *optional*):
             Hub id of the training/evaluation dataset, e.g. `"rajpurkar/squad"`.
+        dataset_description (`str`, *optional*):
+            What the data was, in a sentence, for data that is not (only) a Hub dataset: local files, their
+            source, licence and split. Shown beside or instead of `dataset`.
+        model_name (`str`, *optional*):
+            The card's title: what the model is. Defaults to "<base model> pruned with OTO", else the folder name.
         training_args (`OTOTrainingArguments`, `TrainingArguments` or `dict`, *optional*):
             The arguments of the training run; only the OTO settings and the main optimisation settings are shown.
             Defaults to the settings in the pruning record (recorded by `OTOTrainer`).
@@ -74,6 +79,8 @@ class CardInputs:
     base_model: str | None = None
     task: str | None = None
     dataset: str | None = None
+    dataset_description: str | None = None
+    model_name: str | None = None
     training_args: Any = None
     eval_results: Mapping[str, float] | None = None
     dense_eval_results: Mapping[str, float] | None = None
@@ -83,7 +90,7 @@ class CardInputs:
     license: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("base_model", "task", "dataset"):
+        for name in ("base_model", "task", "dataset", "dataset_description", "model_name"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ValueError(f"`{name}` must be a non-empty string such as a Hub id, got {value!r}.")
@@ -120,8 +127,9 @@ def write_model_card(output_dir: str | Path, inputs: CardInputs | None = None, *
         inputs (`CardInputs`, *optional*):
             What the card says beyond the folder; or pass its fields as keyword arguments.
         **kwargs:
-            The fields of `CardInputs`: `model`, `base_model`, `task`, `dataset`, `training_args`, `eval_results`,
-            `dense_eval_results`, `latency_ratio`, `metric_source`, `language`, `license`.
+            The fields of `CardInputs`: `model`, `base_model`, `task`, `dataset`, `dataset_description`,
+            `model_name`, `training_args`, `eval_results`, `dense_eval_results`, `latency_ratio`, `metric_source`,
+            `language`, `license`.
 
     Returns:
         `Path`: the `README.md` written.
@@ -254,7 +262,9 @@ def _render(
     pruned_metrics, dense_metrics = inputs.metrics(), inputs.dense_metrics()
     architecture = fmt.stock_class_name(config)
     task = inputs.task or fmt.pipeline_tag(architecture)
-    model_name = folder.resolve().name
+    model_name = inputs.model_name or (
+        f"{inputs.base_model.rsplit('/', 1)[-1]} pruned with OTO" if inputs.base_model else folder.resolve().name
+    )
     results = fmt.model_index_results(pruned_metrics, task, inputs.dataset, inputs.metric_source)
     card_data = ModelCardData(
         base_model=inputs.base_model,
@@ -288,7 +298,7 @@ def _render(
         base_model=base_model,
         base_model_type=config["model_type"].removeprefix("oto_"),
         task_text=f"`{task}`" if task else "not recorded",
-        dataset_text=f"[`{dataset}`](https://huggingface.co/datasets/{dataset})" if dataset else "not recorded",
+        dataset_text=fmt.dataset_text(dataset, inputs.dataset_description),
         hyperparameters=[(name, fmt.format_setting(value)) for name, value in settings.items()],
         training_args_type=args_type,
         has_oto_settings=any(name in settings for name in OTO_SETTINGS),
@@ -319,18 +329,31 @@ def _render(
 
 # ---- plot -----------------------------------------------------------------------------------------------------------
 def _write_plot(layers: list[LayerWidths], path: Path) -> bool:
-    """Bars of kept and total groups per layer, one panel per kind; False (with a warning) without matplotlib."""
+    """Write `kept_per_layer_figure(layers)` as PNG; False (with a warning) without matplotlib or widths."""
     try:
-        from matplotlib.figure import Figure
+        figure = kept_per_layer_figure(layers)
     except ImportError:
         logger.warning("No kept-per-layer plot in the model card: matplotlib is missing (pip install matplotlib).")
         return False
+    if figure is None:
+        return False
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return True
+
+
+def kept_per_layer_figure(layers: list[LayerWidths]) -> Any:
+    """A matplotlib `Figure` of kept and total groups per layer, one panel per kind (None without widths).
+
+    The title sits above the panels and a single legend below them, so neither hides the other or a bar.
+    """
+    from matplotlib.figure import Figure
+
     kinds = [kind for kind in GROUP_KINDS if any(layer.kind == kind for layer in layers)]
     if not kinds:
-        return False
+        return None
     width = min(12.0, max(4.0, 1.5 + 0.35 * max(sum(layer.kind == k for layer in layers) for k in kinds)))
     # Figure without pyplot: no global backend is chosen or changed; PNG output goes through Agg.
-    figure = Figure(figsize=(width, 2.2 * len(kinds)), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, 0.5 + 2.2 * len(kinds)), dpi=100, layout="constrained")
     axes = figure.subplots(len(kinds), 1, squeeze=False)[:, 0]
     for ax, kind in zip(axes, kinds):
         families = [layer for layer in layers if layer.kind == kind]
@@ -341,8 +364,7 @@ def _write_plot(layers: list[LayerWidths], path: Path) -> bool:
         ax.set_xticks(list(positions), labels, fontsize=7, rotation=90 if len(families) > 16 else 0)
         ax.set_ylabel(fmt.KIND_NAMES[kind], fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
-    axes[0].set_title("Groups kept per layer", fontsize=9)
-    axes[0].legend(fontsize=7, ncols=2, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    figure.suptitle("Groups kept per layer", fontsize=9)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7, frameon=False)
     axes[-1].set_xlabel("layer", fontsize=8)
-    figure.savefig(path, format="png", metadata={"Software": None})
-    return True
+    return figure

@@ -21,10 +21,12 @@ from oto_hf.model_card import (
     PLOT_NAME,
     CardInputs,
     build_model_card,
+    kept_per_layer_figure,
     template_path,
     training_settings,
     write_model_card,
 )
+from oto_hf.record import LayerWidths
 from tests.utils.asserts import random_nonuniform_ids
 from tests.utils.paths import REPO_ROOT
 from tests.utils.tiny_models import CASES
@@ -164,7 +166,7 @@ def test_card_metadata_parses_with_huggingface_hub(saved, bert_folder, tmp_path)
     assert metadata["pipeline_tag"] == "question-answering"  # from the saved class name
     assert metadata["license"] == "apache-2.0" and metadata["language"] == "en"
     (entry,) = metadata["model-index"]
-    assert entry["name"] == "bert-pruned"
+    assert entry["name"] == "bert-base-uncased pruned with OTO"  # what the model is, not its folder's name
     (result,) = entry["results"]
     assert result["task"]["type"] == "question-answering" and result["dataset"]["type"] == "rajpurkar/squad"
     assert {m["type"]: m["value"] for m in result["metrics"]} == {"exact_match": 61.25, "f1": 70.5, "loss": 1.75}
@@ -232,6 +234,36 @@ def test_without_matplotlib_the_card_has_no_plot(bert_folder, monkeypatch, caplo
     assert "matplotlib" in caplog.text
     assert not (bert_folder / PLOT_NAME).exists()
     assert PLOT_NAME not in readme.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("layers", [2, 30])
+def test_plot_title_and_legend_overlap_nothing(layers):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    widths = [
+        LayerWidths(kind, layer, f"layers.{layer}", total, total // 2)
+        for kind, total in (("head", 9), ("neuron", 1536))
+        for layer in range(layers)
+    ]
+    figure = kept_per_layer_figure(widths)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # lays the figure out
+    title = figure._suptitle.get_window_extent(renderer)  # Private: matplotlib 3.8-3.11 keep the suptitle here
+    (legend,) = figure.legends
+    boxes = [legend.get_window_extent(renderer), *(ax.get_tightbbox(renderer) for ax in figure.axes)]
+    assert not any(title.overlaps(box) for box in boxes)
+    assert not any(boxes[0].overlaps(box) for box in boxes[1:])
+
+
+def test_named_model_and_local_data(bert_folder):
+    text = str(
+        build_model_card(
+            bert_folder, model_name="Tiny BERT, 2x fewer FLOPs", dataset_description="local files: a.json"
+        )
+    )
+    assert text.count("# Tiny BERT, 2x fewer FLOPs") == 1 and "- Dataset: local files: a.json" in text
+    text = str(build_model_card(bert_folder, dataset="rajpurkar/squad", dataset_description="its train split"))
+    assert "- Dataset: [`rajpurkar/squad`](https://huggingface.co/datasets/rajpurkar/squad); its train split" in text
 
 
 def _folder_without_summary(bert_folder):
