@@ -94,18 +94,23 @@ def common_args(out: Path, seed: int, target: float, method: str, steps: int, te
     return args
 
 
-def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+def classification_run(
+    data: list[str],
+    steps: int,
+    max_seq_length: int,
+    out: Path,
+    seed: int,
+    target: float,
+    method: str,
+    teacher: Path | None,
+) -> dict[str, Any]:
+    """One run of `run_classification.py` on MiniLM: `data` arguments, `steps` of batch 32 at learning rate 1e-4."""
     argv = [
         "--model_name_or_path",
         str(fetch_minilm()),
-        "--train_file",
-        str(fetch_pang_lee()),
-        "--csv_column_names",
-        "label,sentence",
-        "--validation_split_percentage",
-        "25",
+        *data,
         "--max_seq_length",
-        "64",
+        str(max_seq_length),
         "--per_device_train_batch_size",
         "32",
         "--per_device_eval_batch_size",
@@ -114,7 +119,7 @@ def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path
         "1e-4",
         "--overwrite_pruned_model",
         "true",
-        *common_args(out, seed, target, method, 282, teacher),
+        *common_args(out, seed, target, method, steps, teacher),
     ]
     results = run_classification.main(*run_classification.parse_args(argv))
     return {
@@ -123,42 +128,20 @@ def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path
         "log_history": results["trainer"].state.log_history,
         "pruned_dir": results["pruned_model_dir"],
     }
+
+
+def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+    data = ["--train_file", str(fetch_pang_lee()), "--csv_column_names", "label,sentence"]
+    data += ["--validation_split_percentage", "25"]
+    return classification_run(data, 282, 64, out, seed, target, method, teacher)
 
 
 def boolq_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
     boolq = fetch_boolq()
-    argv = [
-        "--model_name_or_path",
-        str(fetch_minilm()),
-        "--train_file",
-        str(boolq["train"]),
-        "--validation_file",
-        str(boolq["validation"]),
-        "--text_column_names",
-        "question,passage",
-        "--max_train_samples",
-        str(BOOLQ_TRAIN),
-        "--max_eval_samples",
-        str(BOOLQ_EVAL),
-        "--max_seq_length",
-        "128",
-        "--per_device_train_batch_size",
-        "32",
-        "--per_device_eval_batch_size",
-        "128",
-        "--learning_rate",
-        "1e-4",
-        "--overwrite_pruned_model",
-        "true",
-        *common_args(out, seed, target, method, BOOLQ_STEPS, teacher),
-    ]
-    results = run_classification.main(*run_classification.parse_args(argv))
-    return {
-        "metrics": {"accuracy": 100 * results["pruned"]["eval_accuracy"]},
-        "report": results["report"],
-        "log_history": results["trainer"].state.log_history,
-        "pruned_dir": results["pruned_model_dir"],
-    }
+    data = ["--train_file", str(boolq["train"]), "--validation_file", str(boolq["validation"])]
+    data += ["--text_column_names", "question,passage"]
+    data += ["--max_train_samples", str(BOOLQ_TRAIN), "--max_eval_samples", str(BOOLQ_EVAL)]
+    return classification_run(data, BOOLQ_STEPS, 128, out, seed, target, method, teacher)
 
 
 def qa_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
