@@ -1,47 +1,38 @@
-"""A fast subset of the zoo sweep (`scripts/bench_zoo.py`): one architecture per structural family, end to end."""
+"""`scripts/bench_zoo.py` itself: one architecture swept end to end, the x10 query/key sharpening and the table.
 
-import pytest
+The representatives this file used to sweep one by one (fused projections, QK-norm, disentangled attention, windowed
+attention, depthwise convolutions, a shared layer, renamed checkpoint keys) are cases of
+`tests/utils/tiny_models.CASES`, where `tests/test_architectures.py` and `tests/test_saving.py` run every shared check
+on them.
+"""
+
 import torch
 
 from tests.utils.scripts import load_script
 
-# model type -> (structural family, group kinds it must have)
-REPRESENTATIVES = {
-    "phi3": ("fused qkv_proj and gate_up_proj", {"head", "neuron"}),
-    "qwen3": ("per-head RMSNorm on queries and keys (QK-norm)", {"head", "neuron"}),
-    "deberta-v2": ("disentangled relative-position attention, eager matmuls", {"head", "neuron"}),
-    "swin": ("windowed attention with a relative-position bias table", {"head", "neuron"}),
-    "mobilenet_v2": ("depthwise convolutions", {"channel"}),
-    "albert": ("one layer shared by every position", {"head", "neuron"}),
-    "gpt_neox": ("checkpoint keys renamed by transformers on save and load", {"head", "neuron"}),
-}
 
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def test_sweep_prunes_an_architecture_exactly(tmp_path):
+    """Phi-3 from the zoo's generic tiny config (2 layers, 2 KV heads, FFN 37) through every step of the sweep: the x10
+    query/key check scales its fused qkv_proj, a causal LM is checked with generate(), and the reload runs in a
+    process without oto_hf."""
     zoo = load_script("bench_zoo")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        results = zoo.sweep(list(REPRESENTATIVES), tmp_path_factory.mktemp("zoo"), verbose=False)
+        (result,) = zoo.sweep(["phi3"], tmp_path, verbose=False)
     finally:
         torch.set_num_threads(threads)
-    return zoo, {result.model_type: result for result in results}
-
-
-@pytest.mark.parametrize("model_type", list(REPRESENTATIVES))
-def test_representative_is_pruned_exactly(model_type, sweep):
-    zoo, results = sweep
-    result = results[model_type]
-    assert result.outcome == "exact", f"{REPRESENTATIVES[model_type][0]}: {result.reason}"
-    assert REPRESENTATIVES[model_type][1] <= set(result.groups), result.groups
-    assert result.params[1] < result.params[0]
+    assert result.outcome == "exact", result.reason
+    assert (result.model_class, result.auto_class) == ("Phi3ForCausalLM", "AutoModelForCausalLM")
+    assert result.groups == {"head": 2 * 2, "neuron": 2 * 37}
+    assert 0 < result.removed < 2 * 2 + 2 * 37 and result.params[1] < result.params[0]
+    checks = {"subnet", "subnet_qk_x10", "reload", "generate_tokens_differ", "reload_without_oto_hf"}
+    assert set(result.checks) == checks
     assert result.checks["subnet"] <= zoo.SUBNET_TOLERANCE
     assert result.checks["subnet_qk_x10"] <= zoo.SUBNET_TOLERANCE
     assert result.checks["reload"] <= zoo.RELOAD_TOLERANCE
     assert result.checks["reload_without_oto_hf"] <= zoo.RELOAD_TOLERANCE
-    if result.auto_class == "AutoModelForCausalLM":
-        assert result.checks["generate_tokens_differ"] == 0
+    assert result.checks["generate_tokens_differ"] == 0
 
 
 def test_sharpened_attention_exposes_head_mixing():
