@@ -10,6 +10,7 @@ from .graph.groups import GroupSet, TensorSlice, UnprunableComponent, ZeroInvari
 from .graph.rules import RuleContext, register_op_rule
 from .models import register_default_architectures, register_pruned_architecture
 from .optim import DHSPG
+from .pruned_folder import PrunedFolder, read_pruned_folder
 from .record import PruningRecord
 from .saving import save_pruned
 from .stats import count_flops, count_parameters
@@ -24,6 +25,7 @@ __all__ = [
     "GroupSet",
     "OTOTrainer",
     "OTOTrainingArguments",
+    "PrunedFolder",
     "PruningRecord",
     "RuleContext",
     "SubnetMismatchError",
@@ -40,6 +42,7 @@ __all__ = [
     "discover_groups",
     "group_flop_costs",
     "register_op_rule",
+    "read_pruned_folder",
     "register_pruned_architecture",
     "rules",
     "save_pruned",

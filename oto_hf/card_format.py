@@ -188,17 +188,20 @@ def load_instructions(folder: Path, config: dict[str, Any], class_name: str) -> 
     """The load section: stock config, `oto_*` config with oto_hf, or `oto_*` config with remote code."""
     auto = _auto_class(config, class_name)
     model_type = config["model_type"]
-    extra_imports, extra_lines = [], []
+    processor = None  # (variable, Auto class) of what is saved beside the model
     if (folder / "tokenizer_config.json").is_file():
-        extra_imports, extra_lines = ["AutoTokenizer"], ["tokenizer = AutoTokenizer.from_pretrained(model_id)"]
+        processor = ("tokenizer", "AutoTokenizer")
     elif (folder / "preprocessor_config.json").is_file():
-        extra_imports = ["AutoImageProcessor"]
-        extra_lines = ["processor = AutoImageProcessor.from_pretrained(model_id)"]
-    imports = f"from transformers import {', '.join([auto, *extra_imports])}"
+        processor = ("processor", "AutoImageProcessor")
+    imports = f"from transformers import {', '.join([auto, processor[1]] if processor else [auto])}"
     model_id = f'model_id = "{folder.resolve().name}"  # this folder, or its Hub repo id ("user/name") once uploaded'
 
-    def code(*lines: str) -> str:
-        return "\n".join([*lines[:-1], model_id, lines[-1], *extra_lines])
+    def code(*lines: str, remote: bool = False) -> str:
+        # Without oto_hf, the tokenizer's and processor's Auto classes read the `oto_*` config too, and without
+        # `trust_remote_code=True` they ask whether to run its code (transformers' AutoConfig), though they need none.
+        arguments = "model_id, trust_remote_code=True" if remote else "model_id"
+        extra = [f"{processor[0]} = {processor[1]}.from_pretrained({arguments})"] if processor else []
+        return "\n".join([*lines[:-1], model_id, lines[-1], *extra])
 
     if not model_type.startswith("oto_"):
         intro = (
@@ -229,7 +232,9 @@ def load_instructions(folder: Path, config: dict[str, Any], class_name: str) -> 
             {
                 "title": f"Without oto_hf, `trust_remote_code=True` runs `{module}.py` from this repository (it needs "
                 "only torch and transformers; read it before trusting it):",
-                "code": code(imports, f"model = {auto}.from_pretrained(model_id, trust_remote_code=True)"),
+                "code": code(
+                    imports, f"model = {auto}.from_pretrained(model_id, trust_remote_code=True)", remote=True
+                ),
             }
         )
     return {"load_intro": intro, "load_snippets": snippets}

@@ -6,9 +6,8 @@ The template ships inside the package as `oto_hf.templates` (its source is the r
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from . import card_format as fmt
 from ._version import __version__
 from .graph.groups import GROUP_KINDS
-from .record import SUMMARY_KEY, LayerWidths, PruningRecord
+from .pruned_folder import read_pruned_folder
+from .record import LayerWidths, PruningRecord
 from .training_args import oto_field_names, training_settings
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class CardInputs:
             Language tag of the metadata; `None` leaves it out (e.g. for vision models).
         license (`str`, *optional*):
             License tag, e.g. `"apache-2.0"`; use the starting model's license.
+        tags (`str` or `list[str]`, *optional*):
+            Hub tags added after oto_hf's own (`oto_hf`, `pruning`, `structured-pruning`, `only-train-once`).
     """
 
     model: Any = None
@@ -88,6 +90,7 @@ class CardInputs:
     metric_source: str | None = None
     language: str | None = "en"
     license: str | None = None
+    tags: str | Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("base_model", "task", "dataset", "dataset_description", "model_name"):
@@ -101,6 +104,10 @@ class CardInputs:
             raise ValueError(
                 "`dense_eval_results` was given without `eval_results`; pass the pruned model's metrics too."
             )
+        if isinstance(self.tags, str):
+            self.tags = [self.tags]
+        if self.tags is not None and not all(isinstance(tag, str) and tag.strip() for tag in self.tags):
+            raise ValueError(f"`tags` must be a list of non-empty strings, got {self.tags!r}.")
         training_settings(self.training_args)
 
     def metrics(self) -> dict[str, float]:
@@ -123,13 +130,14 @@ def write_model_card(output_dir: str | Path, inputs: CardInputs | None = None, *
 
     Args:
         output_dir (`str` or `Path`):
-            A folder written by `save_pruned` (it must hold `config.json`).
+            A folder written by `save_pruned`, as `read_pruned_folder` checks it (config.json, weights, and a pruning
+            record unless `model` has one).
         inputs (`CardInputs`, *optional*):
             What the card says beyond the folder; or pass its fields as keyword arguments.
         **kwargs:
             The fields of `CardInputs`: `model`, `base_model`, `task`, `dataset`, `dataset_description`,
             `model_name`, `training_args`, `eval_results`, `dense_eval_results`, `latency_ratio`, `metric_source`,
-            `language`, `license`.
+            `language`, `license`, `tags`.
 
     Returns:
         `Path`: the `README.md` written.
@@ -186,52 +194,17 @@ def template_path(name: str = TEMPLATE_NAME) -> Path:
 def _prepare(
     output_dir: str | Path, inputs: CardInputs | None, kwargs: dict[str, Any]
 ) -> tuple[Path, CardInputs, dict[str, Any], PruningRecord]:
-    """Check everything a card needs: the inputs, the folder, its config and the pruning record."""
+    """Check everything a card needs: the inputs, the folder, its config and the pruning record (the model's own when
+    it has one, which a model reloaded from the folder has not, else the folder's)."""
     if inputs is None:
         inputs = CardInputs(**kwargs)
     elif kwargs:
         raise TypeError(f"Pass either `inputs` or keyword arguments, not both (got `inputs` and {sorted(kwargs)}).")
     elif not isinstance(inputs, CardInputs):
         raise TypeError(f"`inputs` must be a CardInputs, got {type(inputs).__name__}.")
-    folder = _check_folder(output_dir)
-    config = _read_config(folder)
-    return folder, inputs, config, _pruning_record(folder, config, inputs.model)
-
-
-def _check_folder(output_dir: str | Path) -> Path:
-    if not isinstance(output_dir, (str, Path)):
-        raise TypeError(f"`output_dir` must be a str or Path, got {type(output_dir).__name__}.")
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        raise ValueError(f"`output_dir` {str(folder)!r} is not a folder. Pass the folder written by `save_pruned`.")
-    if not (folder / "config.json").is_file():
-        raise ValueError(
-            f"`output_dir` {str(folder)!r} has no config.json, so it is not a saved transformers model. Pass the "
-            "folder written by `oto_hf.save_pruned(model, output_dir)`."
-        )
-    return folder
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{folder / 'config.json'} is not valid JSON ({error}); save the model again.") from error
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise ValueError(f"{folder / 'config.json'} has no `model_type`; it is not a transformers config.")
-    return config
-
-
-def _pruning_record(folder: Path, config: dict[str, Any], model: Any) -> PruningRecord:
-    """The model's own record when it has one (a model reloaded from the folder has not), else the folder's."""
-    record = PruningRecord.from_model_or_config(model) if model is not None else None
-    record = record or PruningRecord.from_model_or_config(config)
-    if record is None:
-        raise ValueError(
-            f"{folder / 'config.json'} has no `{SUMMARY_KEY}`, so there are no pruning figures: save a model made "
-            "by `construct_subnet` with `oto_hf.save_pruned`, or pass the pruned model as `model=`."
-        )
-    return record
+    record = PruningRecord.from_model_or_config(inputs.model) if inputs.model is not None else None
+    saved = read_pruned_folder(output_dir, require_record=record is None)
+    return saved.path, inputs, saved.config, record or saved.record
 
 
 def _metrics(results: Mapping[str, float] | None, argument: str) -> dict[str, float]:
@@ -276,7 +249,7 @@ def _render(
         metrics=list(pruned_metrics) or None,
         model_name=model_name if results else None,  # `model-index` needs it; alone it is not Hub metadata
         pipeline_tag=task,
-        tags=CARD_TAGS,
+        tags=[*CARD_TAGS, *(tag for tag in inputs.tags or [] if tag not in CARD_TAGS)],
     )
     if inputs.training_args is not None:
         settings = training_settings(inputs.training_args)

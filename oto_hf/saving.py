@@ -85,13 +85,16 @@ def save_pruned(
 
 def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     """The config to write, and the pruned class names for `architectures` (None when the stock config is used)."""
-    record = PruningRecord.from_model_or_config(model)  # a reloaded model's summary has no shapes: saved as it is
+    record = PruningRecord.from_model_or_config(model)
     base_config = model.config
-    if record is None or not record.tensor_shapes:
-        config = copy.deepcopy(base_config)
-        config.oto_hf_version = __version__
+    config = copy.deepcopy(base_config)
+    config.oto_hf_version = __version__
+    if record is None:
         return config, None
     summary = dataclasses.replace(record, dense_config=record.dense_config or _dense_config(base_config))
+    if not record.tensor_shapes:  # nothing sliced (a subnet that kept every group, or a reloaded model): as it is
+        setattr(config, SUMMARY_KEY, summary.to_dict(shapes=False))
+        return config, None
     stock = _stock_config(model, record)
     if stock is not None:
         stock.oto_hf_version = __version__

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
@@ -19,6 +21,7 @@ from .distillation import distillation_loss, freeze, load_teacher
 from .fsdp import gather_full_model
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
+from .model_card import write_model_card
 from .optim import DHSPG
 from .saving import save_pruned
 from .stats import count_parameters
@@ -52,7 +55,7 @@ class OTOTrainer(Trainer):
     ```python
     >>> trainer = OTOTrainer(model, OTOTrainingArguments("out", target_sparsity=0.3, max_steps=1000), train_dataset=ds)
     >>> trainer.train()
-    >>> pruned = trainer.save_pruned("out/pruned")
+    >>> folder = trainer.save_pruned("out/pruned")  # the smaller model, its tokenizer and its model card
     ```
     """
 
@@ -257,24 +260,86 @@ class OTOTrainer(Trainer):
         pruned.oto_pruning.training_settings = training_settings(self.args)
         return pruned
 
-    def save_pruned(self, output_dir: str | Path | None = None, overwrite: bool = False) -> nn.Module | None:
-        """Slice the zero groups away and `save_pruned` the result (with the processing class), on the main process.
+    def save_pruned(
+        self, output_dir: str | Path | None = None, overwrite: bool = False, model_card: bool = True
+    ) -> Path:
+        """Slice the zero groups away and `save_pruned` the result (with the processing class) on the main process,
+        then write its model card with `create_model_card`, as TRL's trainers do when they save.
 
         Args:
             output_dir (`str` or `Path`, *optional*, defaults to `<args.output_dir>/pruned`): where to write.
             overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty folder.
+            model_card (`bool`, *optional*, defaults to `True`): write `README.md` and `kept_per_layer.png` into it.
 
         Returns:
-            `nn.Module`: the pruned model (on every process; under FSDP2 on the main process only, `None` elsewhere).
+            `Path`: the folder written, as `oto_hf.save_pruned` returns it (on every process). `pruned_model()` gives
+            the sliced model itself; `AutoModel*.from_pretrained(folder)` loads it back.
         """
         pruned = self.pruned_model()
         output_dir = Path(output_dir or Path(self.args.output_dir) / "pruned")
         if self.is_world_process_zero():
             save_pruned(pruned, output_dir, tokenizer=self.processing_class, overwrite=overwrite)
+            if model_card:
+                self.create_model_card(output_dir=output_dir)
         self.accelerator.wait_for_everyone()
-        return pruned
+        return output_dir
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        *,
+        output_dir: str | Path | None = None,
+        **card_fields: Any,
+    ) -> Path | None:
+        """Write the model card of a folder written by `save_pruned` (`README.md` and `kept_per_layer.png`, by
+        `oto_hf.model_card.write_model_card`) from the folder's pruning record and this run's arguments.
+
+        `save_pruned` calls it, and so does `Trainer.push_to_hub` (with `model_name` and `tags`); it writes on the main
+        process only. When the default `output_dir` holds no saved model yet (e.g. `push_to_hub` before any
+        `save_pruned`), the `Trainer`'s own card of `args.output_dir` is written instead.
+
+        Args:
+            model_name (`str`, *optional*): the card's title; defaults to "<base model> pruned with OTO".
+            dataset_name (`str`, *optional*): Hub id of the training dataset.
+            tags (`str` or `list[str]`, *optional*): Hub tags added to oto_hf's own.
+            output_dir (`str` or `Path`, *optional*, defaults to `<args.output_dir>/pruned`): the pruned folder.
+            **card_fields: the other fields of `oto_hf.model_card.CardInputs` (`eval_results`, `dense_eval_results`,
+                `latency_ratio`, `task`, `license`, ...). `base_model` defaults to the Hub id the model was loaded
+                from (none for a local folder), `training_args` to `self.args`.
+
+        Returns:
+            `Path`: the `README.md` written; `None` on the other processes and when the `Trainer`'s card was written.
+
+        Example:
+        ```python
+        >>> folder = trainer.save_pruned(model_card=False)
+        >>> trainer.create_model_card(dataset_name="rajpurkar/squad", eval_results=trainer.evaluate())
+        ```
+        """
+        if not self.is_world_process_zero():
+            return None
+        folder = Path(output_dir) if output_dir is not None else Path(self.args.output_dir) / "pruned"
+        if output_dir is None and not (folder / "config.json").is_file():
+            super().create_model_card(model_name=model_name, dataset=dataset_name, tags=tags, **card_fields)
+            return None
+        card_fields.setdefault("base_model", self._base_model_id())
+        card_fields.setdefault("training_args", self.args)
+        return write_model_card(folder, model_name=model_name, dataset=dataset_name, tags=tags, **card_fields)
 
     # ---- helpers ---------------------------------------------------------------------------------------------------
+    def _base_model_id(self) -> str | None:
+        """The Hub id the model was loaded from, for the card's `base_model`; `None` for a local folder or no name."""
+        name = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "name_or_path", "")
+        if not name or Path(name).expanduser().exists():
+            return None
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            return None
+        return name
+
     def _first_examples(self, count: int = 1) -> dict[str, torch.Tensor] | None:
         """The first `count` training examples, collated, on the model's device (None if unavailable)."""
         dataset = self.train_dataset

@@ -25,7 +25,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from oto_hf import OTOTrainer, OTOTrainingArguments
+from oto_hf import OTOTrainer, OTOTrainingArguments, save_pruned
 
 
 class RandomTokens(Dataset):
@@ -77,9 +77,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         oto_args = OTOTrainingArguments(f"{tmp}/oto", **common, target_sparsity=args.target, pruning_end_ratio=0.6)
         trainer = OTOTrainer(model, oto_args, train_dataset=data)
         oto_seconds = trainer.train().metrics["train_runtime"]
-        pruned = trainer.save_pruned(Path(tmp) / "pruned")
+        pruned = trainer.pruned_model()  # kept to compare with its reload
         if not trainer.is_world_process_zero():
             return {}
+        save_pruned(pruned, Path(tmp) / "pruned")
         record = pruned.oto_pruning
         reloaded = AutoModelForSequenceClassification.from_pretrained(Path(tmp) / "pruned").to(pruned.device).eval()
         ids = data[0]["input_ids"][None].to(pruned.device)

@@ -28,7 +28,6 @@ A lone `.json` or `.yaml` argument is read as a file of arguments.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,8 @@ from transformers import (
 )
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-from oto_hf import PruningRecord  # importing oto_hf registers the `oto_*` configs and models with the Auto classes
+# importing oto_hf registers the `oto_*` configs and models with the Auto classes
+from oto_hf import PruningRecord, read_pruned_folder
 from oto_hf.report import compression_report, dense_reference
 from oto_hf.stats import count_parameters
 from utils_classification import check_label_column, compute_classification_metrics, f1_average_for, load_metrics
@@ -139,36 +139,6 @@ def make_parser() -> HfArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, EvaluationArguments]:
     return parse_arguments(make_parser(), argv)
-
-
-def read_pruned_config(folder: str | Path) -> dict[str, Any]:
-    """The folder's config.json, after checking that it is a model folder written by oto_hf."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise ValueError(
-            f"`--model_name_or_path` {str(folder)!r} does not exist; pass a folder written by "
-            "`save_pruned` (e.g. `<output_dir>/pruned` of a run script)."
-        )
-    if not folder.is_dir():
-        raise ValueError(f"`--model_name_or_path` {str(folder)!r} is a file; pass the folder that holds config.json.")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{str(folder)!r} is not a model folder: it has no config.json.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({error}).") from error
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise ValueError(f"{str(path)!r} is not a transformers config (no `model_type`).")
-    if "oto_hf_version" not in config:
-        raise ValueError(
-            f"{str(folder)!r} is a {config['model_type']!r} model but not one saved by oto_hf "
-            "(config.json has no `oto_hf_version`). Prune it first (scripts/run_classification.py, "
-            "scripts/run_image_classification.py) or save it with `oto_hf.save_pruned`."
-        )
-    if not any(p.suffix in (".safetensors", ".bin") for p in folder.iterdir()):
-        raise ValueError(f"{str(folder)!r} has a config but no weights (*.safetensors).")
-    return config
 
 
 def task_for(config: dict[str, Any], task: str | None) -> str:
@@ -308,7 +278,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: EvaluationA
     if args.log_level not in LOG_LEVELS:
         raise ValueError(f"`--log_level` must be one of {list(LOG_LEVELS)}, got {args.log_level!r}.")
     setup_logging(LOG_LEVELS[args.log_level], logger)
-    config = read_pruned_config(model_args.model_name_or_path)
+    config = read_pruned_folder(model_args.model_name_or_path).config
     task = task_for(config, model_args.task)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu")
     transformers.set_seed(args.seed)

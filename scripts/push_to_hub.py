@@ -6,11 +6,12 @@
         --commit_message "OTO-pruned BERT, 50% of heads and neurons" --base_model google-bert/bert-base-uncased \\
         --dataset rajpurkar/squad --license apache-2.0
 
-What it does: checks the folder (it must hold config.json and weights), writes `README.md` and `kept_per_layer.png`
-with `oto_hf.model_card.write_model_card` when the folder has no README.md (figures from the `oto_pruning_summary` in
-config.json), checks the token with `whoami`, then `HfApi.create_repo(repo_id, exist_ok=True, private=...)` and
-`HfApi.upload_folder(...)`: one commit with every file of the folder. `--dry_run` prints the files, their sizes and
-the card's metadata and contacts nobody (no token needed; a missing card is rendered in memory, not written).
+What it does: checks the folder with `oto_hf.read_pruned_folder` (it must hold config.json and weights), writes
+`README.md` and `kept_per_layer.png` with `oto_hf.model_card.write_model_card` when the folder has no README.md
+(figures from the `oto_pruning_summary` in config.json), checks the token with `whoami`, then
+`HfApi.create_repo(repo_id, exist_ok=True, private=...)` and `HfApi.upload_folder(...)`: one commit with every file of
+the folder. `--dry_run` prints the files, their sizes and the card's metadata and contacts nobody (no token needed; a
+missing card is rendered in memory, not written).
 
 The token is `--token`, else `HF_TOKEN`, else the one saved by `hf auth login` (`$HF_HOME/token`). `--token` ends up
 in your shell history and the process list: prefer the other two. `HF_ENDPOINT` points the script at another
@@ -49,7 +50,8 @@ from huggingface_hub import HfApi, ModelCard, get_token, is_offline_mode
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+from oto_hf import read_pruned_folder
+from oto_hf.model_card import PLOT_NAME, build_model_card, write_model_card
 
 
 class PushError(ValueError):
@@ -132,19 +134,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_folder(path: str | Path) -> Path:
-    folder = Path(path)
-    if not folder.exists():
-        raise PushError(f"Folder {str(folder)!r} does not exist. Pass the output_dir given to oto_hf.save_pruned.")
-    if not folder.is_dir():
-        raise PushError(f"{str(folder)!r} is a file, not a folder. Pass the output_dir given to oto_hf.save_pruned.")
-    if not (folder / "config.json").is_file():
-        raise PushError(
-            f"{str(folder)!r} has no config.json: it is not a saved transformers model. Save the pruned model with "
-            "`oto_hf.save_pruned(model, folder)` first."
-        )
-    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-        raise PushError(f"{str(folder)!r} has config.json but no weights (model.safetensors); save the model again.")
-    return folder
+    """The folder, once `read_pruned_folder` found config.json and weights in it (a pruning record is needed only to
+    write a card)."""
+    try:
+        return read_pruned_folder(path, require_record=False).path
+    except ValueError as error:
+        raise PushError(str(error)) from error
 
 
 def list_files(folder: Path) -> list[tuple[str, int]]:
@@ -159,8 +154,6 @@ def list_files(folder: Path) -> list[tuple[str, int]]:
 
 
 def write_card(folder: Path, card_kwargs: dict[str, Any]) -> None:
-    from oto_hf.model_card import write_model_card  # imports torch: only when a card is needed
-
     try:
         path = write_model_card(folder, **card_kwargs)
     except ValueError as error:
@@ -175,8 +168,6 @@ def dry_run(repo_id: str, folder: Path, has_card: bool, card_kwargs: dict[str, A
     if has_card:
         card = ModelCard.load(folder / "README.md")
     else:
-        from oto_hf.model_card import PLOT_NAME, build_model_card
-
         try:
             import matplotlib  # noqa: F401
 

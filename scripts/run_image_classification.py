@@ -235,8 +235,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     """Train-and-prune, save and evaluate.
 
     Returns:
-        `dict`: what `eval_results.json` holds, plus `report` (the compression report), `trainer`, `pruned_model` (as
-        sliced in memory) and `reloaded_model` (loaded back from the saved folder).
+        `dict`: what `eval_results.json` holds, plus `report` (the compression report), `trainer` and `reloaded_model`
+        (loaded back from the saved folder).
     """
     setup_logging(training_args.get_process_log_level(), logger)
     logger.info(f"Training arguments: {training_args}")
@@ -314,7 +314,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     return finish_run(
         trainer=trainer,
         reloaded=run["reloaded"],
-        pruned=run["pruned"],
         pruned_dir=pruned_dir,
         eval_dataset=eval_dataset,
         collator=collator,

@@ -201,7 +201,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     zero_ids = trainer.groups.zero_group_ids(trained)
 
     pruned_dir = output_dir / "pruned"
-    pruned = save_pruned_model(trainer, pruned_dir, overwrite=True)
+    save_pruned_model(trainer, pruned_dir, overwrite=True)
     reloaded = AutoModelForQuestionAnswering.from_pretrained(pruned_dir).to(training_args.device)
     pruned_metrics = None
     if eval_examples is not None:
@@ -223,7 +223,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
             training_args.device,
             MODEL_INPUTS,
         )
-        report = compression_report(trained, pruned, batch, latency_repeats=data_args.latency_repeats)
+        report = compression_report(trained, reloaded, batch, latency_repeats=data_args.latency_repeats)
         report.update(
             groups=trainer.groups.counts(),
             groups_total=len(trainer.groups),
@@ -256,7 +256,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
         card = write_card(
             pruned_dir,
             logger,
-            model=pruned,
             base_model=model_args.base_model_name or hub_id(model_args.model_name_or_path),
             task="question-answering",
             dataset=hub_id(data_args.dataset_name),  # local files have none

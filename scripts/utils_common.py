@@ -222,10 +222,11 @@ def print_summary(title: str, rows: Sequence[tuple[str, str]]) -> None:
 
 
 # ---- the end of a train-and-prune run ------------------------------------------------------------------------------
-def save_pruned_model(trainer: Any, pruned_dir: Path, overwrite: bool) -> torch.nn.Module:
-    """`trainer.save_pruned(pruned_dir)`; if slicing fails, the trained model is kept before the error is raised."""
+def save_pruned_model(trainer: Any, pruned_dir: Path, overwrite: bool) -> Path:
+    """`trainer.save_pruned(pruned_dir)`, which returns the folder; if slicing fails, the trained model is kept before
+    the error is raised. The card is written at the end of the run, with the evaluation results (`write_card`)."""
     try:
-        return trainer.save_pruned(pruned_dir, overwrite=overwrite)
+        return trainer.save_pruned(pruned_dir, overwrite=overwrite, model_card=False)
     except ValueError as error:  # e.g. every group of one layer is zero: nothing left to slice it to
         kept = Path(trainer.args.output_dir) / "trained-unsliced"
         trainer.save_model(str(kept))
@@ -243,15 +244,14 @@ def train_prune_evaluate(
     plain `Trainer` on the same data.
 
     `on_saved` runs right after saving, before the reload (e.g. to write a preprocessor config beside the weights).
-    Returns the `stages` metrics (`dense`, `trained`, `pruned`), the sliced `pruned` model, the `reloaded` one and
-    the number of `zero_groups`.
+    Returns the `stages` metrics (`dense`, `trained`, `pruned`), the `reloaded` model and the number of `zero_groups`.
     """
     dense_metrics = trainer.evaluate(metric_key_prefix="eval")
     train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     trainer.save_metrics("train", train_result.metrics)
     trained_metrics = trainer.evaluate(metric_key_prefix="eval")
     zero_groups = len(trainer.groups.zero_group_ids(trainer.model))
-    pruned = save_pruned_model(trainer, pruned_dir, overwrite)
+    save_pruned_model(trainer, pruned_dir, overwrite)
     if on_saved is not None:
         on_saved()
     reloaded = auto_class.from_pretrained(pruned_dir)
@@ -267,14 +267,13 @@ def train_prune_evaluate(
         "trained": trained_metrics,
         "pruned": evaluator.evaluate(metric_key_prefix="eval"),
     }
-    return {"stages": stages, "pruned": pruned, "reloaded": reloaded, "zero_groups": zero_groups}
+    return {"stages": stages, "reloaded": reloaded, "zero_groups": zero_groups}
 
 
 def finish_run(
     *,
     trainer: Any,
     reloaded: torch.nn.Module,
-    pruned: torch.nn.Module,
     pruned_dir: Path,
     eval_dataset: Any,
     collator: Callable,
@@ -291,7 +290,7 @@ def finish_run(
 
     Returns:
         `dict`: what `eval_results.json` holds (`stages`, `metric_sources`, `groups`, `pruned_model_dir`), plus
-        `report`, `trainer`, `pruned_model` and `reloaded_model`.
+        `report`, `trainer` and `reloaded_model`.
     """
     args = trainer.args
     device = next(reloaded.parameters()).device
@@ -314,7 +313,6 @@ def finish_run(
         write_card(
             pruned_dir,
             script_logger,
-            model=pruned,
             training_args=args,
             eval_results=stages["pruned"],
             dense_eval_results=stages["dense"],
@@ -341,4 +339,4 @@ def finish_run(
                 ("reports", f"{output_dir / 'eval_results.json'}, {output_dir / 'compression_report.json'}"),
             ],
         )
-    return {**results, "report": report, "trainer": trainer, "pruned_model": pruned, "reloaded_model": reloaded}
+    return {**results, "report": report, "trainer": trainer, "reloaded_model": reloaded}

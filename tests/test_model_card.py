@@ -30,6 +30,7 @@ from oto_hf.record import LayerWidths
 from tests.utils.asserts import random_nonuniform_ids
 from tests.utils.paths import REPO_ROOT
 from tests.utils.tiny_models import CASES
+from tests.utils.tokenizers import tiny_wordpiece_tokenizer
 
 SECTIONS = [
     "## Base model",
@@ -276,7 +277,7 @@ def _folder_without_summary(bert_folder):
 @pytest.mark.parametrize(
     "make_folder, kwargs, match",
     [
-        (lambda f: f / "missing", {}, "is not a folder"),
+        (lambda f: f / "missing", {}, "does not exist"),
         (lambda f: (f / "config.json").unlink() or f, {}, "has no config.json"),
         (lambda f: (f / "config.json").write_text("{not json") and f, {}, "is not valid JSON"),
         (_folder_without_summary, {}, "no `oto_pruning_summary`"),
@@ -337,6 +338,14 @@ def test_a_folder_saved_before_pruning_records_still_gets_a_card(bert_folder):
     assert "| attention heads | 3 | 5 / 8 |" in text
     assert "| FFN neurons | 10 | 27 / 37 |" in text and "| head | 1 | `bert.encoder.layer.1` | 3 / 4 |" in text
     assert "| parameters | 80,000 | 60,000 | 75.0% |" in text and "| FLOPs | 800,000 | 600,000 | 75.0% |" in text
+
+
+def test_the_load_snippets_load_the_tokenizer_too(bert_folder):
+    """Without oto_hf, `AutoTokenizer` reads the `oto_*` config too: the snippet trusts its code, so nothing asks."""
+    tiny_wordpiece_tokenizer().save_pretrained(bert_folder)
+    text = str(build_model_card(bert_folder))
+    assert "tokenizer = AutoTokenizer.from_pretrained(model_id)\n" in text  # after `import oto_hf`
+    assert "tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)\n" in text
 
 
 def test_card_inputs_or_keyword_arguments_give_the_same_card(bert_folder):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,6 +101,23 @@ def test_uniform_ffn_pruning_of_bert_writes_the_stock_config(saved_uniform):
     assert (config["model_type"], config["intermediate_size"]) == ("bert", 32)
 
 
+def _run_without_oto_hf(code: str, args: list[str], cwd: Path) -> tuple[Any, str]:
+    """Run `code` (which blocks `import oto_hf`) in a fresh process whose stdin is closed, so a question gets EOF at
+    once; returns the JSON of its last output line and all of its output."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout + result.stderr
+
+
 _SUBPROCESS = r"""
 import json, sys, torch, transformers
 sys.modules["oto_hf"] = None  # oto_hf must not be importable here
@@ -120,17 +138,7 @@ def test_reload_in_a_process_without_oto_hf(saved, saved_uniform, tmp_path):
     the stock ones without it."""
     folders = [(str(saved[case.name][3]), case.auto_class, True) for case in CASES]
     folders += [(str(saved_uniform[name][1]), auto_class, False) for name, (*_, auto_class) in UNIFORM.items()]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS, json.dumps(folders)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    worst = json.loads(result.stdout.strip().splitlines()[-1])
+    worst, _ = _run_without_oto_hf(_SUBPROCESS, [json.dumps(folders)], tmp_path)
     assert set(worst) == {folder for folder, _, _ in folders}
     assert all(diff <= 1e-6 for diff in worst.values()), worst
 
@@ -149,6 +157,55 @@ def test_tokenizer_is_saved_alongside(tmp_path):
     folder = save_pruned(pruned, tmp_path / "out", tokenizer=tokenizer)
     reloaded = AutoTokenizer.from_pretrained(folder)
     assert reloaded("the cat sat")["input_ids"] == tokenizer("the cat sat")["input_ids"]
+
+
+_TOKENIZER_WITHOUT_OTO_HF = r"""
+import json, sys, transformers
+sys.modules["oto_hf"] = None  # oto_hf must not be importable here
+folder, kwargs = sys.argv[1], json.loads(sys.argv[2])
+tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
+model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder, trust_remote_code=True)
+print()  # after a question, which ends without a newline
+print(json.dumps({"ids": tokenizer("the cat sat")["input_ids"], "model": type(model).__name__}))
+"""
+
+
+@pytest.fixture(scope="module")
+def oto_folder_with_tokenizer(tmp_path_factory):
+    """A BERT pruned non-uniformly (`oto_bert` config, remote code) saved with its tokenizer."""
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(**TEXT)).eval()
+    groups = discover_groups(model)
+    pruned = construct_subnet(model, groups, random_nonuniform_ids(groups, seed=3))
+    tokenizer = tiny_wordpiece_tokenizer()
+    return save_pruned(pruned, tmp_path_factory.mktemp("tokenizer") / "oto", tokenizer=tokenizer), tokenizer
+
+
+def _load_without_oto_hf(folder, tmp_path, **kwargs) -> tuple[dict, str]:
+    """Tokenizer and model loaded in a process that cannot import oto_hf."""
+    return _run_without_oto_hf(_TOKENIZER_WITHOUT_OTO_HF, [str(folder), json.dumps(kwargs)], tmp_path)
+
+
+def test_the_tokenizer_of_an_oto_folder_loads_without_oto_hf(oto_folder_with_tokenizer, tmp_path):
+    """As the model card shows it: `trust_remote_code=True` for the tokenizer too, and no question is asked."""
+    folder, tokenizer = oto_folder_with_tokenizer
+    loaded, output = _load_without_oto_hf(folder, tmp_path, trust_remote_code=True)
+    assert loaded == {"ids": tokenizer("the cat sat")["input_ids"], "model": "OTOBertForQuestionAnswering"}
+    assert "custom code" not in output
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="transformers 5.25 `AutoTokenizer.from_pretrained` first calls `AutoConfig.from_pretrained` with "
+    "`trust_remote_code=None`, which asks about the `auto_map['AutoConfig']` of any config type it does not know "
+    "(the `oto_*` ones, needed for `trust_remote_code=True` and for oto_hf's own loading); nothing in the saved files "
+    "avoids it. It answers EOF here, the tokenizer still loads. Remove this mark when transformers stops asking.",
+)
+def test_the_tokenizer_of_an_oto_folder_loads_without_a_remote_code_question(oto_folder_with_tokenizer, tmp_path):
+    folder, tokenizer = oto_folder_with_tokenizer
+    loaded, output = _load_without_oto_hf(folder, tmp_path)
+    assert loaded["ids"] == tokenizer("the cat sat")["input_ids"]
+    assert "Do you wish to run the custom code?" not in output
 
 
 def test_non_empty_output_dir_is_refused_unless_overwrite(tmp_path):

@@ -7,9 +7,11 @@ import sys
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoModelForSequenceClassification, TrainingArguments
 
-from oto_hf import OTOTrainer, OTOTrainingArguments
+from oto_hf import OTOTrainer, OTOTrainingArguments, read_pruned_folder
+from oto_hf.model_card import CARD_TAGS
 from tests.utils.data import TinyClassification
 from tests.utils.paths import REPO_ROOT
 from tests.utils.train_tiny import tiny_args, tiny_model
@@ -46,9 +48,13 @@ def test_trains_to_the_exact_target_and_exports(tmp_path):
     assert 0 < logs[-1]["kept_params"] < 1 and 0 < logs[-1]["kept_flops"] < 1
 
     dense_metrics = trainer.evaluate()
-    pruned = trainer.save_pruned(tmp_path / "pruned")
-    assert pruned.oto_pruning.params_after < pruned.oto_pruning.params_before
-    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")
+    folder = trainer.save_pruned(tmp_path / "pruned")
+    assert folder == tmp_path / "pruned"  # a Path, as oto_hf.save_pruned returns
+    record = read_pruned_folder(folder).record
+    assert record.params_after < record.params_before
+    card = (folder / "README.md").read_text(encoding="utf-8")  # written by create_model_card, as TRL's trainers do
+    assert "OTOTrainingArguments" in card and "- oto_hf" in card and (folder / "kept_per_layer.png").is_file()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
     trainer.model = reloaded
     pruned_metrics = trainer.evaluate()
     assert pruned_metrics["eval_loss"] == pytest.approx(dense_metrics["eval_loss"], abs=1e-5)
@@ -73,8 +79,8 @@ def test_every_layer_keeps_its_minimum_of_heads(tmp_path):
     for layer in (0, 1):
         heads = [g.id for g in trainer.groups if g.kind == "head" and g.layer == layer]
         assert len([i for i in heads if i not in zero]) >= 2
-    pruned = trainer.save_pruned(tmp_path / "pruned")  # whole FFNs may go; heads never all
-    assert pruned.bert.encoder.layer[0].attention.self.query.out_features >= 16
+    pruned = AutoModelForSequenceClassification.from_pretrained(trainer.save_pruned(tmp_path / "pruned"))
+    assert pruned.bert.encoder.layer[0].attention.self.query.out_features >= 16  # whole FFNs may go; heads never all
 
 
 def test_uniform_widths_save_a_stock_config(tmp_path):
@@ -280,3 +286,26 @@ def test_a_loss_jump_while_groups_go_is_logged(tmp_path, caplog):
         trainer._warn_on_loss_jump(2.00, num_zero=9)  # no group went: not a pruning shock
     assert caplog.text.count("the training loss rose") == 1
     assert "from 0.3100 to 0.9000 while 4 groups became zero" in caplog.text
+
+
+def test_create_model_card_writes_the_card_of_the_pruned_folder(tmp_path):
+    """As TRL's trainers do: a card of what was saved, with this run's arguments and the base model's Hub id."""
+    model = tiny_model()
+    model.config.name_or_path = "google-bert/bert-base-uncased"  # as if loaded from the Hub
+    trainer = OTOTrainer(model, tiny_args(str(tmp_path / "run")), train_dataset=TinyClassification())
+    assert trainer.create_model_card() is None  # no pruned folder yet (`push_to_hub`): the Trainer's own card
+    assert "generated_from_trainer" in (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
+
+    folder = trainer.save_pruned(model_card=False)
+    assert folder == tmp_path / "run" / "pruned" and not (folder / "README.md").exists()
+    readme = trainer.create_model_card(
+        model_name="Tiny BERT", dataset_name="stanfordnlp/imdb", tags="my-tag", eval_results={"eval_accuracy": 0.5}
+    )
+    assert readme == folder / "README.md"
+    card = ModelCard.load(readme)
+    assert card.data.base_model == "google-bert/bert-base-uncased" and card.data.datasets == ["stanfordnlp/imdb"]
+    assert card.data.tags == [*CARD_TAGS, "my-tag"] and card.data.model_name == "Tiny BERT"
+    assert "OTOTrainingArguments" in card.text and "| accuracy | 0.5 |" in card.text
+
+    with pytest.raises(ValueError, match="has no config.json"):  # a given folder must be one save_pruned wrote
+        trainer.create_model_card(output_dir=tmp_path / "run")

@@ -155,9 +155,9 @@ def test_not_a_pruned_model(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     cases = [
         (tmp_path / "missing", "does not exist"),
-        (tmp_path / "notes", "is not a model folder: it has no config.json"),
+        (tmp_path / "notes", "has no config.json"),
         (tmp_path / "notes" / "a.txt", "is a file"),
-        (dense_dir, "not one saved by oto_hf"),
+        (dense_dir, "was not saved by oto_hf"),
         (tmp_path, "not a transformers config"),
     ]
     for folder, message in cases:

@@ -193,7 +193,7 @@ def test_a_failed_slice_keeps_the_trained_model(tmp_path):
         args = type("Args", (), {"output_dir": str(tmp_path)})()
         saved = None
 
-        def save_pruned(self, output_dir, overwrite=False):
+        def save_pruned(self, output_dir, overwrite=False, model_card=True):
             raise ValueError("Removing these groups would remove all 16 channels of layer 1.")
 
         def save_model(self, output_dir):
