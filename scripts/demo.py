@@ -31,6 +31,8 @@ from assets import fetch_minilm, fetch_qa
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the PyPI package holds, for the card
 # The training recipe of the demo's QA runs, shared with `bench_quality.py`'s `qa` task.
 QA_RECIPE = (
+    "--answer_windows_only",
+    "true",  # long passages: most windows lack the answer, and a short run learns spans from those that have it
     "--max_seq_length",
     "256",
     "--doc_stride",

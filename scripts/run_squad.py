@@ -80,6 +80,7 @@ from utils_squad import (
     load_raw_datasets,
     summary_rows,
     tokenize_squad,
+    windows_with_answer,
 )
 
 logger = logging.getLogger("run_squad")
@@ -133,6 +134,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     train_examples = subsample(raw["train"], data_args.max_train_samples, data_args.sample_seed)
     with training_args.main_process_first(desc="tokenizing the training set"):
         train_features = tokenize_squad(train_examples, data_args, tokenizer, max_seq_length, for_training=True)
+    if data_args.answer_windows_only:
+        train_features = windows_with_answer(train_features, tokenizer)
     if data_args.max_train_samples is not None and len(train_features) > data_args.max_train_samples:
         train_features = train_features.select(range(data_args.max_train_samples))
     eval_examples = eval_features = None

@@ -81,6 +81,13 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use at most this many training questions (and windows)."}
     )
+    answer_windows_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Train only on the windows that hold the answer (SQuAD v1.1 data with long passages: most windows "
+            "would otherwise teach 'no answer here', which v1.1 evaluation never asks for)."
+        },
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many questions."})
     sample_seed: int | None = field(
         default=None, metadata={"help": "With max_*_samples: a random subset drawn with this seed, not the first N."}
@@ -127,6 +134,11 @@ class DataArguments:
         if self.doc_stride >= self.max_seq_length:
             raise ValueError(
                 f"--doc_stride ({self.doc_stride}) must be smaller than --max_seq_length ({self.max_seq_length})."
+            )
+        if self.answer_windows_only and self.version_2_with_negative:
+            raise ValueError(
+                "--answer_windows_only drops the windows that teach 'no answer', which SQuAD v2 "
+                "(--version_2_with_negative) needs; use one or the other."
             )
 
 
@@ -208,6 +220,14 @@ def _check_eval_set(train: datasets.Dataset, validation: datasets.Dataset) -> No
             "disjoint files for an honest evaluation.",
             len(shared),
         )
+
+
+def windows_with_answer(features: datasets.Dataset, tokenizer: Any) -> datasets.Dataset:
+    """The training windows whose answer span is inside them (the others point at [CLS])."""
+    cls = tokenizer.cls_token_id
+    return features.filter(
+        lambda window: window["input_ids"][window["start_positions"]] != cls, desc="Keeping windows with the answer"
+    )
 
 
 def tokenize_squad(

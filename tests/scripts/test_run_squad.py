@@ -2,6 +2,7 @@
 
 import json
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -218,6 +219,11 @@ def test_argument_errors(run_squad, tmp_path):
                 str(tmp_path),
             ]
         )
+    with pytest.raises(ValueError, match="--answer_windows_only drops the windows that teach 'no answer'"):
+        run_squad.parse_args(
+            ["--model_name_or_path", "x", "--train_file", "a.json", "--output_dir", str(tmp_path)]
+            + ["--answer_windows_only", "--version_2_with_negative"]
+        )
 
 
 def test_hub_dataset_offline_names_the_local_route(run_squad, tiny_model_dir, tmp_path, monkeypatch):
@@ -340,6 +346,10 @@ def test_train_features_point_at_the_answer():
         assert record["context"][offsets[start][0] : offsets[end][1]] == answer
         hits += 1
     assert hits >= 1
+
+    kept = utils_squad.windows_with_answer(datasets.Dataset.from_dict(dict(features)), tokenizer)
+    assert len(kept) == hits < len(features["input_ids"])  # only the windows that hold the answer
+    assert all(start > 0 for start in kept["start_positions"])
 
 
 def test_postprocessing_picks_the_best_span_and_no_answer():
