@@ -52,7 +52,7 @@ from oto_hf.stats import count_parameters
 from utils_classification import check_label_column, compute_classification_metrics, f1_average_for, load_metrics
 from utils_common import example_batch, parse_arguments, setup_logging, subsample, write_json
 from utils_image import ImageCollator, load_image_datasets, read_processor_config
-from utils_text import GLUE_F1_TASKS, load_text_datasets, text_columns_for, tokenize_text
+from utils_text import GLUE_F1_TASKS, load_text_datasets_for, text_columns_for, tokenize_text
 
 logger = logging.getLogger(__name__)
 
@@ -204,18 +204,7 @@ def text_eval_data(
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise ValueError(f"No tokenizer in {folder!r} ({error}); pass `--tokenizer_name`.") from error
-    raw = load_text_datasets(
-        task_name=data_args.task_name,
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        csv_column_names=data_args.csv_column_names,
-        validation_split_percentage=data_args.validation_split_percentage,
-        seed=args.seed,
-        need_train=False,
-        cache_dir=data_args.cache_dir,
-    )
+    raw = load_text_datasets_for(data_args, seed=args.seed, need_train=False, cache_dir=data_args.cache_dir)
     dataset = raw["validation"]
     check_label_column(dataset.column_names, data_args.label_column_name)
     columns = text_columns_for(

@@ -79,7 +79,7 @@ from utils_common import (
     subsample,
     train_prune_evaluate,
 )
-from utils_text import GLUE_DATASET, GLUE_F1_TASKS, GLUE_TASKS, load_text_datasets, text_columns_for, tokenize_text
+from utils_text import GLUE_DATASET, GLUE_F1_TASKS, GLUE_TASKS, load_text_datasets_for, text_columns_for, tokenize_text
 
 logger = logging.getLogger(__name__)
 
@@ -185,17 +185,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
     set_seed(training_args.seed)
 
     # ---- data ----
-    raw = load_text_datasets(
-        task_name=data_args.task_name,
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        csv_column_names=data_args.csv_column_names,
-        validation_split_percentage=data_args.validation_split_percentage,
-        seed=training_args.seed,
-        cache_dir=model_args.cache_dir,
-        token=model_args.token,
+    raw = load_text_datasets_for(
+        data_args, seed=training_args.seed, cache_dir=model_args.cache_dir, token=model_args.token
     )
     columns = raw["train"].column_names
     check_label_column(columns, data_args.label_column_name)

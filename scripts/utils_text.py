@@ -36,6 +36,23 @@ OFFLINE_TEXT_HINT = (
 )
 
 
+DATA_FIELDS = (
+    "task_name",
+    "dataset_name",
+    "dataset_config_name",
+    "train_file",
+    "validation_file",
+    "csv_column_names",
+    "validation_split_percentage",
+)
+
+
+def load_text_datasets_for(data_args: Any, **options: Any) -> Any:
+    """`load_text_datasets` with the data fields (`DATA_FIELDS`) of a script's `DataArguments`; `options` are the
+    rest (`seed`, `cache_dir`, `token`, `need_train`)."""
+    return load_text_datasets(**{name: getattr(data_args, name) for name in DATA_FIELDS}, **options)
+
+
 def load_text_datasets(
     *,
     task_name: str | None = None,
