@@ -4,6 +4,7 @@ a local folder (or answers as pip does for a version the registry no longer serv
 import csv
 import dataclasses
 import functools
+import gzip
 import hashlib
 import importlib.util
 import io
@@ -79,20 +80,23 @@ FAKE_PIP = textwrap.dedent(
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
+    """A zip archive whose bytes depend only on `members` (fixed timestamps), so that its sha256 can be pinned."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
 
 def _tar_gz(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz whose bytes depend only on `members` (gzip and tar timestamps fixed at 0)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
