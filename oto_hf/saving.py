@@ -1,25 +1,16 @@
-"""`save_pruned`: write a pruned model as a folder that `AutoModel*.from_pretrained` loads."""
+"""`save_pruned`: write a pruned model in one of the registered export formats (`oto_hf/export/`)."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel
 
-from ._version import __version__
-from .models import model_classes_for, register_pruned_architecture
-from .models import pruned as pruned_module
-from .models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY, get_module_attribute
-from .record import SUMMARY_KEY, PruningRecord
-from .subnet import FFN_CONFIG_KEYS, HEAD_CONFIG_KEYS
+from .export import ExportReport, get_format
 
 logger = logging.getLogger(__name__)
 
@@ -29,191 +20,82 @@ def save_pruned(
     output_dir: str | Path,
     tokenizer: Any = None,
     overwrite: bool = False,
+    format: str = "auto",
+    **options: Any,
 ) -> Path:
-    """Save a model made by `construct_subnet` so that the Auto classes load it.
+    """Save a model made by `construct_subnet` in a format that transformers (and, by format, engines) load.
 
-    When every layer kept the same widths and the stock config can express them (e.g. LLaMA heads, KV heads and
-    `intermediate_size`; BERT's `intermediate_size`), the stock config is written and no oto_hf code is needed to
-    load it. Otherwise the config has type `oto_<model_type>` and records every pruned shape; it loads with the
-    Auto classes after `import oto_hf`, or anywhere with `trust_remote_code=True` (the modeling file is saved beside
-    the weights). The folder is written to a temporary directory, then renamed into place.
+    Formats (`oto_hf.export.registered_formats()` lists them all):
+
+    - `"auto"` (default): when every layer kept the same widths and the stock config can express them (e.g. LLaMA
+      heads, KV heads and `intermediate_size`; BERT's `intermediate_size`), the stock config, loadable without
+      oto_hf. Otherwise the config has type `oto_<model_type>` and records every pruned shape (any per-layer widths,
+      any architecture oto_hf prunes); it loads with the Auto classes after `import oto_hf`, or anywhere with
+      `trust_remote_code=True` (the modeling file is saved beside the weights). No serving engine loads it.
+    - `"stock"`: the model's own config type for every architecture and engine that reads it. Per-layer widths are
+      padded with exact zeros up to the largest of each kind (FFN neurons, query heads, KV heads); the report says
+      what that costs. LLaMA-family decoders (separate q/k/v/o and gate/up/down projections).
+    - `"decilm"`: `DeciLMForCausalLM` (`nemotron-nas`) with `block_configs`: an exact FFN width per layer, a no-op
+      attention or FFN per layer, attention made uniform by zero padding (vLLM reads one query-head count).
+      Configuration and modeling files ship beside the weights (`trust_remote_code=True`). LLaMA-family decoders
+      without an output-projection bias.
+
+    A folder is written to a temporary directory, then renamed into place; nothing is left half-written on failure.
 
     Args:
         model (`PreTrainedModel`): the pruned model (or any transformers model).
-        output_dir (`str` or `Path`): where to write.
+        output_dir (`str` or `Path`): where to write (the file's path, for a format that writes one file).
         tokenizer (*optional*): a tokenizer or processor saved alongside.
         overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty `output_dir`.
+        format (`str`, *optional*, defaults to `"auto"`): a registered export format.
+        **options: the format's own options (a `ValueError` names those it takes).
 
     Returns:
-        `Path`: the folder written.
+        `Path`: the folder (or file) written. `export_pruned` returns the format's `ExportReport` instead.
     """
+    return export_pruned(model, output_dir, tokenizer=tokenizer, overwrite=overwrite, format=format, **options).path
+
+
+def export_pruned(
+    model: PreTrainedModel,
+    output_dir: str | Path,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    format: str = "auto",
+    **options: Any,
+) -> ExportReport:
+    """`save_pruned`, returning the format's `ExportReport` (where it wrote, what padding was added and its cost)."""
     if not isinstance(model, PreTrainedModel):
         raise TypeError(
             f"save_pruned needs a transformers PreTrainedModel, got {type(model).__name__}. Save other modules with "
             "`torch.save(model, path)` or `safetensors.torch.save_model`."
         )
+    export_format = get_format(format)
+    export_format.check_options(options)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
+    if export_format.writes == "folder" and output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"`output_dir` {str(output_dir)!r} exists and is not a directory.")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+    if export_format.writes == "file" and output_dir.is_dir():
+        raise ValueError(f"Format {format!r} writes one file, but {str(output_dir)!r} is a directory; name a file.")
+    if output_dir.exists() and (output_dir.is_file() or any(output_dir.iterdir())) and not overwrite:
         raise ValueError(
             f"`output_dir` {str(output_dir)!r} is not empty. Choose another directory or pass `overwrite=True`."
         )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
-        config, architectures = config_for_saving(model)
-        # The weights are written under the model's own config, so that their keys are exactly those the stock class
-        # writes (transformers renames some keys per model type); then the pruned config replaces config.json.
-        model.save_pretrained(staging)
-        written = json.loads((staging / "config.json").read_text(encoding="utf-8"))
-        config.to_json_file(staging / "config.json")
-        kept = {key: written[key] for key in ("architectures", "dtype") if key in written}
-        if architectures is not None:
-            _write_remote_code(staging, model, config)
-            kept["architectures"] = architectures
-        _update_json(staging / "config.json", kept)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        _move_into_place(staging, output_dir)
+        report = export_format.writer(model, staging, tokenizer, **options)
+        if export_format.writes == "file":
+            _move_file_into_place(staging, output_dir, format)
+        else:
+            _move_into_place(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("Saved pruned model to %s (config type %s)", output_dir, config.model_type)
-    return output_dir
-
-
-def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
-    """The config to write, and the pruned class names for `architectures` (None when the stock config is used)."""
-    record = PruningRecord.from_model_or_config(model)
-    base_config = model.config
-    config = copy.deepcopy(base_config)
-    config.oto_hf_version = __version__
-    if record is None:
-        return config, None
-    summary = dataclasses.replace(record, dense_config=record.dense_config or _dense_config(base_config))
-    if not record.tensor_shapes:  # nothing sliced (a subnet that kept every group, or a reloaded model): as it is
-        setattr(config, SUMMARY_KEY, summary.to_dict(shapes=False))
-        return config, None
-    stock = _stock_config(model, record)
-    if stock is not None:
-        stock.oto_hf_version = __version__
-        setattr(stock, SUMMARY_KEY, summary.to_dict(shapes=False))
-        return stock, None
-    model_type = base_config.model_type.removeprefix("oto_")
-    config_class = register_pruned_architecture(model_type)
-    values = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "transformers_version")}
-    config = config_class(**values)
-    # A model loaded from an `oto_*` folder and pruned again keeps the shapes its config already recorded.
-    shapes = {**(getattr(base_config, TENSOR_SHAPES_KEY, None) or {}), **_relative_names(model, record.tensor_shapes)}
-    attributes = {
-        name: dict(values) for name, values in (getattr(base_config, MODULE_ATTRIBUTES_KEY, None) or {}).items()
-    }
-    for name, values in _relative_names(model, record.module_attributes, modules=True).items():
-        attributes.setdefault(name, {}).update(values)
-    setattr(config, TENSOR_SHAPES_KEY, shapes)
-    setattr(config, MODULE_ATTRIBUTES_KEY, attributes)
-    config.oto_hf_version = __version__
-    setattr(config, SUMMARY_KEY, summary.to_dict(shapes=False))
-    module = _remote_module_name(model_type)
-    classes = model_classes_for(model_type)
-    config.auto_map = {"AutoConfig": f"{module}.{config_class.__name__}"}
-    config.auto_map.update({auto: f"{module}.OTO{name}" for auto, name in classes.items()})
-    return config, [f"OTO{type(model).__name__.removeprefix('OTO')}"]
-
-
-def _dense_config(config: Any) -> dict[str, Any]:
-    """The unpruned config, for `dense_reference` and cards of the reloaded model."""
-    return {k: v for k, v in config.to_dict().items() if not k.startswith("oto_") and k != "auto_map"}
-
-
-def _stock_config(model: PreTrainedModel, record: PruningRecord) -> Any | None:
-    """A stock config whose model has exactly the pruned shapes, if uniform widths allow one."""
-    layers = record.layers
-    if any(layer.kind == "channel" and layer.removed for layer in layers):
-        return None
-    candidate = copy.deepcopy(model.config)
-    for kind, keys in (("neuron", FFN_CONFIG_KEYS), ("head", HEAD_CONFIG_KEYS)):
-        families = [layer for layer in layers if layer.kind == kind]
-        if not any(f.removed for f in families):
-            continue
-        if len({(f.kept, f.total) for f in families}) != 1:
-            return None
-        kept, total = families[0].kept, families[0].total
-        if kind == "head":
-            head_dim = getattr(candidate, "head_dim", None) or candidate.hidden_size // candidate.num_attention_heads
-            for key in keys:
-                value = getattr(candidate, key, None)
-                if isinstance(value, int) and value * kept % total == 0:
-                    setattr(candidate, key, value * kept // total)
-            candidate.head_dim = head_dim
-        else:
-            matched = [key for key in keys if key in candidate.to_dict() and getattr(candidate, key) in (total, None)]
-            if not matched:
-                return None
-            for key in matched:
-                setattr(candidate, key, kept)
-    return candidate if _matches(model, candidate, record) else None
-
-
-def _matches(model: PreTrainedModel, config: Any, record: PruningRecord) -> bool:
-    """Whether the stock class built from `config` has the pruned model's shapes and width attributes."""
-    try:
-        with torch.device("meta"):
-            fresh = type(model)(config)
-    except Exception:  # the candidate config is not valid for this class
-        return False
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    if {name: tuple(t.shape) for name, t in fresh.state_dict().items()} != expected:
-        return False
-    modules = dict(fresh.named_modules())
-    for module_name, values in record.module_attributes.items():
-        module = modules.get(module_name)
-        for attr, value in values.items():
-            current = get_module_attribute(module, attr) if module is not None else None
-            if (list(current) if isinstance(current, tuple) else current) != value:
-                return False
-    return True
-
-
-def _relative_names(model: PreTrainedModel, mapping: dict[str, Any], modules: bool = False) -> dict[str, Any]:
-    """Strip the base model prefix so any Auto class of the architecture can resolve the names."""
-    prefix = getattr(model, "base_model_prefix", "")
-    has_base = bool(prefix) and hasattr(model, prefix)
-    result = {}
-    for name, value in mapping.items():
-        if has_base and (name.startswith(prefix + ".") or (modules and name == prefix)):
-            name = name[len(prefix) + 1 :]
-        result[name] = value
-    return result
-
-
-def _remote_module_name(model_type: str) -> str:
-    return f"modeling_oto_{model_type.replace('-', '_')}"
-
-
-def _write_remote_code(folder: Path, model: PreTrainedModel, config: Any) -> None:
-    """Copy `oto_hf/models/pruned.py` and name the classes, so `trust_remote_code=True` works without oto_hf."""
-    model_type = config.model_type.removeprefix("oto_")
-    base_config = type(config).__mro__[1].__name__
-    classes = sorted(set(model_classes_for(model_type).values()))
-    lines = [
-        "",
-        "",
-        "# ---- classes of this checkpoint (written by oto_hf.save_pruned) ----",
-        f"from transformers import {', '.join([base_config, *classes])}  # noqa: E402",
-        "",
-        f"OTO{base_config} = pruned_config_class({base_config})",
-    ]
-    lines += [f"OTO{name} = pruned_model_class({name}, OTO{base_config})" for name in classes]
-    source = Path(pruned_module.__file__).read_text(encoding="utf-8")
-    (folder / f"{_remote_module_name(model_type)}.py").write_text(source + "\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _update_json(path: Path, values: dict[str, Any]) -> None:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data.update(values)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    shutil.rmtree(staging, ignore_errors=True)  # a file format's emptied staging directory
+    report.path = output_dir
+    logger.info("Saved pruned model: %s", report.summary())
+    return report
 
 
 def _move_into_place(staging: Path, output_dir: Path) -> None:
@@ -230,3 +112,13 @@ def _move_into_place(staging: Path, output_dir: Path) -> None:
         aside.rename(output_dir)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _move_file_into_place(staging: Path, output_path: Path, format: str) -> None:
+    """Move the one file a file format wrote into `staging` to `output_path` (an atomic replace)."""
+    written = [p for p in staging.iterdir()]
+    if len(written) != 1 or not written[0].is_file():
+        raise RuntimeError(
+            f"The {format!r} writer must write exactly one file, but wrote {sorted(p.name for p in written)}."
+        )
+    written[0].replace(output_path)

@@ -1,0 +1,17 @@
+"""Export formats of `save_pruned(..., format=...)`: one module per format, registered here by name.
+
+`register_format` (in `registry.py`) says how a new format is added.
+"""
+
+from .auto import write_auto
+from .registry import ExportFormat, get_format, register_format, registered_formats
+from .report import ExportReport, PaddedWidth
+
+register_format(
+    "auto",
+    write_auto,
+    description="the stock config when every layer kept the same widths, else an `oto_<type>` config with any "
+    "per-layer widths (transformers only: `import oto_hf` or `trust_remote_code=True`)",
+)
+
+__all__ = ["ExportFormat", "ExportReport", "PaddedWidth", "get_format", "register_format", "registered_formats"]
