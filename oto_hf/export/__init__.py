@@ -4,6 +4,7 @@
 """
 
 from .auto import write_auto
+from .gguf import write_gguf
 from .registry import ExportFormat, get_format, register_format, registered_formats
 from .report import ExportReport, PaddedWidth
 
@@ -12,6 +13,13 @@ register_format(
     write_auto,
     description="the stock config when every layer kept the same widths, else an `oto_<type>` config with any "
     "per-layer widths (transformers only: `import oto_hf` or `trust_remote_code=True`)",
+)
+register_format(
+    "gguf",
+    write_gguf,
+    writes="file",
+    description="one GGUF file for llama.cpp, tokenizer included: the `llama` architecture when every layer has the "
+    "same widths, else `deci` with per-layer query heads, KV heads and FFN widths; LLaMA causal LMs, f32 or f16",
 )
 
 __all__ = ["ExportFormat", "ExportReport", "PaddedWidth", "get_format", "register_format", "registered_formats"]
