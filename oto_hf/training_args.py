@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from .graph.groups import GROUP_KINDS
 from .optim.checks import TRAINER_DEFAULTS, check_dhspg_settings
+from .optim.rounding import parse_round_to
 
 
 @dataclass
@@ -141,6 +142,14 @@ class OTOTrainingArguments(TrainingArguments):
             "config can describe the pruned model (the target is then met or exceeded by the smallest step)."
         },
     )
+    round_to: dict[str, Any] | str | None = field(
+        default=TRAINER_DEFAULTS.round_to,
+        metadata={
+            "help": "Engine-friendly widths, trained to rather than padded: per group kind, an int m (every layer "
+            "keeps a multiple of m, or all), 'uniform' (the same count in every layer) or 'free'. JSON or kind=value "
+            "pairs, e.g. 'neuron=128,head=uniform'."
+        },
+    )
     dhspg_lambda_schedule: str = field(
         default=TRAINER_DEFAULTS.lambda_schedule,
         metadata={
@@ -166,6 +175,8 @@ class OTOTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.round_to, str):
+            self.round_to = parse_round_to("round_to", self.round_to)
         # 0 steps mean "from the ratio": resolved with the run's length, checked then (`pruning_schedule`).
         settings = {**self._dhspg_settings(), "pruning_end_steps": self.pruning_end_steps or None}
         check_dhspg_settings(settings, names={key: name for name, key in dhspg_setting_names().items()})

@@ -46,6 +46,7 @@ BAD_DHSPG_SETTINGS = [
     (dict(min_channels_per_layer=-1), r"`min_channels_per_layer` must be an int >= 0, got -1"),
     (dict(max_family_sparsity=0.0), r"`max_family_sparsity` must be in \(0, 1\], got 0.0"),
     (dict(uniform_widths="yes"), r"`uniform_widths` must be a bool, got 'yes'"),
+    (dict(round_to={"neuron": 0}), r"`round_to\['neuron'\]` must be an int >= 1 .*got 0"),
     (
         dict(dhspg_lambda_schedule="cosine"),
         r"`dhspg_lambda_schedule` must be one of \('progressive', 'constant'\), got 'cosine'",

@@ -15,6 +15,7 @@ from typing import Any
 
 from .base_steps import VARIANTS
 from .families import MIN_KEPT_ARGUMENTS
+from .rounding import check_round_to
 from .selection import BUDGETS
 
 # "progressive": quotas of groups driven to zero along planned trajectories (default); "constant": OTOv2's lambdas.
@@ -57,6 +58,7 @@ class DHSPGDefaults:
     min_channels_per_layer: int = 1
     max_family_sparsity: float = 1.0
     uniform_widths: bool = False
+    round_to: Mapping[str, int | str] | None = None
     lambda_schedule: str = "progressive"
 
 
@@ -127,6 +129,8 @@ def check_dhspg_settings(settings: Mapping[str, Any], names: Mapping[str, str] |
         name, value = item
         if not isinstance(value, bool):
             raise ValueError(f"`{name}` must be a bool, got {value!r}.")
+    if item := given("round_to"):
+        check_round_to(*item)
     weights = {
         names.get(key, key): settings.get(key, getattr(DEFAULTS, key))
         for key in ("saliency_cosine_weight", "saliency_magnitude_weight")

@@ -2,8 +2,8 @@
 
 The class docstring is the algorithm's contract; `step` orchestrates the phases. Beside it, one job each: `checks`
 (settings: defaults, checks), `schedule` (steps), `base_steps` (SGD/Adam/AdamW), `packed_index` (segmented reductions),
-`group_stats`, `penalty`, `events` (partition, deadline), `progressive`, `selection`, `families`, `group_state` (run
-state, checkpoint) and `sharding` (FSDP2, rank agreement).
+`group_stats`, `penalty`, `events` (partition, deadline), `progressive`, `selection`, `families`, `rounding`
+(`round_to`), `group_state` (run state, checkpoint) and `sharding` (FSDP2, rank agreement).
 """
 
 from __future__ import annotations
@@ -123,6 +123,10 @@ class DHSPG(Optimizer):
             at least one group, e.g. those `oto_hf.bottleneck_families` finds.
         uniform_widths (`bool`, *optional*, defaults to `False`): the same number of zero groups in every family of
             one kind and size (`families.plan_uniform_quotas`), so that a stock config describes the pruned model.
+        round_to (`dict[str, int | str]`, *optional*): engine-friendly widths per kind (`rounding`): an int `m` (every
+            family keeps a multiple of `m` groups, or all), `"uniform"` or `"free"`, e.g. `{"neuron": 128, "head":
+            "uniform"}`. Quotas are re-planned on that grid at every partition and met exactly; the target is then met
+            or exceeded by less than the last grid step planned (`rounding.GridPlanner.plan`).
         lambda_schedule (`str`, *optional*, defaults to `"progressive"`): `"progressive"` or `"constant"` (OTOv2's
             lambdas alone: the deadline then does most of the pruning; with `saliency="otov2"`, for parity studies).
         foreach (`bool`, *optional*): base steps with `torch._foreach_*` ops; defaults to `True` when every parameter
@@ -181,13 +185,14 @@ class DHSPG(Optimizer):
         max_family_sparsity: float = DEFAULTS.max_family_sparsity,
         never_empty: Sequence[FamilyKey] = (),
         uniform_widths: bool = DEFAULTS.uniform_widths,
+        round_to: Mapping[str, int | str] | None = DEFAULTS.round_to,
         lambda_schedule: str = DEFAULTS.lambda_schedule,
         foreach: bool | None = None,
         sync_ranks: bool = True,
     ) -> None:
         if pruning_end_steps is None:
             raise TypeError("DHSPG needs `pruning_end_steps`: the number of steps after which the target is met.")
-        check_dhspg_settings({name: value for name, value in locals().items() if name in SETTING_NAMES})
+        check_dhspg_settings(settings := {name: value for name, value in locals().items() if name in SETTING_NAMES})
         self._lambda_rule = LambdaRule.for_variant(variant, lambda_, lambda_amplify, lambda_cap)
 
         self.variant = variant
@@ -210,16 +215,7 @@ class DHSPG(Optimizer):
             sparsity_budget, target_sparsity, tolerance, num_params, group_costs, budget_total
         )
         device = self._index.device
-        minimums = {"head": min_heads_per_layer, "neuron": min_neurons_per_layer, "channel": min_channels_per_layer}
-        self._families = FamilyConstraints(
-            groups,
-            minimums,
-            uniform_widths,
-            self._budget,
-            tolerance,
-            max_family_sparsity=max_family_sparsity,
-            never_empty=never_empty,
-        ).to(device)
+        self._families = FamilyConstraints.from_settings(groups, self._budget, settings, never_empty).to(device)
         self._budget = self._families.planned_budget(self._budget)
         self._costs = self._budget.costs.to(device)
         self._numel = self._index.group_numel
@@ -332,10 +328,10 @@ class DHSPG(Optimizer):
     @property
     def target_num_zero_groups(self) -> int | None:
         """Groups zero from `pruning_end_steps` on: known upfront for `sparsity_budget="groups"` or with
-        `uniform_widths`, else once the deadline passed."""
-        if self._families.constrained and self.uniform_widths:
+        `uniform_widths` (without `round_to`), else once the deadline passed."""
+        if self._families.constrained and self.uniform_widths and not self._families.rounded:
             return sum(family.max_zero for family in self._families.families)
-        if self._budget.kind == "groups":
+        if self._budget.kind == "groups" and not self._families.rounded:
             return int(self._budget.target_cost)
         if not self._budget.active:
             return 0
@@ -536,6 +532,7 @@ class DHSPG(Optimizer):
     def _partition(self, stats: dict[str, torch.Tensor], step: int) -> None:
         """Re-score, re-choose the redundant set and, with the progressive schedule, mark the next quota due."""
         scores = self._scores(stats, self._groups.zero)
+        self._families.replan(scores, self._groups.zero | self._groups.due, self._budget, self.sync_ranks)
         redundant, priority = choose_redundant_set(
             self._groups, scores, self._families, self._budget, self.sync_ranks, step
         )
@@ -557,7 +554,7 @@ class DHSPG(Optimizer):
             num_periods=len(points),
             step=step,
             ramp_end=self._schedule.ramp_end(period),
-            uniform_widths=self.uniform_widths,
+            uniform_widths=self._families.exact,
             sync=self.sync_ranks,
         )
 
@@ -576,6 +573,8 @@ class DHSPG(Optimizer):
         extra = state_dict.pop("dhspg", None)
         if extra is None:
             raise ValueError("This state dict has no 'dhspg' entry: it was not written by `DHSPG.state_dict()`.")
+        if self._families.rounded:  # the quotas of the last partition's `round_to` plan
+            self._families.set_quotas(extra["family_max_zero"])
         groups = GroupState.from_dict(extra, self._families, self._groups.zero.device)
         super().load_state_dict(state_dict)
         self._groups = groups

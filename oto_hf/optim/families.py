@@ -6,7 +6,9 @@ layer or the neurons of one FFN; `oto_hf.graph.families.family_key` is its key.
 **Quotas.** Every family `f` gets `max_zero[f]`, the most groups of it that may be zero. Without `uniform_widths` it
 is `size - min(size, min_kept)`, also at most `floor(max_family_sparsity * size)`, and at most `size - 1` for a family
 in `never_empty`; with `uniform_widths` it is the planned number of zero groups of the family (see
-`plan_uniform_quotas`), which the deadline then fills exactly.
+`plan_uniform_quotas`), which the deadline then fills exactly. With `round_to` (`rounding`) it is also an exact quota,
+on the family's grid, re-planned from the scores at every partition (`FamilyConstraints.replan`); before the first
+partition it is the most the grid and the limits allow.
 
 **Segmented ranks.** To cap projections per family without a loop over groups, a priority order of the groups is
 re-sorted stably by family (`FamilyConstraints.family_order`): each family is then one contiguous segment, in the same
@@ -21,11 +23,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from ..graph.families import FamilyKey, family_key
+from .rounding import GridPlanner, resolve_rules
+from .sharding import from_first_rank
 
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
@@ -50,8 +54,8 @@ class GroupFamily:
         tensors (`tuple[tuple[str, int], ...]`): the family key, sorted `(parameter name, dim)` pairs.
         group_ids (`tuple[int, ...]`): its groups, in id order.
         min_kept (`int`): groups that always stay non-zero: `min(size, the per-layer minimum of its kind)`.
-        max_zero (`int`): most groups that may be zero; with `uniform_widths`, exactly this many are zero from
-            `pruning_end` on.
+        max_zero (`int`): most groups that may be zero; with `uniform_widths` or `round_to`, exactly this many are
+            zero from `pruning_end` on (with `round_to`: as planned at the last partition so far).
     """
 
     kind: str
@@ -147,9 +151,10 @@ class FamilyConstraints:
         min_kept (`dict[str, int]`): groups each family of a kind keeps (`DHSPG`'s per-layer minimums).
         uniform_widths (`bool`): see `DHSPG`.
         budget (`Budget`): the resolved budget (its costs plan the quotas).
-        tolerance (`float`): extra share of each family's width penalised beyond its quota with `uniform_widths`.
+        tolerance (`float`): extra share of each family's width penalised beyond its quota with exact quotas.
         max_family_sparsity (`float`): most of each family's groups that may be zero, in `(0, 1]`.
         never_empty (`Sequence[FamilyKey]`): families that always keep at least one group.
+        round_to (`Mapping[str, int | str]`, *optional*): the grid of each kind (`rounding`); `None`: free widths.
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class FamilyConstraints:
         tolerance: float,
         max_family_sparsity: float = 1.0,
         never_empty: Sequence[FamilyKey] = (),
+        round_to: Mapping[str, int | str] | None = None,
     ) -> None:
         if not isinstance(uniform_widths, bool):
             raise ValueError(f"`uniform_widths` must be a bool, got {uniform_widths!r}.")
@@ -180,10 +186,15 @@ class FamilyConstraints:
             for m, ids, key in zip(minimum, members, keys)
         ]
         kept = [min(len(ids), m) for ids, m in zip(members, minimum)]
-        most = [len(ids) - k for ids, k in zip(members, kept)]
+        rules = resolve_rules(round_to, uniform_widths)
+        self.planner = None if rules is None else GridPlanner(kinds, members, kept, rules, uniform_widths)
+        most = [len(ids) - k for ids, k in zip(members, kept)] if self.planner is None else self.planner.most.tolist()
         self.uniform = uniform_widths
+        # Exact quotas: every family ends with exactly `max_zero` zero groups (planned upfront, or at each partition).
+        self.exact = uniform_widths or self.planner is not None
+        self.tolerance = tolerance
         # Without any constraint DHSPG keeps its global rules, and this object only describes the families.
-        self.constrained = budget.active and (uniform_widths or any(k > 0 for k in kept))
+        self.constrained = budget.active and (self.exact or any(k > 0 for k in kept))
         target = budget.target_cost
         if self.constrained and mixed:
             raise ValueError(mixed)
@@ -193,14 +204,12 @@ class FamilyConstraints:
                 limits += f", `max_family_sparsity={max_family_sparsity:g}`"
             if protected:
                 limits += f" and {len(protected)} `never_empty` families"
+            if self.planner is not None:
+                limits += f", `round_to={dict(round_to or {})}`"
             _check_capacity(limits, members, most, budget)
-        if self.constrained and uniform_widths:
-            quotas = plan_uniform_quotas(kinds, members, most, budget.costs, target)
-            # The redundant set of a family: its quota plus `tolerance` of its width, so there is a choice.
-            allowance = [
-                0 if q == 0 else min(len(ids), q + math.floor(tolerance * len(ids) + 0.5))
-                for ids, q in zip(members, quotas)
-            ]
+        if self.constrained and self.exact:
+            quotas = most if self.planner else plan_uniform_quotas(kinds, members, most, budget.costs, target)
+            allowance = _allowance(quotas, members, tolerance)
         else:
             quotas = most if budget.active else [0] * len(members)
             allowance = quotas
@@ -222,6 +231,15 @@ class FamilyConstraints:
         )
         self._device = self._cpu
 
+    @classmethod
+    def from_settings(
+        cls, groups: Sequence[ZeroInvariantGroup], budget: Budget, settings: Mapping[str, Any], never_empty: Sequence
+    ) -> FamilyConstraints:
+        """From `DHSPG`'s settings, keyed by its argument names (`checks.SETTING_NAMES`)."""
+        minimums = {kind: settings[name] for kind, name in MIN_KEPT_ARGUMENTS.items()}
+        limits = (settings["max_family_sparsity"], never_empty, settings["round_to"])
+        return cls(groups, minimums, settings["uniform_widths"], budget, settings["tolerance"], *limits)
+
     @property
     def num_families(self) -> int:
         """Number of families."""
@@ -237,10 +255,40 @@ class FamilyConstraints:
         """Quota of each family, on the optimizer's device."""
         return self._device.max_zero
 
+    @property
+    def rounded(self) -> bool:
+        """Whether `round_to` puts the widths on a grid (the quotas are then re-planned at every partition)."""
+        return self.constrained and self.planner is not None
+
+    def replan(self, scores: torch.Tensor, taken: torch.Tensor, budget: Budget, sync: bool) -> None:
+        """With `round_to`, re-plan the quotas from fresh scores (`rounding.GridPlanner.plan`): `taken` groups (zero or
+        due) stay within them. With `sync`, the quotas of the first rank are kept (one collective)."""
+        if not self.rounded:
+            return
+        cpu = self._cpu
+        quotas = self.planner.plan(scores.cpu(), taken.cpu(), budget.costs, cpu.family_of, budget.target_cost)
+        if sync:
+            (quotas,) = from_first_rank(quotas.to(self._device.family_of.device))
+        self.set_quotas(quotas)
+
+    def set_quotas(self, quotas: torch.Tensor) -> None:
+        """Set the quotas of a `round_to` plan, e.g. those of a checkpoint; they must be on the grid."""
+        if not (self.rounded and self.planner.is_on_grid(quotas)):
+            raise ValueError(
+                f"These family quotas {quotas.tolist()} are not on the `round_to` grid of these families; the "
+                "checkpoint was written with other `round_to`, per-layer minimums or groups."
+            )
+        quotas = quotas.cpu().long()
+        members = [family.group_ids for family in self.families]
+        allowance = torch.tensor(_allowance(quotas.tolist(), members, self.tolerance), dtype=torch.long)
+        self.families = tuple(dataclasses.replace(f, max_zero=q) for f, q in zip(self.families, quotas.tolist()))
+        self._cpu = self._cpu._replace(max_zero=quotas, allowance=allowance)
+        self.to(self._device.family_of.device)
+
     def planned_budget(self, budget: Budget) -> Budget:
         """`budget`, whose target becomes the planned count of zero groups with `uniform_widths` and the `"groups"`
-        budget (uniform widths may need a few more than `round(target * num_groups)`)."""
-        if not (self.constrained and self.uniform and budget.kind == "groups"):
+        budget (uniform widths may need a few more than `round(target * num_groups)`). Unchanged with `round_to`."""
+        if not (self.constrained and self.uniform and not self.rounded and budget.kind == "groups"):
             return budget
         planned = float(sum(family.max_zero for family in self.families))
         return dataclasses.replace(budget, target_cost=planned, redundant_cost=planned)
@@ -298,10 +346,10 @@ class FamilyConstraints:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Redundant set and priority order under the family constraints (CPU tensors in and out).
 
-        Within each family only its `allowance` highest-scoring groups (zero groups first) are eligible: with
-        `uniform_widths` they are the redundant set; otherwise the redundant set is the shortest prefix of the
-        eligible groups by decreasing score that holds every zero group and costs at least `budget.redundant_cost`.
-        The priority order lists the eligible groups by decreasing score, then the others.
+        Within each family only its `allowance` highest-scoring groups (zero groups first) are eligible: with exact
+        quotas (`uniform_widths`, `round_to`) they are the redundant set; otherwise the redundant set is the shortest
+        prefix of the eligible groups by decreasing score that holds every zero group and costs at least
+        `budget.redundant_cost`. The priority order lists the eligible groups by decreasing score, then the others.
         """
         cpu = self._cpu
         by_score = torch.sort(scores, descending=True, stable=True).indices
@@ -309,7 +357,7 @@ class FamilyConstraints:
         eligible = ranks < cpu.allowance[cpu.family_of]
         first = by_score[eligible[by_score]]
         priority = torch.cat([first, by_score[~eligible[by_score]]])
-        if self.uniform:
+        if self.exact:
             return eligible, priority
         cumulative = budget.costs[first].cumsum(0)
         size = int(torch.searchsorted(cumulative, torch.tensor([budget.redundant_cost], dtype=torch.float64))[0]) + 1
@@ -324,11 +372,11 @@ class FamilyConstraints:
         """Groups to zero at `pruning_end` under the family constraints (CPU tensors in and out).
 
         Candidates come in the order of `selection.deadline_selection` (non-zero redundant groups by decreasing score,
-        then the other non-zero groups); a candidate is only taken while its family is under its quota. With
-        `uniform_widths` every family is filled to its quota. Otherwise, for `"groups"`, the first candidates are taken
-        until the target count is zero; for a cost budget, candidates are taken whenever they still fit under the
-        target, then, if the removed cost is still below it, the cheapest candidate whose family has room closes the
-        gap.
+        then the other non-zero groups); a candidate is only taken while its family is under its quota. With exact
+        quotas (`uniform_widths`, `round_to`) every family is filled to its quota. Otherwise, for `"groups"`, the
+        first candidates are taken until the target count is zero; for a cost budget, candidates are taken whenever
+        they still fit under the target, then, if the removed cost is still below it, the cheapest candidate whose
+        family has room closes the gap.
         """
         cpu = self._cpu
         by_score = torch.sort(scores, descending=True, stable=True).indices
@@ -336,7 +384,7 @@ class FamilyConstraints:
         full_order = torch.cat([order, by_score[zero[by_score]]])
         room = cpu.max_zero - self.zero_counts(zero)
         fits = ~zero & (_segment_ranks(~zero, self.family_order(full_order), cpu) < room[cpu.family_of])
-        if self.uniform:
+        if self.exact:
             return fits
         chosen = torch.zeros_like(zero)
         removed = float((budget.costs * zero).sum())
@@ -365,6 +413,14 @@ class _Tensors(NamedTuple):
     allowance: torch.Tensor  # [num_families] size of the family's share of the redundant set
     segment_family: torch.Tensor  # [num_groups] family of each position of a family-sorted order
     segment_start: torch.Tensor  # [num_families] first position of each family in a family-sorted order
+
+
+def _allowance(quotas: Sequence[int], members: Sequence[Sequence[int]], tolerance: float) -> list[int]:
+    """The redundant set of each family with exact quotas: its quota plus `tolerance` of its width, so there is a
+    choice."""
+    return [
+        0 if q == 0 else min(len(ids), q + math.floor(tolerance * len(ids) + 0.5)) for ids, q in zip(members, quotas)
+    ]
 
 
 def _segment_ranks(mask: torch.Tensor, grouped_order: torch.Tensor, tensors: _Tensors) -> torch.Tensor:
