@@ -12,7 +12,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PreTrainedModel
 
-from .graph.groups import GroupSet
+from .graph.groups import KV_HEAD, GroupSet
 from .stats import count_flops
 from .subnet import construct_subnet
 
@@ -21,9 +21,11 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
     """The dense model's FLOPs on `example_inputs` and the FLOPs each group's removal saves.
 
     Counted on a meta-device copy (no weights are read or allocated), with one forward per family: the groups of a
-    family (e.g. the heads of one layer) cost the same. The inputs are fake tensors, as under `torch.export`: code that
-    would read a tensor back to the host (transformers' padding and packed-sequence checks) takes its tracing path,
-    which computes the same layers.
+    family (e.g. the heads of one layer) cost the same. With query heads nested in KV groups (grouped-query
+    attention), a KV group costs what removing it with its query heads saves, and a query head its share of removing
+    one query head from every KV group of its layer (removing fewer is padded back, `oto_hf.graph.nesting`). The
+    inputs are fake tensors, as under `torch.export`: code that would read a tensor back to the host (transformers'
+    padding and packed-sequence checks) takes its tracing path, which computes the same layers.
 
     Example:
     ```python
@@ -47,8 +49,10 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
     dense = flops(meta)
     costs = [0] * len(groups)
     for members in groups.families().values():
-        smaller = construct_subnet(meta, groups, [members[0].id], verify=False, allow_empty_layers=True)
-        per_group = dense - flops(smaller)
+        nested = members[0].nest is not None and members[0].kind != KV_HEAD
+        ids = list({g.nest: g.id for g in members}.values()) if nested else [members[0].id]
+        smaller = construct_subnet(meta, groups, ids, verify=False, allow_empty_layers=True)
+        per_group = (dense - flops(smaller)) // len(ids)
         for group in members:
             costs[group.id] = per_group
     return dense, costs

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .graph.groups import GROUP_KINDS
+from .graph.groups import ALL_KINDS, GROUP_KINDS
 
 SUMMARY_KEY = "oto_pruning_summary"  # the key of the record in a saved config.json
 # Keys written for readers of config.json but computed from the other fields, so not read back.
@@ -28,12 +28,17 @@ _SHAPE_KEYS = ("tensor_shapes", "module_attributes")
 class LayerWidths:
     """Kept and total groups of one family: the heads of one attention block, the neurons of one FFN, ...
 
+    With grouped-query attention a layer has two families: its query heads (`"head"`) and its KV groups
+    (`"kv_head"`); the KV-head count of a layer whose KV groups cannot be removed (MQA) is not listed.
+
     Args:
-        kind (`str`): `"head"`, `"neuron"` or `"channel"`.
+        kind (`str`): `"head"`, `"kv_head"`, `"neuron"` or `"channel"`.
         layer (`int`, *optional*): ordinal of the block, `None` outside numbered blocks.
         module (`str`): module path of the block, e.g. `"encoder.layer.3"`; `""` for the model itself.
         total (`int`): groups before this pruning.
-        kept (`int`): groups left after it.
+        kept (`int`): groups left after it, `padded` included.
+        padded (`int`, *optional*, defaults to 0): kept groups that are zero, kept only so that every KV group of the
+            layer has as many query heads (`oto_hf.graph.nesting`).
     """
 
     kind: str
@@ -41,6 +46,7 @@ class LayerWidths:
     module: str
     total: int
     kept: int
+    padded: int = 0
 
     @property
     def removed(self) -> int:
@@ -49,8 +55,8 @@ class LayerWidths:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "the pruning record") -> LayerWidths:
-        """A `LayerWidths` from its `to_dict` form; a missing key is a `ValueError`, unknown ones warn."""
-        names = [f.name for f in dataclasses.fields(cls)]
+        """A `LayerWidths` from its `to_dict` form; a missing required key is a `ValueError`, unknown ones warn."""
+        names = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         if not isinstance(data, Mapping) or not set(names) <= set(data):
             raise ValueError(f"{source} has no valid `layers` list of {{{', '.join(names)}}} entries, got {data!r}.")
         return cls(**_known(cls, data, f"a `layers` entry of {source}"))
@@ -104,8 +110,11 @@ class PruningRecord:
 
     @property
     def removed_groups(self) -> dict[str, int]:
-        """Groups removed per kind (every kind listed, zeros included)."""
-        return {kind: sum(layer.removed for layer in self.layers if layer.kind == kind) for kind in GROUP_KINDS}
+        """Groups removed per kind (every kind of `GROUP_KINDS` listed, zeros included; `"kv_head"` when the model
+        has KV groups)."""
+        present = {layer.kind for layer in self.layers}
+        kinds = [kind for kind in ALL_KINDS if kind in GROUP_KINDS or kind in present]
+        return {kind: sum(layer.removed for layer in self.layers if layer.kind == kind) for kind in kinds}
 
     def to_dict(self, *, shapes: bool = True) -> dict[str, Any]:
         """The record as JSON-ready data, with `removed_groups` spelled out.

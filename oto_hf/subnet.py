@@ -13,14 +13,17 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from .graph.groups import GroupSet, ZeroInvariantGroup
+from .graph.families import FamilyKey
+from .graph.groups import KV_HEAD, GroupSet, ZeroInvariantGroup
+from .graph.nesting import RemovalPlan, nested_families, plan_removal
 from .models.pruned import CONFIG_PREFIX, LayerConfig, get_module_attribute, set_module_attribute
 from .record import LayerWidths, PruningRecord
 from .stats import count_parameters, forward_outputs
 
 logger = logging.getLogger(__name__)
 
-# Integer attributes of attention modules that count heads or their total width: scaled by the kept fraction.
+# Integer attributes of attention modules that count heads or their total width: scaled by the kept fraction. With
+# query heads nested in KV groups, the KV counts follow the KV groups kept, the others the query heads kept.
 HEAD_ATTRIBUTES = (
     "num_heads",
     "num_attention_heads",
@@ -32,6 +35,9 @@ HEAD_ATTRIBUTES = (
     "split_size",
     "inner_dim",
 )
+KV_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads")
+KV_CONFIG_KEYS = ("num_key_value_heads",)
+QUERY_PER_KV_ATTRIBUTE = "num_key_value_groups"  # transformers' `repeat_kv` factor
 # Integer attributes of feed-forward modules that hold their hidden width.
 NEURON_ATTRIBUTES = ("intermediate_size", "ffn_dim", "n_inner")
 # Config keys that hold the number of heads, and the width of feed-forward blocks, in common architectures.
@@ -73,13 +79,19 @@ def construct_subnet(
         example_inputs (*optional*): inputs for the check and the FLOP counts.
         atol (`float`, *optional*, defaults to 1e-4): tolerance of the check, relative to the largest output entry.
 
+    Query heads nested in KV groups (grouped-query attention) are removed as `oto_hf.graph.nesting.plan_removal`
+    says: with their KV group, taking a KV group without query heads along, and keeping, as zero padding, as many
+    query heads in every KV group of a layer.
+
     Returns:
         `nn.Module`: the smaller model. Its `oto_pruning` attribute (a `PruningRecord`) records the new tensor
-        shapes, the changed module attributes, the groups kept per layer, and parameters/FLOPs before and after.
+        shapes, the changed module attributes, the groups kept (and padded) per layer, and parameters/FLOPs before
+        and after.
     """
     ids = groups.check_ids(groups.zero_group_ids(model) if group_ids is None else group_ids)
     families = groups.families()
-    _check_empty_layers(groups, families, ids, allow_empty_layers)
+    plan = plan_removal(groups, ids)
+    _check_empty_layers(groups, families, sorted({*plan.removed, *plan.padded}), allow_empty_layers)
     result = model if inplace else copy.deepcopy(model)
     inputs = groups.example_inputs if example_inputs is None else example_inputs
     on_meta = any(p.is_meta for p in result.parameters())
@@ -90,7 +102,7 @@ def construct_subnet(
     check = verify and not on_meta and bool(inputs)
     reference, flops_before = forward_outputs(result, inputs, count=True) if check else (None, None)
     try:
-        shapes, attributes = _slice(result, groups, ids, families)
+        shapes, attributes = _slice(result, groups, plan, families)
         flops_after = None
         if check:
             outputs, flops_after = forward_outputs(result, inputs, count=True)
@@ -100,15 +112,16 @@ def construct_subnet(
             _restore(result, backup)
         raise
 
-    record = _record(result, ids, families, shapes, attributes)
+    record = _record(result, plan, families, shapes, attributes)
     record.params_before, record.params_after = params_before, count_parameters(result)
     record.flops_before, record.flops_after = flops_before, flops_after
     result.oto_pruning = record
     # Meta-device calls (e.g. FLOP costs per block) are bookkeeping, not pruning: keep them out of the INFO log.
     logger.log(
         logging.DEBUG if on_meta else logging.INFO,
-        "Removed %d groups: %s -> %s parameters%s",
-        len(ids),
+        "Removed %d groups%s: %s -> %s parameters%s",
+        len(plan.removed),
+        f" ({len(plan.padded)} query heads kept as zero padding)" if plan.padded else "",
         f"{params_before:,}",
         f"{record.params_after:,}",
         f", {flops_before:,} -> {flops_after:,} FLOPs" if flops_after is not None else "",
@@ -129,7 +142,7 @@ def unremovable_families(model: nn.Module, groups: GroupSet) -> dict[tuple, str]
     keys = list(members)
 
     def attempt(chosen: list[tuple]) -> str | None:
-        ids = [g.id for index, key in enumerate(chosen) for g in members[key][: _probe_count(index, members[key])]]
+        ids = [i for index, key in enumerate(chosen) for i in _probe_ids(index, members[key])]
         level = logger.level
         logger.setLevel(logging.WARNING)  # a probe, not a pruning: keep "Removed ... groups" out of the INFO log
         try:
@@ -154,8 +167,12 @@ def unremovable_families(model: nn.Module, groups: GroupSet) -> dict[tuple, str]
     return search(keys, attempt(keys)) if keys else {}
 
 
-def _probe_count(index: int, members: list[ZeroInvariantGroup]) -> int:
-    return 2 if index % 2 and len(members) > 2 else 1
+def _probe_ids(index: int, members: list[ZeroInvariantGroup]) -> list[int]:
+    """One or two groups of a family; query heads nested in KV groups: one of every KV group (anything less is
+    padded back)."""
+    if members[0].nest is not None and members[0].kind != KV_HEAD:
+        return list({g.nest: g.id for g in reversed(members)}.values())
+    return [g.id for g in members[: 2 if index % 2 and len(members) > 2 else 1]]
 
 
 # ---- families: groups that share the same tensors (the heads of one layer, the neurons of one FFN) ------------------
@@ -192,8 +209,9 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str, bool]
 
 @torch.no_grad()
 def _slice(
-    model: nn.Module, groups: GroupSet, ids: list[int], families: dict
+    model: nn.Module, groups: GroupSet, plan: RemovalPlan, families: dict
 ) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
+    ids = plan.removed
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(model.named_buffers(remove_duplicate=False))
     removal: dict[int, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
@@ -225,11 +243,42 @@ def _slice(
     attributes: dict[str, dict[str, Any]] = defaultdict(dict)
     for module in changed_modules.values():
         attributes[names[id(module)]].update(_layer_widths(module))
-    for members in families.values():
-        removed = sum(1 for g in members if g.id in set(ids))
-        if removed:
-            _scale_block_attributes(model, members, len(members) - removed, attributes)
+    removed = set(ids)
+    nested = nested_families(groups)
+    for key, members in families.items():
+        count = sum(1 for g in members if g.id in removed)
+        if count and key not in nested and members[0].kind != KV_HEAD:
+            _scale_block_attributes(model, members, len(members) - count, attributes)
+    for nests in nested.values():
+        _set_attention_widths(model, nests, removed, attributes)
     return shapes, {k: v for k, v in attributes.items() if v}
+
+
+def _set_attention_widths(model: nn.Module, nests: list, removed: set[int], attributes: dict) -> None:
+    """Head counts of an attention layer with query heads nested in KV groups: query heads and KV groups kept."""
+    query_total = sum(len(children) for _, children in nests)
+    query_kept = sum(1 for _, children in nests for c in children if c.id not in removed)
+    kv_kept = sum(1 for _, children in nests if any(c.id not in removed for c in children))
+    if query_kept == query_total:
+        return
+    prefix = _common_module(nests[0][1][0])
+    for module_name, module in model.named_modules():
+        if prefix and module_name != prefix and not module_name.startswith(prefix + "."):
+            continue
+        for attr in HEAD_ATTRIBUTES:
+            if attr in KV_ATTRIBUTES:
+                _scale(module_name, module, attr, kv_kept, len(nests), attributes)
+            else:
+                _scale(module_name, module, attr, query_kept, query_total, attributes)
+        per_kv = getattr(module, QUERY_PER_KV_ATTRIBUTE, None)
+        if isinstance(per_kv, int) and kv_kept and per_kv != query_kept // kv_kept:
+            setattr(module, QUERY_PER_KV_ATTRIBUTE, query_kept // kv_kept)
+            attributes[module_name][QUERY_PER_KV_ATTRIBUTE] = query_kept // kv_kept
+        config = getattr(module, "config", None)
+        if prefix and isinstance(config, (PretrainedConfig, LayerConfig)) and not isinstance(module, PreTrainedModel):
+            for key in HEAD_CONFIG_KEYS:
+                kept, total = (kv_kept, len(nests)) if key in KV_CONFIG_KEYS else (query_kept, query_total)
+                _scale(module_name, module, CONFIG_PREFIX + key, kept, total, attributes)
 
 
 def _layer_widths(module: nn.Module) -> dict[str, Any]:
@@ -355,10 +404,12 @@ def _restore(model: nn.Module, snapshot: dict) -> None:
             setattr(module, attr, value)
 
 
-def _record(model: nn.Module, ids: list[int], families: dict, shapes: dict, attributes: dict) -> PruningRecord:
+def _record(
+    model: nn.Module, plan: RemovalPlan, families: dict[FamilyKey, list], shapes: dict, attributes: dict
+) -> PruningRecord:
     """What `save_pruned` needs to rebuild the architecture, merged with any earlier pruning of the same model."""
     previous = PruningRecord.from_model_or_config(model) or PruningRecord()
-    removed = set(ids)
+    removed, padded = set(plan.removed), set(plan.padded)
     layers = [
         LayerWidths(
             kind=members[0].kind,
@@ -366,6 +417,7 @@ def _record(model: nn.Module, ids: list[int], families: dict, shapes: dict, attr
             module=members[0].module,
             total=len(members),
             kept=sum(1 for g in members if g.id not in removed),
+            padded=sum(1 for g in members if g.id in padded),
         )
         for members in families.values()
     ]

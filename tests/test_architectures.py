@@ -97,13 +97,21 @@ def test_flop_costs_are_what_removing_groups_saves(arch):
     dense, costs = group_flop_costs(model, arch.groups, inputs)
     assert dense == count_flops(model, inputs)
     assert len(costs) == len(arch.groups) and min(costs) > 0
-    # Two families that slice no tensor in common: the weights between two that do would be priced in both.
-    first, *others = [members[0] for members in arch.groups.families().values()]
-    tensors = {s.name for s in first.slices}
-    last = next(g for g in reversed(others) if tensors.isdisjoint(s.name for s in g.slices))
-    ids = [first.id, last.id]
+    # Two families that slice no tensor in common: the weights between two that do would be priced in both. Query
+    # heads nested in KV groups are removed one per KV group (fewer would be padded back).
+    first, *others = list(arch.groups.families().values())
+    tensors = {s.name for s in first[0].slices}
+    last = next(members for members in reversed(others) if tensors.isdisjoint(s.name for s in members[0].slices))
+    ids = _removal_unit(first) + _removal_unit(last)
     smaller = construct_subnet(model, arch.groups, ids, example_inputs=inputs)
-    assert dense - count_flops(smaller, inputs) == costs[ids[0]] + costs[ids[1]]
+    assert dense - count_flops(smaller, inputs) == sum(costs[i] for i in ids)
+
+
+def _removal_unit(members: list) -> list[int]:
+    """One group of a family, or one query head of each KV group for query heads nested in KV groups."""
+    if members[0].nest is not None and members[0].kind == "head":
+        return list({group.nest: group.id for group in reversed(members)}.values())
+    return [members[0].id]
 
 
 def _texts(model: nn.Module) -> list[dict[str, torch.Tensor]]:

@@ -27,8 +27,9 @@ def test_dense_reference_of_a_stock_config_has_the_original_widths(tmp_path):
     report = compression_report(dense, reloaded, groups.example_inputs, latency_repeats=5)
     assert report["params_pruned"] < report["params_dense"] and report["flops_ratio"] < 1
     assert report["latency_ratio"] > 0
-    assert report["removed_groups"] == {"head": 2, "neuron": 2, "channel": 0}
-    assert len(report["kept_per_layer"]) == 4
+    # The first KV group of each layer takes its two query heads along (the first query head is one of them).
+    assert report["removed_groups"] == {"head": 4, "kv_head": 2, "neuron": 2, "channel": 0}
+    assert len(report["kept_per_layer"]) == 6  # query heads, KV groups and neurons of two layers
 
 
 def test_flops_are_counted_when_batches_carry_an_attention_mask(tmp_path):

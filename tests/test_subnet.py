@@ -108,12 +108,17 @@ def test_fused_qkv_and_gate_up_projections_get_per_layer_widths():
 
     model = Phi3ForCausalLM(Phi3Config(**TEXT, num_key_value_heads=2, pad_token_id=0)).eval()
     groups = discover_groups(model)
-    assert groups.counts() == {"head": 2 * 2, "neuron": 2 * 37}
-    head = next(g for g in groups if g.kind == "head" and g.layer == 1)
-    qkv = next(s for s in head.slices if s.name.endswith("qkv_proj.weight"))
-    # KV head 0 with its two query heads: query rows 0-15, key rows 32-39, value rows 48-55 of the fused weight
-    assert qkv.indices.tolist() == list(range(0, 16)) + list(range(32, 40)) + list(range(48, 56))
-    layer0_heads = [g.id for g in groups if g.kind == "head" and g.layer == 0][:1]
+    assert groups.counts() == {"head": 2 * 4, "kv_head": 2 * 2, "neuron": 2 * 37}
+    kv = next(g for g in groups if g.kind == "kv_head" and g.layer == 1)
+    qkv = next(s for s in kv.slices if s.name.endswith("qkv_proj.weight"))
+    # KV head 0: key rows 32-39 and value rows 48-55 of the fused weight; its query heads hold rows 0-7 and 8-15
+    assert qkv.indices.tolist() == list(range(32, 40)) + list(range(48, 56))
+    heads = [g for g in groups if g.kind == "head" and g.layer == 1 and g.nest == kv.nest]
+    assert [next(s for s in h.slices if s.name == qkv.name).indices.tolist() for h in heads] == [
+        list(range(0, 8)),
+        list(range(8, 16)),
+    ]
+    layer0_heads = [g.id for g in groups if g.kind == "kv_head" and g.layer == 0][:1]  # with its two query heads
     layer1_neurons = [g.id for g in groups if g.kind == "neuron" and g.layer == 1][:5]
     ids = layer0_heads + layer1_neurons
     pruned = construct_subnet(model, groups, ids)

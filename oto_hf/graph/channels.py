@@ -3,6 +3,12 @@
 Every prunable index of every tensor is an *element*: element ids for `(tensor_name, dim)` form one contiguous block.
 Propagating labels through the graph records which elements must be removed together (edges) and which cannot be
 removed at all (poison). Connected components of the edge graph are the zero-invariant groups.
+
+Two activations contracted together (a query head with the key and value heads it attends with) are *paired*. A
+pairing is a plain tie, except in one pattern: several row-side components (query heads) each paired with every
+component of one col-side set (the key and value rows of one KV head), with no component on both sides. That is
+grouped-query attention: the key/value side becomes one group (the KV group) and each query head a group of its own,
+nested in it (`ChannelRegistry.nests`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class ChannelRegistry:
         self._poison_reasons: list[str] = []
         self._attention_ids: list[torch.Tensor] = []
         self._shared_edges: list[torch.Tensor] = []
+        self._pair_edges: list[torch.Tensor] = []
+        self.nests: dict[int, int] = {}  # after `components()`: child component -> its parent (KV group) component
 
     def elements(self, name: str, dim: int, size: int, is_buffer: bool = False) -> torch.Tensor:
         """Element ids of `name` along `dim`, allocating them on first use."""
@@ -78,6 +86,17 @@ class ChannelRegistry:
             keys = (a[keep] << 32 | b[keep]).unique()
             self._shared_edges.append(torch.stack([keys >> 32, keys & 0xFFFFFFFF]))
 
+    def pair(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Pair the elements of a contraction's rows (the side whose labels the output keeps) with its columns.
+
+        Pairs are ties (`union`) unless they form nested groups (see the module docstring).
+        """
+        rows, cols = torch.broadcast_tensors(rows, cols)
+        keep = (rows >= 0) & (cols >= 0) & (rows != cols)
+        if keep.any():
+            keys = (rows[keep] << 32 | cols[keep]).unique()
+            self._pair_edges.append(torch.stack([keys >> 32, keys & 0xFFFFFFFF]))
+
     def poison(self, ids: torch.Tensor, reason: str) -> None:
         """Mark elements (entries < 0 are ignored) as unprunable."""
         ids = ids[ids >= 0].unique() if ids.numel() else ids
@@ -95,23 +114,59 @@ class ChannelRegistry:
         """Component id (the smallest element id in it) of every element.
 
         Shared parameter entries (`union_shared`) join the one group they meet; entries that meet several groups
-        are poisoned here (kept whole), which leaves the groups apart.
+        are poisoned here (kept whole), which leaves the groups apart. Pairs become ties or nests (`self.nests`, by
+        component id).
         """
+        self._resolve_pairs(self._connect(self._edges))
         labels = self._connect(self._edges)
-        if not self._shared_edges:
-            return labels
-        shared = torch.cat(self._shared_edges, dim=1)
-        self._shared_edges = []
-        parameter, other = shared[0], labels[shared[1]]
-        low = torch.full((self.num_elements,), self.num_elements).scatter_reduce(0, parameter, other, reduce="amin")
-        high = torch.full((self.num_elements,), -1).scatter_reduce(0, parameter, other, reduce="amax")
-        single = low[parameter] == high[parameter]
-        self._edges.append(shared[:, single])
-        split = parameter[~single].unique()
-        if split.numel():
-            self._poison_ids.append(split)
-            self._poison_reasons.append("a parameter shared by several groups (e.g. one norm weight for all heads)")
-        return self._connect(self._edges)
+        if self._shared_edges:
+            shared = torch.cat(self._shared_edges, dim=1)
+            self._shared_edges = []
+            parameter, other = shared[0], labels[shared[1]]
+            low = torch.full((self.num_elements,), self.num_elements).scatter_reduce(
+                0, parameter, other, reduce="amin"
+            )
+            high = torch.full((self.num_elements,), -1).scatter_reduce(0, parameter, other, reduce="amax")
+            single = low[parameter] == high[parameter]
+            self._edges.append(shared[:, single])
+            split = parameter[~single].unique()
+            if split.numel():
+                self._poison_ids.append(split)
+                self._poison_reasons.append(
+                    "a parameter shared by several groups (e.g. one norm weight for all heads)"
+                )
+            labels = self._connect(self._edges)
+        self.nests = {int(labels[child]): int(labels[parent]) for child, parent in self.nests.items()}
+        return labels
+
+    def _resolve_pairs(self, labels: torch.Tensor) -> None:
+        """Turn the pairs into ties, or into nests where they have the grouped-query pattern (module docstring)."""
+        if not self._pair_edges:
+            return
+        pairs = torch.cat(self._pair_edges, dim=1)
+        self._pair_edges = []
+        comp_pairs = torch.stack([labels[pairs[0]], labels[pairs[1]]])
+        keys = (comp_pairs[0] << 32 | comp_pairs[1]).unique()
+        comp_pairs = torch.stack([keys >> 32, keys & 0xFFFFFFFF])
+        linked = self._connect([comp_pairs])
+        sets: dict[int, tuple[set[int], set[int], set[tuple[int, int]]]] = {}
+        for row, col in comp_pairs.t().tolist():
+            rows, cols, seen = sets.setdefault(int(linked[row]), (set(), set(), set()))
+            rows.add(row)
+            cols.add(col)
+            seen.add((row, col))
+        ties: list[tuple[int, int]] = []
+        nests: dict[int, int] = {}
+        for rows, cols, seen in sets.values():
+            if len(rows) >= 2 and rows.isdisjoint(cols) and len(seen) == len(rows) * len(cols):
+                parent, *others = sorted(cols)
+                ties.extend((parent, other) for other in others)
+                nests.update((row, parent) for row in rows)
+            else:
+                ties.extend(seen)
+        if ties:
+            self._edges.append(torch.tensor(ties, dtype=torch.long).t())
+        self.nests = nests
 
     def _connect(self, edge_list: list[torch.Tensor]) -> torch.Tensor:
         labels = torch.arange(self.num_elements)

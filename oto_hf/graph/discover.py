@@ -13,7 +13,15 @@ from torch import nn
 
 from .channels import ChannelRegistry
 from .export import default_example_inputs, export_model
-from .groups import GROUP_KINDS, GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup, check_kinds
+from .groups import (
+    GROUP_KINDS,
+    KV_HEAD,
+    GroupSet,
+    TensorSlice,
+    UnprunableComponent,
+    ZeroInvariantGroup,
+    check_kinds,
+)
 from .propagate import check_sliceable, propagate
 
 logger = logging.getLogger(__name__)
@@ -52,9 +60,11 @@ def discover_groups(
     registry = propagation.registry
     components = registry.components()
     check_sliceable(propagation, components)
-    reasons = registry.poison_reasons(components)
+    reasons = _share_within_nests(registry.nests, registry.poison_reasons(components))
     groups = _build_groups(registry, components, set(reasons), propagation.tensor_ndims, model)
-    result = GroupSet(groups, _unprunable(registry, components, reasons), example_inputs).select(kinds=prune_kinds)
+    groups, single_kv = _split_single_kv_groups(groups)
+    unprunable = _unprunable(registry, components, reasons) + single_kv
+    result = GroupSet(groups, unprunable, example_inputs).select(kinds=prune_kinds)
     if not result:
         details = (
             "\n".join(f"  - {c.reason}" for c in result.unprunable[:10]) or "  (no linear, conv or embedding found)"
@@ -99,6 +109,38 @@ def _drop_unremovable(model: nn.Module, groups: GroupSet, failures: Mapping[tupl
     return GroupSet(kept, unprunable, groups.example_inputs)
 
 
+def _share_within_nests(nests: Mapping[int, int], reasons: dict[int, str]) -> dict[int, str]:
+    """A KV group and its query heads are removable only together: one unprunable member makes them all so."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for child, parent in nests.items():
+        members[parent].append(child)
+    for parent, children in members.items():
+        found = next((reasons[c] for c in [parent, *children] if c in reasons), None)
+        if found is not None:
+            reasons.update({c: reasons.get(c, found) for c in [parent, *children]})
+    return reasons
+
+
+def _split_single_kv_groups(groups: list[ZeroInvariantGroup]) -> tuple[list[ZeroInvariantGroup], list]:
+    """The KV group of an attention layer with one KV head (MQA) is the whole attention: removing it would remove
+    every query head. It stays out of the groups (its query heads are groups of their own)."""
+    families: dict[tuple, list[ZeroInvariantGroup]] = defaultdict(list)
+    for group in groups:
+        if group.kind == KV_HEAD:
+            families[tuple(sorted((s.name, s.dim) for s in group.slices))].append(group)
+    single = {id(members[0]) for members in families.values() if len(members) == 1}
+    unprunable = [
+        UnprunableComponent(
+            f"the only key/value head of the attention in '{group.module}' (multi-query attention): removing it "
+            "removes every query head; its query heads are groups of their own",
+            sorted({s.name for s in group.slices}),
+        )
+        for group in groups
+        if id(group) in single
+    ]
+    return [g for g in groups if id(g) not in single], unprunable
+
+
 def _build_groups(
     registry: ChannelRegistry,
     components: torch.Tensor,
@@ -124,6 +166,9 @@ def _build_groups(
     run_indices = torch.split(local, run_counts.tolist())
     attention = registry.attention_components(components)
     numels = _numels(model)
+    parents = sorted(set(registry.nests.values()))
+    nest_of = {parent: index for index, parent in enumerate(parents)}
+    nest_of.update({child: nest_of[parent] for child, parent in registry.nests.items()})
 
     groups: list[ZeroInvariantGroup] = []
     current: int | None = None
@@ -132,7 +177,8 @@ def _build_groups(
         if comp != current:
             current = comp
             group = ZeroInvariantGroup(id=len(groups), kind="neuron", layer=None, module="", slices=[])
-            group.kind = "head" if comp in attention else "neuron"
+            group.kind = KV_HEAD if comp in parents else "head" if comp in attention else "neuron"
+            group.nest = nest_of.get(comp)
             groups.append(group)
         item = TensorSlice(block.name, block.dim, indices)
         if block.is_buffer:

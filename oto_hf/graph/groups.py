@@ -10,8 +10,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-GroupKind = Literal["head", "neuron", "channel"]
+GroupKind = Literal["head", "kv_head", "neuron", "channel"]
+# The kinds users choose (`prune_kinds`); "head" covers the KV groups ("kv_head") that query heads are nested in.
 GROUP_KINDS: tuple[str, ...] = ("head", "neuron", "channel")
+KV_HEAD = "kv_head"
+ALL_KINDS: tuple[str, ...] = ("head", KV_HEAD, "neuron", "channel")
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,14 @@ class TensorSlice:
 class ZeroInvariantGroup:
     """One unit (an attention head, an FFN neuron, a conv channel) that can be removed as a whole.
 
+    In grouped-query attention (GQA, MQA) each query head is a group of kind `"head"` (its query rows and output
+    columns), nested in the group of kind `"kv_head"` of the key and value heads it shares with the other query heads
+    of its KV group: removing a KV group removes its query heads, and a KV group whose query heads are all removed
+    goes too. The two share `nest`.
+
     Args:
         id (`int`): position of the group in its `GroupSet`.
-        kind (`str`): `"head"`, `"neuron"` or `"channel"`.
+        kind (`str`): `"head"`, `"kv_head"`, `"neuron"` or `"channel"`.
         layer (`int`, *optional*): ordinal of the block (e.g. transformer layer) the group lives in, `None` outside
             blocks.
         module (`str`): module path of that block, e.g. `"encoder.layer.3"`.
@@ -41,6 +49,8 @@ class ZeroInvariantGroup:
         buffer_slices (`list[TensorSlice]`): buffers sliced with the group (e.g. BatchNorm running statistics);
             they are removed with the group but never zeroed.
         num_params (`int`): number of parameter entries in the group.
+        nest (`int`, *optional*): number of the KV group a query head or KV group belongs to (GQA, MQA), shared by the
+            KV group and its query heads; `None` for other groups (e.g. a head of multi-head attention).
     """
 
     id: int
@@ -50,12 +60,14 @@ class ZeroInvariantGroup:
     slices: list[TensorSlice]
     buffer_slices: list[TensorSlice] = field(default_factory=list)
     num_params: int = 0
+    nest: int | None = None
 
     def __repr__(self) -> str:
         tensors = ", ".join(f"{s.name}[dim {s.dim}: {_format_indices(s.indices)}]" for s in self.slices)
+        nest = "" if self.nest is None else f"nest={self.nest}, "
         return (
             f"ZeroInvariantGroup(id={self.id}, kind={self.kind!r}, layer={self.layer}, params={self.num_params}, "
-            f"{tensors})"
+            f"{nest}{tensors})"
         )
 
 
@@ -113,6 +125,29 @@ class GroupSet(Sequence[ZeroInvariantGroup]):
             table[group.layer][group.kind] += 1
         return {layer: dict(counter) for layer, counter in table.items()}
 
+    def nests(self) -> dict[int, tuple[ZeroInvariantGroup | None, list[ZeroInvariantGroup]]]:
+        """Grouped-query attention: for each KV group number (`nest`), its KV group (`None` if not in this set, e.g.
+        the only KV head of an MQA layer) and its query heads."""
+        found: dict[int, tuple[ZeroInvariantGroup | None, list[ZeroInvariantGroup]]] = {}
+        for group in self.groups:
+            if group.nest is None:
+                continue
+            parent, children = found.get(group.nest, (None, []))
+            if group.kind == KV_HEAD:
+                parent = group
+            else:
+                children = [*children, group]
+            found[group.nest] = (parent, children)
+        return found
+
+    def parent_of(self, group_id: int) -> int | None:
+        """The id of the KV group a query head is nested in, if that group is in this set."""
+        group = self.groups[group_id]
+        if group.nest is None or group.kind == KV_HEAD:
+            return None
+        parent = self.nests()[group.nest][0]
+        return None if parent is None else parent.id
+
     def families(self) -> dict[tuple, list[ZeroInvariantGroup]]:
         """Groups that share the same tensors (the heads of one layer, the neurons of one FFN), keyed by them."""
         families: dict[tuple, list[ZeroInvariantGroup]] = defaultdict(list)
@@ -128,10 +163,12 @@ class GroupSet(Sequence[ZeroInvariantGroup]):
     ) -> GroupSet:
         """The groups that pass every filter given, as a new `GroupSet` with ids renumbered 0..n-1 in this order.
 
-        The groups are copies, so this set's ids stay as they are; `unprunable` and `example_inputs` are kept.
+        The groups are copies, so this set's ids stay as they are; `unprunable` and `example_inputs` are kept. A KV
+        group is kept only with every query head nested in it (removing it removes them).
 
         Args:
-            kinds (`Iterable[str]`, *optional*): keep only these kinds (`"head"`, `"neuron"`, `"channel"`).
+            kinds (`Iterable[str]`, *optional*): keep only these kinds (`"head"`, `"neuron"`, `"channel"`; `"head"`
+                includes the KV groups of grouped-query attention).
             ids (`Iterable[int]`, *optional*): keep only the groups with these ids (ids of this set).
             where (`Callable[[ZeroInvariantGroup], bool]`, *optional*): keep only the groups it returns `True` for.
 
@@ -144,12 +181,15 @@ class GroupSet(Sequence[ZeroInvariantGroup]):
         chosen = list(self.groups)
         if kinds is not None:
             kinds = set(check_kinds(kinds))
-            chosen = [g for g in chosen if g.kind in kinds]
+            chosen = [g for g in chosen if g.kind in kinds or (g.kind == KV_HEAD and "head" in kinds)]
         if ids is not None:
             wanted = set(self.check_ids(ids))
             chosen = [g for g in chosen if g.id in wanted]
         if where is not None:
             chosen = [g for g in chosen if where(g)]
+        kept = {g.id for g in chosen}
+        whole = {nest for nest, (_, children) in self.nests().items() if all(c.id in kept for c in children)}
+        chosen = [g for g in chosen if g.kind != KV_HEAD or g.nest in whole]
         renumbered = [replace(g, id=index) for index, g in enumerate(chosen)]
         return GroupSet(renumbered, self.unprunable, self.example_inputs)
 
@@ -212,7 +252,7 @@ def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
 
 
 def _format_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{counts[kind]} {kind}s" for kind in GROUP_KINDS if counts.get(kind)) or "none"
+    return ", ".join(f"{counts[kind]} {kind}s" for kind in ALL_KINDS if counts.get(kind)) or "none"
 
 
 def _format_indices(indices: torch.Tensor) -> str:

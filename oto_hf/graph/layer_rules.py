@@ -85,8 +85,10 @@ def matmul(ctx: RuleContext) -> Label:
 def contract(ctx: RuleContext, a: torch.Tensor, b: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
     """Labels of `a @ b` for activations `a` [..., M, K] and `b` [..., K, N].
 
-    Everything contracted into one output entry is tied: a row of `a`, a column of `b`, and the two with each other.
-    This is what makes the query/key/value channels of one attention head a single group.
+    Everything contracted into one output entry is tied: the entries of a row of `a`, those of a column of `b`, and
+    the row and column with each other (a pairing, `ChannelRegistry.pair`). This makes the query/key/value channels of
+    one attention head a single group, or, in grouped-query attention, each query head a group nested in the group of
+    its key/value head. The output keeps the labels of `a`'s rows.
     """
     if a.dim() == 1:
         a = a.unsqueeze(0)
@@ -102,7 +104,7 @@ def contract(ctx: RuleContext, a: torch.Tensor, b: torch.Tensor, out_shape: tupl
     ctx.registry.union(a, rows.unsqueeze(-1))
     ctx.registry.union(b, cols.unsqueeze(-2))
     rows_b, cols_b = rows.unsqueeze(-1), cols.unsqueeze(-2)
-    ctx.registry.union(rows_b, cols_b)
+    ctx.registry.pair(rows_b, cols_b)
     out = torch.where(rows_b >= 0, rows_b, cols_b)
     return out.expand(out_shape).clone() if out.numel() != 1 or out_shape else out.reshape(out_shape)
 

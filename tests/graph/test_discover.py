@@ -55,15 +55,26 @@ def test_bert_neuron_group(discovered):
     }
 
 
-def test_llama_gqa_group_is_one_kv_head_with_its_query_heads(discovered):
+def test_llama_gqa_query_heads_are_nested_in_their_kv_group(discovered):
+    """Each query head is a group (its query rows and output columns); the key and value rows of a KV head are the KV
+    group its two query heads are nested in (they share `nest`)."""
     _, groups = discovered("llama")
-    second = [g for g in groups if g.kind == "head" and g.layer == 1][1]
-    slices = {s.name.split(".")[-2]: s for s in second.slices}
-    assert set(slices) == {"q_proj", "k_proj", "v_proj", "o_proj"}  # no biases in LLaMA
-    assert slices["k_proj"].indices.tolist() == list(range(8, 16))  # kv head 1 (head_dim 8)
-    assert slices["v_proj"].indices.tolist() == list(range(8, 16))
-    assert slices["q_proj"].indices.tolist() == list(range(16, 32))  # query heads 2 and 3
-    assert slices["o_proj"].dim == 1 and slices["o_proj"].indices.tolist() == list(range(16, 32))
+    heads = [g for g in groups if g.kind == "head" and g.layer == 1]
+    kv = [g for g in groups if g.kind == "kv_head" and g.layer == 1]
+    assert len(heads) == 4 and len(kv) == 2
+    third = {s.name.split(".")[-2]: s for s in heads[2].slices}
+    assert set(third) == {"q_proj", "o_proj"}  # no biases in LLaMA
+    assert third["q_proj"].indices.tolist() == list(range(16, 24))  # query head 2 (head_dim 8)
+    assert third["o_proj"].dim == 1 and third["o_proj"].indices.tolist() == list(range(16, 24))
+    second_kv = {s.name.split(".")[-2]: s for s in kv[1].slices}
+    assert set(second_kv) == {"k_proj", "v_proj"}
+    assert second_kv["k_proj"].indices.tolist() == second_kv["v_proj"].indices.tolist() == list(range(8, 16))
+    assert [h.nest for h in heads] == [kv[0].nest, kv[0].nest, kv[1].nest, kv[1].nest]
+    assert [groups.parent_of(h.id) for h in heads] == [kv[0].id, kv[0].id, kv[1].id, kv[1].id]
+    assert (
+        groups.parent_of(kv[0].id) is None
+        and "4 heads, 2 kv_heads" in groups.select(where=lambda g: g.layer == 1).summary().splitlines()[0]
+    )
 
 
 def test_gpt2_fused_qkv_columns(discovered):
@@ -136,7 +147,7 @@ def test_meta_device_model_is_traced_without_weights():
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     groups = discover_groups(model)
-    assert groups.counts() == {"head": 4 * 4, "neuron": 4 * 1376}
+    assert groups.counts() == {"head": 4 * 8, "kv_head": 4 * 4, "neuron": 4 * 1376}
     assert all(p.is_meta for p in model.parameters())
 
 

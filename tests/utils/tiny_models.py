@@ -16,6 +16,7 @@ from transformers import (
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
     MobileNetV2Config,
     Phi3Config,
     Qwen2Config,
@@ -103,21 +104,23 @@ CASES = [
         per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
-        # GQA: one group per KV head (with its 2 query heads).
+        # GQA: each of the 4 query heads is a group, nested in the KV group (its key and value heads) it shares with
+        # one other query head.
         name="llama",
         model_class="LlamaForCausalLM",
         config=lambda: LlamaConfig(**TEXT, num_key_value_heads=2),
         auto_class="AutoModelForCausalLM",
-        expected={"head": 2 * 2, "neuron": 2 * 37},
-        per_layer={"head": 2, "neuron": 37},
+        expected={"head": 2 * 4, "kv_head": 2 * 2, "neuron": 2 * 37},
+        per_layer={"head": 4, "kv_head": 2, "neuron": 37},
     ),
     ArchCase(
+        # GQA with biases on the query, key and value projections.
         name="qwen2",
         model_class="Qwen2ForCausalLM",
         config=lambda: Qwen2Config(**TEXT, num_key_value_heads=2),
         auto_class="AutoModelForCausalLM",
-        expected={"head": 2 * 2, "neuron": 2 * 37},
-        per_layer={"head": 2, "neuron": 37},
+        expected={"head": 2 * 4, "kv_head": 2 * 2, "neuron": 2 * 37},
+        per_layer={"head": 4, "kv_head": 2, "neuron": 37},
     ),
     ArchCase(
         # Per-head RMSNorm on queries and keys (QK-norm): its weight is shared by every head, so it stays unprunable.
@@ -125,8 +128,18 @@ CASES = [
         model_class="Qwen3ForCausalLM",
         config=lambda: Qwen3Config(**TEXT, num_key_value_heads=2, head_dim=8),
         auto_class="AutoModelForCausalLM",
-        expected={"head": 2 * 2, "neuron": 2 * 37},
-        per_layer={"head": 2, "neuron": 37},
+        expected={"head": 2 * 4, "kv_head": 2 * 2, "neuron": 2 * 37},
+        per_layer={"head": 4, "kv_head": 2, "neuron": 37},
+    ),
+    ArchCase(
+        # Multi-query attention: one KV head per layer, which is the whole attention (unprunable); its 4 query heads
+        # are groups of their own.
+        name="mistral_mqa",
+        model_class="MistralForCausalLM",
+        config=lambda: MistralConfig(**TEXT, num_key_value_heads=1),
+        auto_class="AutoModelForCausalLM",
+        expected={"head": 2 * 4, "neuron": 2 * 37},
+        per_layer={"head": 4, "neuron": 37},
     ),
     ArchCase(
         # Fused projections: one qkv_proj (GQA: 4 query, 2 key and 2 value heads in it) and one gate_up_proj (neuron
@@ -135,8 +148,8 @@ CASES = [
         model_class="Phi3ForCausalLM",
         config=lambda: Phi3Config(**TEXT, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
         auto_class="AutoModelForCausalLM",
-        expected={"head": 2 * 2, "neuron": 2 * 37},
-        per_layer={"head": 2, "neuron": 37},
+        expected={"head": 2 * 4, "kv_head": 2 * 2, "neuron": 2 * 37},
+        per_layer={"head": 4, "kv_head": 2, "neuron": 37},
     ),
     ArchCase(
         name="gpt2",
