@@ -54,7 +54,7 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     config.oto_hf_version = __version__
     if record is None:
         return config, None
-    summary = dataclasses.replace(record, dense_config=record.dense_config or _dense_config(base_config))
+    summary = dataclasses.replace(record, dense_config=record.dense_config or dense_config_of(base_config))
     if not record.tensor_shapes:  # nothing sliced (a subnet that kept every group, or a reloaded model): as it is
         setattr(config, SUMMARY_KEY, summary.to_dict(shapes=False))
         return config, None
@@ -85,7 +85,16 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     return config, [f"OTO{type(model).__name__.removeprefix('OTO')}"]
 
 
-def _dense_config(config: Any) -> dict[str, Any]:
+def pruning_summary(model: PreTrainedModel) -> dict[str, Any] | None:
+    """The pruning record as written into a config (without tensor shapes), with the unpruned config in it."""
+    record = PruningRecord.from_model_or_config(model)
+    if record is None:
+        return None
+    dense = record.dense_config or dense_config_of(model.config)
+    return dataclasses.replace(record, dense_config=dense).to_dict(shapes=False)
+
+
+def dense_config_of(config: Any) -> dict[str, Any]:
     """The unpruned config, for `dense_reference` and cards of the reloaded model."""
     return {k: v for k, v in config.to_dict().items() if not k.startswith("oto_") and k != "auto_map"}
 

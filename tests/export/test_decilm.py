@@ -1,0 +1,127 @@
+"""The `"decilm"` format: `nemotron-nas` block_configs with exact FFN widths, no-op sub-blocks and uniform attention,
+loaded with `trust_remote_code=True` in a process without oto_hf."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaModel, MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from oto_hf import count_parameters, save_pruned
+from oto_hf.export.decilm import FFN_MULT_GRID, ffn_block
+from oto_hf.saving import export_pruned
+from tests.export.pruned_llms import (
+    ErasedAttention,
+    ErasedMLP,
+    greedy,
+    load_without_oto_hf,
+    logits,
+    pruned_llm,
+    tiny_llm,
+    widths,
+)
+from tests.utils.tiny_models import TEXT
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def exported(request, tmp_path_factory):
+    """(pruned model, its report, what a process without oto_hf loaded from the folder)."""
+    root = tmp_path_factory.mktemp("decilm")
+    pruned = pruned_llm(request.param)
+    report = export_pruned(pruned, root / request.param, format="decilm")
+    return pruned, report, load_without_oto_hf(report.path, root / "modules")
+
+
+def test_the_config_has_a_block_per_layer(exported):
+    pruned, report, _ = exported
+    config = json.loads((report.path / "config.json").read_text())
+    assert config["model_type"] == "nemotron-nas" and config["architectures"] == ["DeciLMForCausalLM"]
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_decilm.DeciLMConfig",
+        "AutoModelForCausalLM": "modeling_decilm.DeciLMForCausalLM",
+    }
+    assert {"configuration_decilm.py", "modeling_decilm.py", "model.safetensors"} <= {
+        p.name for p in report.path.iterdir()
+    }
+    assert (config["num_attention_heads"], config["head_dim"]) == (8, 4)
+    own = widths(pruned)
+    for block, (_, _, ffn) in zip(config["block_configs"], own):
+        assert block["attention"] == {"no_op": False, "replace_with_linear": False, "n_heads_in_group": 2}
+        # Widths off the 256 grid: `ffn_mult` is absent, so vLLM reads `intermediate_size`.
+        assert block["ffn"] == {"no_op": False, "replace_with_linear": False, "intermediate_size": ffn}
+    is_qwen2 = pruned.config.model_type == "qwen2"
+    assert config["attention_bias"] is False and config.get("qkv_bias") is (True if is_qwen2 else None)
+    assert config["tie_word_embeddings"] is is_qwen2
+
+
+def test_it_loads_without_oto_hf_and_generates_the_same_tokens(exported):
+    pruned, _, loaded = exported
+    assert loaded["class"] == "DeciLMForCausalLM"
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), logits(pruned), atol=1e-5, rtol=1e-5)
+    assert loaded["tokens"] == greedy(pruned)
+
+
+def test_only_attention_is_padded(exported):
+    pruned, report, _ = exported
+    assert {p.kind for p in report.padded} == {"heads", "kv_heads"}
+    assert {(p.layer, p.kind): (p.kept, p.written) for p in report.padded} == {
+        (1, "heads"): (4, 8),
+        (1, "kv_heads"): (2, 4),
+        (2, "heads"): (6, 8),
+        (2, "kv_heads"): (3, 4),
+    }
+    extra_heads, extra_kv, head_dim, hidden = 4 + 2, 2 + 1, 4, TEXT["hidden_size"]
+    assert report.padded_flops_per_token == 2 * hidden * head_dim * 2 * (extra_heads + extra_kv)
+    assert report.padded_kv_bytes_per_token == 2 * head_dim * extra_kv * 4
+    biases = 0 if pruned.config.model_type == "llama" else head_dim * (extra_heads + 2 * extra_kv)
+    assert report.padded_parameters == report.padded_flops_per_token // 2 + biases
+    assert any("`intermediate_size` only" in note for note in report.notes)
+
+
+@torch.no_grad()
+def test_erased_sub_blocks_are_no_ops_and_generate_uses_the_cache(tmp_path):
+    """Layer 0 without attention (the cache still counts its tokens), layer 2 without FFN: no weights for either."""
+    model = tiny_llm("llama")
+    model.model.layers[0].self_attn = ErasedAttention()
+    model.model.layers[2].mlp = ErasedMLP()
+    report = export_pruned(model, tmp_path / "out", format="decilm")
+    blocks = json.loads((report.path / "config.json").read_text())["block_configs"]
+    assert blocks[0]["attention"] == {"no_op": True, "replace_with_linear": False, "n_heads_in_group": None}
+    assert blocks[2]["ffn"] == {"no_op": True, "replace_with_linear": False, "ffn_mult": None}
+    loaded = load_without_oto_hf(report.path, tmp_path / "modules")
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), logits(model), atol=1e-5, rtol=1e-5)
+    # The stand-ins keep no cache, so the reference decodes without one; the DeciLM model decodes with its cache.
+    assert loaded["tokens"] == greedy(model, use_cache=False)
+    hidden = TEXT["hidden_size"]
+    assert report.padded_parameters == -2 * hidden  # the norms that fed only the erased sub-blocks are gone
+    assert count_parameters(model) - 2 * hidden > 0
+
+
+@pytest.mark.parametrize(("width", "hidden_size"), [(256, 576), (512, 576), (1536, 576), (11008, 4096), (14336, 4096)])
+def test_ffn_mult_is_written_where_engines_that_read_only_it_get_the_same_width(width, hidden_size):
+    block = ffn_block(width, hidden_size)
+    assert block["intermediate_size"] == width
+    # vLLM, SGLang, TensorRT-LLM, MLX and llama.cpp's converter: int(2 * ffn_mult * hidden / 3), rounded up to 256.
+    size = int(2 * block["ffn_mult"] * hidden_size / 3)
+    assert -(-size // FFN_MULT_GRID) * FFN_MULT_GRID == width
+    assert "ffn_mult" not in ffn_block(width + 1, hidden_size)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: Qwen3ForCausalLM(Qwen3Config(**TEXT, num_key_value_heads=2, head_dim=8)),
+            r"holds LLaMA-style decoders \(llama, mistral, qwen2\); Qwen3ForCausalLM has model_type 'qwen3'",
+        ),
+        (
+            lambda: MistralForCausalLM(MistralConfig(**TEXT, num_key_value_heads=2, sliding_window=16)),
+            "has no sliding-window attention, but MistralForCausalLM uses it",
+        ),
+        (lambda: LlamaModel(LlamaConfig(**TEXT)), "writes causal LMs .*; got LlamaModel"),
+    ],
+)
+def test_what_the_format_cannot_hold_is_refused_and_nothing_is_written(build, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        save_pruned(build(), tmp_path / "out", format="decilm")
+    assert list(tmp_path.iterdir()) == []
