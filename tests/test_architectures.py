@@ -1,6 +1,7 @@
 """Every architecture of `tests/utils/tiny_models.CASES` through the whole pipeline: discover -> valid groups ->
 construct_subnet == zero-masked model -> save_pruned -> Auto-class reload -> equal outputs -> a few DHSPG steps; the
-same groups from a user's inputs, their FLOP prices, and OTOTrainer's start on the causal LMs."""
+same groups from a user's inputs, their FLOP prices, and OTOTrainer's start on the causal LMs; for grouped-query
+attention, query heads and KV groups removed alone and together, down to greedy generation with the KV cache."""
 
 from __future__ import annotations
 
@@ -21,16 +22,36 @@ from oto_hf import (
     discover_groups,
     group_flop_costs,
 )
+from oto_hf.graph.nesting import nested_families, plan_removal
 from tests.utils.asserts import (
     assert_groups_valid,
+    assert_same_greedy_tokens,
     assert_save_load_roundtrip,
     assert_trains,
     assert_zero_invariant,
+    masked_copy,
     random_nonuniform_ids,
 )
 from tests.utils.tiny_models import CASE_IDS, CASES, ArchCase, user_inputs
 
 CAUSAL_LMS = [case for case in CASES if case.auto_class == "AutoModelForCausalLM"]
+
+
+def _kv_heads(case: ArchCase) -> int | None:
+    """KV heads per layer of a grouped-query attention case (fewer than its query heads), else None."""
+    config = case.config()
+    kv = getattr(config, "num_key_value_heads", None)
+    return kv if kv is not None and kv < config.num_attention_heads else None
+
+
+# (case, scenario): query heads removed alone, a KV group removed, both (not for MQA, whose one KV head stays).
+NESTED = [
+    (case, scenario)
+    for case in CASES
+    if _kv_heads(case)
+    for scenario in ("query_heads", "kv_group", "both")
+    if scenario == "query_heads" or _kv_heads(case) > 1
+]
 
 
 @dataclass
@@ -138,3 +159,44 @@ def test_trainer_trains_a_causal_lm_with_the_default_budget(case, tmp_path):
     zero = trainer.groups.zero_group_ids(trainer.model)
     removed = sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops
     assert 0.3 - 1e-9 <= removed < 0.3 + max(trainer.group_flops) / trainer.dense_flops  # DHSPG's exact rule
+
+
+def _scenario_ids(groups: GroupSet, scenario: str) -> list[int]:
+    """Group ids for a removal scenario, from the first two attention layers' KV groups (KV group, query heads).
+
+    - `query_heads`: one query head of every KV group of layer 0; in layer 1 one query head of the first KV group
+      (uneven: with several KV groups the others keep as many query heads, as zero padding);
+    - `kv_group`: layer 0's first KV group; in layer 1 every query head of the last KV group (which goes too);
+    - `both`: layer 0's first KV group and one query head of each other; one query head of every KV group in layer 1.
+    """
+    first, second = sorted(nested_families(groups).values(), key=lambda nests: nests[0][1][0].layer)[:2]
+    if scenario == "query_heads":
+        return [children[0].id for _, children in first] + [second[0][1][0].id]
+    if scenario == "kv_group":
+        return [first[0][0].id] + [child.id for child in second[-1][1]]
+    return [first[0][0].id] + [children[0].id for _, children in first[1:] + second]
+
+
+@pytest.mark.parametrize(("case", "scenario"), NESTED, ids=[f"{case.name}-{scenario}" for case, scenario in NESTED])
+def test_nested_heads_are_removed_exactly(case, scenario, tmp_path):
+    """Query heads and KV groups removed as `plan_removal` says: the subnet equals the zero-masked model, the KV
+    groups of a layer keep equally many query heads (`num_key_value_groups` follows), the saved folder reloads, and
+    greedy generation with the key-value cache gives the zero-masked model's tokens, before and after reloading."""
+    torch.manual_seed(0)
+    model = case.build().eval()
+    groups = discover_groups(model)
+    ids = _scenario_ids(groups, scenario)
+    plan = plan_removal(groups, ids)
+    if scenario == "kv_group":  # the KV group asked for takes its query heads; the emptied one goes too
+        assert {groups[i].kind for i in plan.implied} == {"head", "kv_head"}
+    if scenario == "query_heads" and _kv_heads(case) > 1:
+        assert len(plan.padded) == _kv_heads(case) - 1  # layer 1's other KV groups keep their query heads
+    pruned = assert_zero_invariant(model, groups, ids)
+    heads = {layer.layer: layer for layer in pruned.oto_pruning.layers if layer.kind == "head"}
+    for layer in pruned.oto_pruning.layers:
+        if layer.kind == "kv_head":
+            assert heads[layer.layer].kept % layer.kept == 0, "uneven query heads per KV group"
+    masked = masked_copy(model, groups, ids)
+    assert_same_greedy_tokens(pruned, masked)
+    reloaded = assert_save_load_roundtrip(pruned, tmp_path / "pruned", auto_class=case.auto_class)
+    assert_same_greedy_tokens(reloaded, masked)

@@ -172,3 +172,16 @@ def assert_trains(model: nn.Module, groups: GroupSet, steps: int = 3, target_spa
                 not torch.equal(params[name].index_select(dim, idx), before[name].index_select(dim, idx))
                 for name, dim, idx in group.slices
             ), f"group {group.id} did not train"
+
+
+def assert_same_greedy_tokens(
+    model: transformers.PreTrainedModel, reference: transformers.PreTrainedModel, new_tokens: int = 6
+) -> torch.Tensor:
+    """Greedy generation with the key-value cache (a prompt of two sequences) gives `reference`'s tokens. Returns
+    them."""
+    prompt = torch.randint(1, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    tokens = model.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0, **settings)
+    expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0, **settings)
+    assert tokens.shape == (2, 5 + new_tokens) and torch.equal(tokens, expected), (tokens, expected)
+    return tokens
