@@ -14,7 +14,6 @@ from transformers import PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .._version import __version__
-from ..models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY
 from ..record import SUMMARY_KEY
 from .auto import pruning_summary
 from .decoder import (
@@ -28,8 +27,8 @@ from .decoder import (
 )
 from .report import ExportReport
 
-# Keys of a pruned (`oto_*`) config that a stock config does not carry.
-PRUNED_ONLY_KEYS = (TENSOR_SHAPES_KEY, MODULE_ATTRIBUTES_KEY, "auto_map", "model_type", "transformers_version")
+# Keys of a pruned (`oto_*`) config that a stock config does not carry (nor any other `oto_*` key but the summary).
+PRUNED_ONLY_KEYS = ("auto_map", "model_type", "transformers_version")
 
 
 def write_stock(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -> ExportReport:
@@ -86,7 +85,9 @@ def stock_classes(model: PreTrainedModel) -> tuple[type, type]:
 def stock_config_values(model: PreTrainedModel, head_dim: int) -> dict[str, Any]:
     """The model's config as stock config arguments, with an explicit head_dim, the pruning summary and oto_hf's
     version."""
-    values = {k: v for k, v in model.config.to_dict().items() if k not in PRUNED_ONLY_KEYS}
+    values = {
+        k: v for k, v in model.config.to_dict().items() if k not in PRUNED_ONLY_KEYS and not k.startswith("oto_")
+    }
     values["head_dim"] = head_dim
     values["oto_hf_version"] = __version__
     summary = pruning_summary(model)

@@ -127,3 +127,16 @@ def test_other_architectures_are_refused_and_nothing_is_written(build, message, 
     with pytest.raises(ValueError, match=message):
         save_pruned(build(), tmp_path / "out", format="stock")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("format", ["stock", "decilm"])
+def test_a_model_reloaded_from_an_oto_folder_exports_the_same(format, tmp_path):
+    pruned = pruned_llm("llama")
+    save_pruned(pruned, tmp_path / "oto")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "oto").eval()
+    assert reloaded.config.model_type == "oto_llama"
+    report = export_pruned(reloaded, tmp_path / format, format=format)
+    config = json.loads((report.path / "config.json").read_text())
+    assert not {key for key in config if key.startswith("oto_")} - {"oto_hf_version", "oto_pruning_summary"}
+    exported = AutoModelForCausalLM.from_pretrained(report.path, trust_remote_code=True).eval()
+    torch.testing.assert_close(logits(exported), logits(pruned), atol=1e-5, rtol=1e-5)
