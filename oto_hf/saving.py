@@ -32,13 +32,19 @@ def save_pruned(
       oto_hf. Otherwise the config has type `oto_<model_type>` and records every pruned shape (any per-layer widths,
       any architecture oto_hf prunes); it loads with the Auto classes after `import oto_hf`, or anywhere with
       `trust_remote_code=True` (the modeling file is saved beside the weights). No serving engine loads it.
-    - `"stock"`: the model's own config type for every architecture and engine that reads it. Per-layer widths are
-      padded with exact zeros up to the largest of each kind (FFN neurons, query heads, KV heads); the report says
-      what that costs. LLaMA-family decoders (separate q/k/v/o and gate/up/down projections).
-    - `"decilm"`: `DeciLMForCausalLM` (`nemotron-nas`) with `block_configs`: an exact FFN width per layer, a no-op
-      attention or FFN per layer, attention made uniform by zero padding (vLLM reads one query-head count).
-      Configuration and modeling files ship beside the weights (`trust_remote_code=True`). LLaMA-family decoders
-      without an output-projection bias.
+    - `"stock"`: the model's own config type, which plain transformers and every engine that knows the architecture
+      load. Per-layer widths are padded with exact zeros up to the largest of each kind (FFN neurons, query heads, KV
+      heads; a KV head is copied where a layer's query groups are larger), checked against the pruned model's
+      logits; the report says what that costs. LLaMA-family decoders (separate q/k/v/o and gate/up/down
+      projections: LLaMA, Mistral, Qwen2, Qwen3, ...).
+    - `"decilm"`: `DeciLMForCausalLM` (`nemotron-nas`) with `block_configs`, for vLLM: an exact FFN width per layer,
+      a no-op attention or FFN per layer (erased or empty sub-blocks), attention made uniform by zero padding (vLLM
+      reads one query-head count). Configuration and modeling files ship beside the weights
+      (`trust_remote_code=True`, no oto_hf needed). LLaMA-style causal LMs with RoPE and full attention (LLaMA,
+      Mistral, Qwen2).
+    - `"gguf"`: one GGUF file for llama.cpp, tokenizer included (pass a file path): the `llama` architecture for
+      uniform widths, else `deci` with per-layer query heads, KV heads and FFN widths; LLaMA causal LMs. Option
+      `dtype="f32"` or `"f16"`.
 
     A folder is written to a temporary directory, then renamed into place; nothing is left half-written on failure.
 
