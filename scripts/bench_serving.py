@@ -334,8 +334,9 @@ def render_markdown(rows: list[Row], prompts: int, notes: Sequence[str]) -> str:
 
 
 def prune_per_layer(model: Any, seed: int, max_kv_groups: int = 1, neuron_share: tuple[float, float] = (0.05, 0.3)):
-    """A pruned copy of `model` with different widths per layer: in each layer a seeded number of KV groups (0 to
-    `max_kv_groups`, at least one kept) and a seeded share of FFN neurons, those of least weight norm, removed."""
+    """A pruned copy of `model` with different widths per layer: in each layer a seeded number of KV groups with
+    their query heads (0 to `max_kv_groups`, at least one kept) and a seeded share of FFN neurons, those of least
+    weight norm, removed."""
     import torch
 
     from oto_hf import construct_subnet, discover_groups
@@ -346,7 +347,7 @@ def prune_per_layer(model: Any, seed: int, max_kv_groups: int = 1, neuron_share:
     removed = []
     for family in groups.families().values():
         kind = family[0].kind
-        if kind == "head":
+        if kind == "kv_head":  # with its query heads
             count = min(int(torch.randint(0, max_kv_groups + 1, (1,), generator=generator)), len(family) - 1)
         elif kind == "neuron":
             low, high = neuron_share

@@ -63,12 +63,13 @@ def pruned_llama(uniform: bool, **overrides) -> LlamaForCausalLM:
     groups, 2 and 9 neurons from layers 0 and 1 (chosen at random)."""
     model = tiny_llama(**overrides)
     groups = discover_groups(model)
-    removed = {("head", 0): 2 if uniform else 1, ("head", 1): 2 if uniform else 3, ("neuron", 0): 5 if uniform else 2}
-    removed[("neuron", 1)] = 5 if uniform else 9
+    removed = {("kv_head", 0): 2 if uniform else 1, ("kv_head", 1): 2 if uniform else 3}
+    removed.update({("neuron", 0): 5 if uniform else 2, ("neuron", 1): 5 if uniform else 9})
     generator = torch.Generator().manual_seed(0)
     ids = []
     for family in groups.families().values():
-        chosen = torch.randperm(len(family), generator=generator)[: removed[(family[0].kind, family[0].layer)]]
+        count = removed.get((family[0].kind, family[0].layer), 0)  # query heads: only with their KV group
+        chosen = torch.randperm(len(family), generator=generator)[:count]
         ids += [family[i].id for i in chosen.tolist()]
     return construct_subnet(model, groups, ids)
 
