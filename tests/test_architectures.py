@@ -6,12 +6,17 @@ attention, query heads and KV groups removed alone and together, down to greedy 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oto_hf import (
     GroupSet,
@@ -21,6 +26,7 @@ from oto_hf import (
     count_flops,
     discover_groups,
     group_flop_costs,
+    save_pruned,
 )
 from oto_hf.graph.nesting import nested_families, plan_removal
 from tests.utils.asserts import (
@@ -200,3 +206,67 @@ def test_nested_heads_are_removed_exactly(case, scenario, tmp_path):
     assert_same_greedy_tokens(pruned, masked)
     reloaded = assert_save_load_roundtrip(pruned, tmp_path / "pruned", auto_class=case.auto_class)
     assert_same_greedy_tokens(reloaded, masked)
+
+
+_GENERATE_WITHOUT_OTO_HF = r"""
+import json, sys, torch, transformers
+sys.modules["oto_hf"] = None  # oto_hf must not be importable here
+folder, prompt, new_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+model = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+ids = torch.tensor(prompt)
+tokens = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
+print(json.dumps(tokens.tolist()))
+"""
+
+
+@pytest.mark.slow
+def test_smollm2_query_heads_nest_and_the_pruned_model_generates_exactly(tmp_path):
+    """The real SmolLM2-135M (`OTO_HF_CACHE`, `scripts/assets.fetch_smollm2`): 9 query heads in 3 KV groups and 1,536
+    neurons in each of its 30 layers. Pruned unevenly across layers (0 to 2 query heads per KV group, a KV group in
+    every fifth layer, one query head alone in layer 27: padded back), it generates the zero-masked model's
+    greedy tokens with the key-value cache, and so does its saved folder, reloaded with oto_hf and without it."""
+    import assets  # scripts/, on the path in tests
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    folder = assets.fetch_smollm2()
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompt = AutoTokenizer.from_pretrained(folder)("The capital of Italy is", return_tensors="pt")
+    groups = discover_groups(model, dict(prompt))
+    assert groups.counts_per_layer() == {layer: {"head": 9, "kv_head": 3, "neuron": 1536} for layer in range(30)}
+    families = sorted(nested_families(groups).values(), key=lambda nests: nests[0][1][0].layer)
+    assert len(families) == 30 and all([len(children) for _, children in nests] == [3, 3, 3] for nests in families)
+
+    ids: list[int] = []
+    for layer, nests in enumerate(families):
+        ids += [child.id for _, children in nests for child in children[: layer % 3]]
+        if layer % 5 == 0:
+            ids.append(nests[layer % 3][0].id)
+    ids.append(families[27][0][1][0].id)  # one query head alone: the other KV groups keep 3, so it is padded back
+    neurons = [g for g in groups if g.kind == "neuron"]
+    ids += [g.id for g in neurons if g.id % 7 < g.layer % 4]
+    plan = plan_removal(groups, ids)
+    assert len(plan.padded) == 1 and plan.implied
+    pruned = construct_subnet(model, groups, ids)  # checked against the zero-masked model on the prompt
+    attention = pruned.model.layers[5].self_attn
+    assert (attention.num_key_value_groups, attention.k_proj.out_features // 64) == (1, 2)  # 2 of 3 heads gone
+    masked = masked_copy(model, groups, ids)
+
+    settings = dict(max_new_tokens=16, do_sample=False, use_cache=True)
+    expected = masked.generate(**prompt, **settings)
+    assert torch.equal(pruned.generate(**prompt, **settings), expected)
+    saved = save_pruned(pruned, tmp_path / "pruned")
+    reloaded = AutoModelForCausalLM.from_pretrained(saved).eval()
+    assert torch.equal(reloaded.generate(**prompt, **settings), expected)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    args = [str(saved), json.dumps(prompt["input_ids"].tolist()), "16"]
+    result = subprocess.run(
+        [sys.executable, "-c", _GENERATE_WITHOUT_OTO_HF, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected.tolist()
