@@ -126,7 +126,7 @@ class DHSPG(Optimizer):
         round_to (`dict[str, int | str]`, *optional*): engine-friendly widths per kind (`rounding`): an int `m` (every
             family keeps a multiple of `m` groups, or all), `"uniform"` or `"free"`, e.g. `{"neuron": 128, "head":
             "uniform"}`. Quotas are re-planned on that grid at every partition and met exactly; the target is then met
-            or exceeded by less than the last grid step planned (`rounding.GridPlanner.plan`).
+            or exceeded by less than one grid step (`rounding.GridPlanner.plan`). GQA's heads take `"free"` only.
         lambda_schedule (`str`, *optional*, defaults to `"progressive"`): `"progressive"` or `"constant"` (OTOv2's
             lambdas alone: the deadline then does most of the pruning; with `saliency="otov2"`, for parity studies).
         foreach (`bool`, *optional*): base steps with `torch._foreach_*` ops; defaults to `True` when every parameter

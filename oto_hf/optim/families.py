@@ -187,7 +187,8 @@ class FamilyConstraints:
         ]
         kept = [min(len(ids), m) for ids, m in zip(members, minimum)]
         rules = resolve_rules(round_to, uniform_widths)
-        self.planner = None if rules is None else GridPlanner(kinds, members, kept, rules, uniform_widths)
+        nested = [len({getattr(groups[i], "nest", None) for i in ids} - {None}) > 1 for ids in members]
+        self.planner = None if rules is None else GridPlanner(kinds, members, kept, rules, uniform_widths, nested)
         most = [len(ids) - k for ids, k in zip(members, kept)] if self.planner is None else self.planner.most.tolist()
         self.uniform = uniform_widths
         # Exact quotas: every family ends with exactly `max_zero` zero groups (planned upfront, or at each partition).
@@ -233,7 +234,11 @@ class FamilyConstraints:
 
     @classmethod
     def from_settings(
-        cls, groups: Sequence[ZeroInvariantGroup], budget: Budget, settings: Mapping[str, Any], never_empty: Sequence
+        cls,
+        groups: Sequence[ZeroInvariantGroup],
+        budget: Budget,
+        settings: Mapping[str, Any],
+        never_empty: Sequence[FamilyKey],
     ) -> FamilyConstraints:
         """From `DHSPG`'s settings, keyed by its argument names (`checks.SETTING_NAMES`)."""
         minimums = {kind: settings[name] for kind, name in MIN_KEPT_ARGUMENTS.items()}
@@ -265,8 +270,7 @@ class FamilyConstraints:
         due) stay within them. With `sync`, the quotas of the first rank are kept (one collective)."""
         if not self.rounded:
             return
-        cpu = self._cpu
-        quotas = self.planner.plan(scores.cpu(), taken.cpu(), budget.costs, cpu.family_of, budget.target_cost)
+        quotas = self.planner.plan(scores.cpu(), taken.cpu(), budget.costs, self._cpu.family_of, budget.target_cost)
         if sync:
             (quotas,) = from_first_rank(quotas.to(self._device.family_of.device))
         self.set_quotas(quotas)

@@ -1,6 +1,7 @@
 """`round_to`: widths on a grid that serving engines like, planned into DHSPG's family quotas during training.
 
-`round_to` maps a group kind (`oto_hf.graph.groups.GROUP_KINDS`) to its rule; kinds not named are `"free"`:
+`round_to` maps a group kind (`oto_hf.graph.groups.ALL_KINDS`: `"kv_head"` is a KV group of grouped-query attention,
+`"head"` a query head) to its rule; kinds not named are `"free"`:
 
 - an int `m`: every family of the kind keeps a multiple of `m` of its groups, or all of them (e.g. `{"neuron": 128}`:
   FFN widths 1536, 1408, ..., 128 or 0 for a 1536-wide FFN);
@@ -10,7 +11,8 @@
 With a rule other than `"free"`, every family gets an exact quota: the number of its groups that are zero from
 `pruning_end` on. `GridPlanner.plan` chooses the quotas from the scores at every partition (families of a uniform class
 move together), so the model trains in its final shape and is built without padding. `uniform_widths=True` makes every
-kind uniform as well.
+kind uniform as well. Query heads and KV groups of grouped-query attention take `"free"` only, for now: building the
+model changes their counts (`graph.nesting.plan_removal`), so a plan of those counts would not hold.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..graph.groups import GROUP_KINDS
+from ..graph.groups import ALL_KINDS
 
 ROUND_TO_MODES: tuple[str, ...] = ("free", "uniform")
 
@@ -46,8 +48,8 @@ def check_round_to(name: str, value: object) -> None:
             f"{value!r}."
         )
     for kind, rule in value.items():
-        if kind not in GROUP_KINDS:
-            raise ValueError(f"`{name}` names an unknown group kind {kind!r}; the kinds are {list(GROUP_KINDS)}.")
+        if kind not in ALL_KINDS:
+            raise ValueError(f"`{name}` names an unknown group kind {kind!r}; the kinds are {list(ALL_KINDS)}.")
         if isinstance(rule, str) and rule in ROUND_TO_MODES:
             continue
         if not isinstance(rule, int) or isinstance(rule, bool) or rule < 1:
@@ -108,7 +110,8 @@ class GridPlanner:
         min_kept (`Sequence[int]`): groups each family must keep (minimums, `max_family_sparsity`, `never_empty`).
         rules (`Mapping[str, KindRule]`): from `resolve_rules`.
         uniform_widths (`bool`): the rule of kinds not in `rules` is uniform.
-        name (`str`): the argument's name, for messages.
+        nested (`Sequence[bool]`): per family, whether its groups lie in several KV groups of grouped-query attention
+            (`ZeroInvariantGroup.nest`); such families take no rule but `"free"`.
     """
 
     def __init__(
@@ -118,15 +121,27 @@ class GridPlanner:
         min_kept: Sequence[int],
         rules: Mapping[str, KindRule],
         uniform_widths: bool,
-        name: str = "round_to",
+        nested: Sequence[bool],
     ) -> None:
         default = KindRule(1, uniform_widths)
         family_rules = [rules.get(kind, default) for kind in kinds]
         sizes = [len(ids) for ids in members]
+        for kind, rule, nest in zip(kinds, family_rules, nested):
+            if nest and (rule.multiple > 1 or rule.uniform):
+                # `graph.nesting.plan_removal` removes the query heads of a removed KV group, a KV group without query
+                # heads, and pads query heads to the same count in every KV group: the counts planned here would not
+                # be the built model's.
+                raise ValueError(
+                    f"`round_to[{kind!r}]` (or `uniform_widths`) cannot be met for the {kind!r} groups of "
+                    "grouped-query attention yet: building the model removes the query heads of a removed KV group "
+                    "and pads query heads to the same count in every KV group, so the planned counts would not be the "
+                    f"built ones. Leave {kind!r} free (and `uniform_widths=False`); rules on 'neuron' and 'channel' "
+                    "still apply."
+                )
         for kind, rule, size in zip(kinds, family_rules, sizes):
             if rule.multiple > size:
                 raise ValueError(
-                    f"`{name}[{kind!r}]={rule.multiple}` is larger than a family of {size} {kind!r} groups (one "
+                    f"`round_to[{kind!r}]={rule.multiple}` is larger than a family of {size} {kind!r} groups (one "
                     f"layer's width), which could then only be kept whole or removed whole. Use a multiple of at most "
                     f"{min(s for k, s in zip(kinds, sizes) if k == kind)} or 'free'."
                 )

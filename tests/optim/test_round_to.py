@@ -55,13 +55,14 @@ def test_zero_grid_ceil_keeps_a_multiple_or_the_full_width(size, multiple, expec
     assert all(on_grid(size - z, size, multiple) for z in result.tolist())
 
 
-def planner(sizes, kinds, rules, min_kept=None, uniform_widths=False):
+def planner(sizes, kinds, rules, min_kept=None, uniform_widths=False, nested=None):
     members, start = [], 0
     for size in sizes:
         members.append(list(range(start, start + size)))
         start += size
     family_of = torch.cat([torch.full((size,), f) for f, size in enumerate(sizes)])
-    return GridPlanner(kinds, members, min_kept or [0] * len(sizes), rules, uniform_widths), family_of
+    nested = nested or [False] * len(sizes)
+    return GridPlanner(kinds, members, min_kept or [0] * len(sizes), rules, uniform_widths, nested), family_of
 
 
 def test_the_plan_takes_whole_grid_steps_by_mean_score_and_reaches_the_target():
@@ -190,13 +191,18 @@ def test_resume_restores_the_planned_quotas(tmp_path, stop):
         other.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
 
 
-def test_a_tiny_llama_is_built_on_the_grid_without_padding():
+@pytest.mark.parametrize(
+    "kv_heads, round_to",
+    [(4, {"neuron": 8, "head": "uniform"}), (2, {"neuron": 8})],
+    ids=["mha-uniform-heads", "gqa-neurons"],
+)
+def test_a_tiny_llama_is_built_on_the_grid_without_padding(kv_heads, round_to):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2))  # FFN 37, 2 KV groups per layer
+    model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=kv_heads))  # FFN 37, 4 heads
     groups = discover_groups(model)
     optimizer = DHSPG.from_model(
-        model, groups, lr=1e-3, target_sparsity=0.4, partition_steps=2, pruning_end_steps=10,
-        round_to={"neuron": 8, "head": "uniform"}, min_heads_per_layer=1,
+        model, groups, lr=1e-3, target_sparsity=0.5, partition_steps=2, pruning_end_steps=10, round_to=round_to,
+        min_heads_per_layer=1,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     for _ in range(12):
@@ -209,10 +215,20 @@ def test_a_tiny_llama_is_built_on_the_grid_without_padding():
     pruned = construct_subnet(copy.deepcopy(model), groups, zero)
     widths = [layer.mlp.up_proj.out_features for layer in pruned.model.layers]
     assert all(w == 37 or w % 8 == 0 for w in widths) and widths != [37, 37], widths
-    heads = {layer.self_attn.k_proj.out_features for layer in pruned.model.layers}
-    assert len(heads) == 1
+    if "head" in round_to:
+        heads = [layer.self_attn.q_proj.out_features for layer in pruned.model.layers]
+        assert len(set(heads)) == 1 and heads[0] < 32, heads
     ids = torch.randint(0, TEXT["vocab_size"], (2, 8), generator=generator)
     assert max_output_diff(pruned, masked_copy(model, groups, zero), {"input_ids": ids}) < 1e-5
+
+
+def test_head_rules_are_refused_under_grouped_query_attention():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2))
+    groups = discover_groups(model)
+    for round_to in ({"head": "uniform"}, {"kv_head": 2}):
+        with pytest.raises(ValueError, match=r"cannot be met for the '(kv_)?head' groups of grouped-query attention"):
+            DHSPG.from_model(model, groups, pruning_end_steps=10, round_to=round_to)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -221,7 +237,10 @@ def test_a_tiny_llama_is_built_on_the_grid_without_padding():
 @pytest.mark.parametrize(
     "value, message",
     [
-        ({"neurons": 64}, r"`round_to` names an unknown group kind 'neurons'; the kinds are \['head', 'neuron'"),
+        (
+            {"neurons": 64},
+            r"`round_to` names an unknown group kind 'neurons'; the kinds are \['head', 'kv_head', 'neuron'",
+        ),
         ({"neuron": 0}, r"`round_to\['neuron'\]` must be an int >= 1 .*, 'free' or 'uniform', got 0"),
         ({"neuron": True}, r"`round_to\['neuron'\]` must be an int >= 1 .*got True"),
         ({"neuron": 64.0}, r"`round_to\['neuron'\]` must be an int >= 1 .*got 64.0"),
