@@ -1,8 +1,8 @@
 """Pruned variants of transformers models: the stock architecture, resized to the shapes its config records.
 
-`save_pruned` copies this file next to the weights (with a few lines that name the classes), so a pruned folder
-loads with `trust_remote_code=True` where oto_hf is not installed. It must therefore import only torch and
-transformers.
+`save_pruned` copies this file next to the weights (with a few lines that name the classes), and `no_op.py` beside it,
+so a pruned folder loads with `trust_remote_code=True` where oto_hf is not installed. It must therefore import only
+torch, transformers and `no_op.py`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .no_op import erase_modules_from_config
 
 TENSOR_SHAPES_KEY = "oto_tensor_shapes"
 MODULE_ATTRIBUTES_KEY = "oto_module_attributes"
@@ -113,7 +115,9 @@ def _check_loading_info(model: nn.Module, info: dict[str, Any], folder: Any) -> 
 
 @torch.no_grad()
 def resize_to_config(model: nn.Module, config: Any) -> None:
-    """Give every tensor the shape in `config.oto_tensor_shapes` and set `config.oto_module_attributes`."""
+    """Give every tensor the shape in `config.oto_tensor_shapes` and set `config.oto_module_attributes`, after putting
+    stand-ins in place of the modules `config.oto_erased` lists (`no_op.py`)."""
+    erase_modules_from_config(model, config)
     shapes: dict[str, list[int]] = getattr(config, TENSOR_SHAPES_KEY, None) or {}
     attributes: dict[str, dict[str, Any]] = getattr(config, MODULE_ATTRIBUTES_KEY, None) or {}
     modules = dict(model.named_modules())
