@@ -17,8 +17,9 @@ import torch
 from transformers import PreTrainedModel
 
 from .._version import __version__
-from ..models import model_classes_for, register_pruned_architecture
+from ..models import model_classes_for, no_op, register_pruned_architecture
 from ..models import pruned as pruned_module
+from ..models.no_op import ERASED_KEY
 from ..models.pruned import MODULE_ATTRIBUTES_KEY, TENSOR_SHAPES_KEY, get_module_attribute
 from ..record import SUMMARY_KEY, PruningRecord
 from ..subnet import FFN_CONFIG_KEYS, HEAD_CONFIG_KEYS
@@ -55,7 +56,8 @@ def config_for_saving(model: PreTrainedModel) -> tuple[Any, list[str] | None]:
     if record is None:
         return config, None
     summary = dataclasses.replace(record, dense_config=record.dense_config or dense_config_of(base_config))
-    if not record.tensor_shapes:  # nothing sliced (a subnet that kept every group, or a reloaded model): as it is
+    # Nothing sliced or erased (a subnet that kept every group, or a reloaded model): as it is.
+    if not record.tensor_shapes and not getattr(base_config, ERASED_KEY, None):
         setattr(config, SUMMARY_KEY, summary.to_dict(shapes=False))
         return config, None
     stock = _stock_config(model, record)
@@ -165,7 +167,8 @@ def _remote_module_name(model_type: str) -> str:
 
 
 def _write_remote_code(folder: Path, model: PreTrainedModel, config: Any) -> None:
-    """Copy `oto_hf/models/pruned.py` and name the classes, so `trust_remote_code=True` works without oto_hf."""
+    """Copy `oto_hf/models/pruned.py` (and `no_op.py`, which it imports) and name the classes, so
+    `trust_remote_code=True` works without oto_hf."""
     model_type = config.model_type.removeprefix("oto_")
     base_config = type(config).__mro__[1].__name__
     classes = sorted(set(model_classes_for(model_type).values()))
@@ -179,6 +182,7 @@ def _write_remote_code(folder: Path, model: PreTrainedModel, config: Any) -> Non
     ]
     lines += [f"OTO{name} = pruned_model_class({name}, OTO{base_config})" for name in classes]
     source = Path(pruned_module.__file__).read_text(encoding="utf-8")
+    (folder / "no_op.py").write_text(Path(no_op.__file__).read_text(encoding="utf-8"), encoding="utf-8")
     (folder / f"{_remote_module_name(model_type)}.py").write_text(source + "\n".join(lines) + "\n", encoding="utf-8")
 
 
