@@ -4,9 +4,11 @@ from ._version import __version__
 from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
 from .discovery import discover_groups
+from .erasing import erase_operators, find_operators
 from .graph import rules
 from .graph.export import TracingError, default_example_inputs
 from .graph.groups import GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup
+from .graph.operators import Operator
 from .graph.rules import RuleContext, register_op_rule
 from .models import register_default_architectures, register_pruned_architecture
 from .optim import DHSPG
@@ -25,6 +27,7 @@ __all__ = [
     "GroupSet",
     "OTOTrainer",
     "OTOTrainingArguments",
+    "Operator",
     "PrunedFolder",
     "PruningRecord",
     "RuleContext",
@@ -40,6 +43,8 @@ __all__ = [
     "count_parameters",
     "default_example_inputs",
     "discover_groups",
+    "erase_operators",
+    "find_operators",
     "group_flop_costs",
     "register_op_rule",
     "read_pruned_folder",

@@ -81,7 +81,8 @@ def erase_operators(
     verify: bool = True,
     atol: float = 1e-4,
 ) -> nn.Module:
-    """Remove whole operators: their modules become stand-ins with no parameters and no compute.
+    """Remove whole operators: their modules become stand-ins with no parameters that return zeros (or, for a whole
+    block that is one module, its input).
 
     An erased attention keeps no keys or values in the cache (a one-byte placeholder per token and layer, which
     transformers needs to count tokens). The result computes what `model` computes with the operators' tensors at zero

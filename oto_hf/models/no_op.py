@@ -18,7 +18,7 @@ CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")  
 
 
 class ErasedModule(nn.Module):
-    """Stands in for a module of an erased branch: no parameters, no compute.
+    """Stands in for a module of an erased branch: no parameters, no matmul.
 
     In `"zero"` mode it returns zeros shaped like the module's output (the branch adds nothing to the residual
     stream); in `"identity"` mode (a whole block) it returns its input. A tuple output keeps its length, with `None`

@@ -1,0 +1,147 @@
+"""erase_operators: erased attention sub-blocks, FFN sub-blocks and whole blocks compute what the zero-masked model
+computes, after narrowing too; they reload with the Auto classes (and without oto_hf); generate() with the KV cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from oto_hf import GroupSet, construct_subnet, count_parameters, discover_groups, save_pruned
+from oto_hf.erasing import erase_operators, find_operators
+from oto_hf.graph.operators import Operator
+from oto_hf.models.no_op import ERASED_KEY, ErasedModule
+from tests.utils.asserts import assert_save_load_roundtrip, masked_copy, max_output_diff, random_nonuniform_ids
+from tests.utils.tiny_models import CASES, CASES_BY_NAME
+
+KINDS = ("attention", "ffn", "block")
+
+
+@dataclass
+class Found:
+    model: nn.Module
+    groups: GroupSet
+    operators: list[Operator]
+
+
+_found: dict[str, Found] = {}
+
+
+def _find(name: str) -> Found:
+    """Each architecture's operators, found once for the module (structure only: erasing them here checks them)."""
+    if name not in _found:
+        torch.manual_seed(0)
+        model = CASES_BY_NAME[name].build().eval()
+        groups = discover_groups(model)
+        _found[name] = Found(model, groups, find_operators(model, groups, verify=False))
+    return _found[name]
+
+
+# The kinds each architecture has (test_operators.py checks the counts): ALBERT's shared layer and ConvNeXt's layer
+# scale leave them without operators; the conv branches of ResNet and MobileNetV2 are "ffn" operators.
+NO_OPERATORS = {"albert", "convnext"}
+BRANCH_ONLY = {"resnet", "mobilenet_v2"}
+ERASE_CASES = [
+    pytest.param(case, kind, id=f"{case.name}-{kind}")
+    for case in CASES
+    if case.name not in NO_OPERATORS
+    for kind in (("ffn",) if case.name in BRANCH_ONLY else KINDS)
+]
+
+
+@pytest.mark.parametrize(("case", "kind"), ERASE_CASES)
+def test_erased_model_equals_the_zero_masked_model_and_reloads(case, kind, tmp_path):
+    """Narrow the other families non-uniformly, then erase the last operator of `kind`: the result has the operator's
+    (narrowed) parameters fewer, equals the model with both the groups and the operator's tensors at zero, and
+    reloads with the Auto class (the config lists the erased modules)."""
+    found = _find(case.name)
+    op = [op for op in found.operators if op.kind == kind][-1]
+    members = set(op.group_ids)
+    ids = [i for i in random_nonuniform_ids(found.groups, seed=3) if i not in members]
+    narrowed = construct_subnet(found.model, found.groups, ids) if ids else copy.deepcopy(found.model)
+    erased = erase_operators(narrowed, [op], found.groups.example_inputs)
+    own = sum(p.numel() for name, p in narrowed.named_parameters() if name in op.tensors)  # narrowed, if a group
+    assert count_parameters(erased) == count_parameters(narrowed) - own < count_parameters(narrowed)  # straddles it
+    assert all(isinstance(dict(erased.named_modules())[path], ErasedModule) for path in op.replaced)
+    reference = op.zero_(masked_copy(found.model, found.groups, ids))
+    assert max_output_diff(erased, reference, found.groups.example_inputs) <= 1e-5
+    entries = getattr(erased.config, ERASED_KEY)
+    assert [(entry["layer"], entry["kind"]) for entry in entries] == [(op.layer, kind)]
+    loaded = assert_save_load_roundtrip(erased, tmp_path / "erased", auto_class=case.auto_class)
+    assert count_parameters(loaded) == count_parameters(erased)
+
+
+def test_overlapping_or_foreign_operators_are_refused():
+    found = _find("llama")
+    block = next(op for op in found.operators if op.kind == "block" and op.layer == 0)
+    attention = next(op for op in found.operators if op.kind == "attention" and op.layer == 0)
+    with pytest.raises(ValueError, match="erase a block or its parts, not both"):
+        erase_operators(found.model, [block, attention])
+    erased = erase_operators(found.model, [block])
+    with pytest.raises(ValueError, match="has no module 'model.layers.0"):
+        erase_operators(erased, [attention])
+
+
+def _llama_without_attention(layer: int) -> tuple[nn.Module, nn.Module]:
+    """The tiny LLaMA with the attention of `layer` erased, and the same model with that attention zero-masked."""
+    found = _find("llama")
+    op = next(op for op in found.operators if op.kind == "attention" and op.layer == layer)
+    return erase_operators(found.model, [op]), op.zero_(copy.deepcopy(found.model))
+
+
+def test_generate_with_layer_0_attention_erased_gives_the_zero_masked_tokens(tmp_path):
+    """transformers reads the cache's length from layer 0 (`DynamicCache.get_seq_length`): with layer 0's attention
+    erased, the placeholder it writes (one byte per token for keys, one for values) keeps positions and masks right.
+    Greedy tokens equal the zero-masked model's, before and after a save and reload."""
+    erased, masked = _llama_without_attention(0)
+    prompt = torch.tensor([[1, 5, 7, 3, 9], [2, 8, 8, 4, 6]])
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    expected = masked.generate(prompt, **settings)
+    output = erased.generate(prompt, **settings, return_dict_in_generate=True)
+    assert torch.equal(output.sequences, expected)
+    cache = output.past_key_values
+    assert cache.get_seq_length() == expected.shape[1] - 1  # the last token is not fed back
+    assert cache.layers[0].keys.dtype == torch.bool and cache.layers[0].keys.shape[1::2] == (1, 1)
+    assert cache.layers[1].keys.shape[1] == 2  # the layer that kept its attention caches its 2 KV heads
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(save_pruned(erased, tmp_path / "erased"))
+    assert torch.equal(loaded.generate(prompt, **settings), expected)
+
+
+_WITHOUT_OTO_HF = r"""
+import json, sys, torch, transformers
+sys.modules["oto_hf"] = None  # oto_hf must not be importable here
+folder = sys.argv[1]
+model = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+prompt = torch.tensor([[1, 5, 7, 3, 9]])
+tokens = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+print(json.dumps({"tokens": tokens.tolist(), "class": type(model).__name__}))
+"""
+
+
+def test_erased_folder_loads_without_oto_hf(tmp_path):
+    """The folder's remote code (the pruned classes and the stand-ins, `no_op.py`) is all `trust_remote_code` needs."""
+    erased, masked = _llama_without_attention(1)
+    folder = save_pruned(erased, tmp_path / "erased")
+    assert (folder / "no_op.py").exists()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_OTO_HF, str(folder)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = masked.generate(torch.tensor([[1, 5, 7, 3, 9]]), max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert loaded == {"tokens": expected.tolist(), "class": "OTOLlamaForCausalLM"}
