@@ -15,7 +15,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from oto_hf import construct_subnet, discover_groups
 from tests.utils.tiny_models import TEXT
@@ -34,10 +44,14 @@ PROMPT = [[3, 17, 42, 8, 60]]
 
 
 def tiny_llm(name: str) -> PreTrainedModel:
-    """A tiny random LLaMA (untied) or Qwen2 (q/k/v biases, tied embeddings)."""
+    """A tiny random LLaMA (untied), Qwen2 (q/k/v biases, tied embeddings), Qwen3 (QK-norm) or Mistral."""
     torch.manual_seed(0)
     if name == "llama":
         return LlamaForCausalLM(LlamaConfig(**LLM)).eval()
+    if name == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(**LLM, head_dim=4)).eval()
+    if name == "mistral":
+        return MistralForCausalLM(MistralConfig(**LLM, sliding_window=None)).eval()
     model = Qwen2ForCausalLM(Qwen2Config(**LLM, tie_word_embeddings=True)).eval()
     with torch.no_grad():  # Qwen2 initialises its biases to zero; non-zero biases show that they are carried
         for layer in model.model.layers:

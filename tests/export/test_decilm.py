@@ -23,7 +23,7 @@ from tests.export.pruned_llms import (
 from tests.utils.tiny_models import TEXT
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral"])
 def exported(request, tmp_path_factory):
     """(pruned model, its report, what a process without oto_hf loaded from the folder)."""
     root = tmp_path_factory.mktemp("decilm")
@@ -73,7 +73,7 @@ def test_only_attention_is_padded(exported):
     extra_heads, extra_kv, head_dim, hidden = 4 + 2, 2 + 1, 4, TEXT["hidden_size"]
     assert report.padded_flops_per_token == 2 * hidden * head_dim * 2 * (extra_heads + extra_kv)
     assert report.padded_kv_bytes_per_token == 2 * head_dim * extra_kv * 4
-    biases = 0 if pruned.config.model_type == "llama" else head_dim * (extra_heads + 2 * extra_kv)
+    biases = head_dim * (extra_heads + 2 * extra_kv) if pruned.config.model_type == "qwen2" else 0
     assert report.padded_parameters == report.padded_flops_per_token // 2 + biases
     assert any("`intermediate_size` only" in note for note in report.notes)
 

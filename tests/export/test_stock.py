@@ -22,7 +22,7 @@ from tests.export.pruned_llms import (
 from tests.utils.tiny_models import TEXT
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "mistral"])
 def exported(request, tmp_path_factory):
     """(pruned model, its report, the folder reloaded with plain transformers)."""
     pruned = pruned_llm(request.param)
