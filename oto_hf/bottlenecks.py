@@ -21,18 +21,23 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def bottleneck_families(model: nn.Module, groups, example_inputs: Any, seed: int = 0) -> list[FamilyKey]:
+def bottleneck_families(
+    model: nn.Module, groups, example_inputs: Any, seed: int = 0, max_tokens: int = 32
+) -> list[FamilyKey]:
     """Keys of the families whose groups, all zero, make the model's outputs the same for two different inputs.
 
-    The model runs in eval mode, twice per family on `example_inputs` and on a perturbed copy (token ids redrawn,
-    floating inputs re-sampled); weights are restored exactly afterwards. Returns `[]` when the inputs cannot be
-    perturbed or the dense model's outputs do not depend on them.
+    The model runs in eval mode, once per family, on `example_inputs` and a perturbed copy (token ids redrawn,
+    floating inputs re-sampled) batched together; weights are restored exactly afterwards. Which families disconnect
+    the output is a property of the architecture, not of the input's length, so the check runs on the first example
+    cut to its first `max_tokens` tokens (on the full inputs if the model refuses the shorter ones). Returns `[]`
+    when the inputs cannot be perturbed or the dense model's outputs do not depend on them.
 
     Args:
         model (`nn.Module`): the model the groups were discovered on.
         groups (`GroupSet`): its groups.
         example_inputs: inputs as for `discover_groups` (a dict of tensors, a tensor or a tuple).
         seed (`int`, *optional*, defaults to `0`): seed of the perturbation.
+        max_tokens (`int`, *optional*, defaults to `32`): sequence length of the check's inputs.
 
     Example:
     ```python
@@ -40,13 +45,14 @@ def bottleneck_families(model: nn.Module, groups, example_inputs: Any, seed: int
     [(('bert.pooler.dense.bias', 0), ('bert.pooler.dense.weight', 0), ('classifier.weight', 1))]
     ```
     """
-    other = _perturbed(example_inputs, torch.Generator().manual_seed(seed))
-    if other is None:
-        logger.info("No input to perturb: bottleneck families are not checked.")
-        return []
     was_training = model.training
     model.eval()
     try:
+        example_inputs = _runnable_short_inputs(model, example_inputs, max_tokens)
+        other = _perturbed(example_inputs, torch.Generator().manual_seed(seed))
+        if other is None:
+            logger.info("No input to perturb: bottleneck families are not checked.")
+            return []
         if _same(model, example_inputs, other):
             return []
         found = []
@@ -65,11 +71,73 @@ def bottleneck_families(model: nn.Module, groups, example_inputs: Any, seed: int
         model.train(was_training)
 
 
+def _runnable_short_inputs(model: nn.Module, inputs: Any, max_tokens: int) -> Any:
+    """`inputs` cut to one example of at most `max_tokens` tokens, if the model runs on that; else `inputs`."""
+    short = _shortened(inputs, max_tokens)
+    if short is inputs:
+        return inputs
+    try:
+        forward_outputs(model, short)
+    except Exception as error:  # a model that needs its full input shape (e.g. a fixed sequence length)
+        logger.debug("Checking bottlenecks on the full example inputs: the shortened ones fail (%s).", error)
+        return inputs
+    return short
+
+
+def _shortened(inputs: Any, max_tokens: int) -> Any:
+    """The first example of a dict of batched tensors, with (batch, sequence) tensors cut to `max_tokens` tokens.
+
+    Only dicts whose tensors all share the batch size are cut, and the sequence only when every tensor that has the
+    sequence length has it as its second and last dim (ids, masks, positions); otherwise `inputs` is returned.
+    """
+    if not isinstance(inputs, dict) or not inputs:
+        return inputs
+    tensors = {name: value for name, value in inputs.items() if isinstance(value, torch.Tensor) and value.dim() > 0}
+    ids = inputs.get("input_ids")
+    if not tensors or len({value.shape[0] for value in tensors.values()}) != 1:
+        return inputs
+    length = ids.shape[1] if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+    if length is not None and any(
+        length in value.shape[1:] and (value.dim() != 2 or value.shape[1] != length) for value in tensors.values()
+    ):
+        length = None  # e.g. a 4-D attention mask: keep the sequence whole
+    cut = slice(0, max_tokens) if length is not None and length > max_tokens else slice(None)
+
+    def shorten(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return value
+        return value[:1, cut] if value.dim() == 2 and value.shape[1] == length else value[:1]
+
+    short = {name: shorten(value) for name, value in inputs.items()}
+    unchanged = all(
+        not isinstance(value, torch.Tensor) or value.shape == inputs[name].shape for name, value in short.items()
+    )
+    return inputs if unchanged else short
+
+
 def _same(model: nn.Module, first: Any, second: Any) -> bool:
-    """Whether the main output (the first floating tensor: logits, start logits, last hidden state) is unchanged."""
+    """Whether the main output (the first floating tensor: logits, start logits, last hidden state) is unchanged.
+
+    Two dicts of single examples run as one batch of two (the weights are read once); anything else runs twice.
+    """
+    stacked = _stacked(first, second)
+    if stacked is not None:
+        output = forward_outputs(model, stacked)[0][0]
+        if output.dim() > 0 and output.shape[0] == 2:
+            return torch.allclose(output[0], output[1], rtol=1e-5, atol=1e-6)
     output_a = forward_outputs(model, first)[0][0]
     output_b = forward_outputs(model, second)[0][0]
     return output_a.shape == output_b.shape and torch.allclose(output_a, output_b, rtol=1e-5, atol=1e-6)
+
+
+def _stacked(first: Any, second: Any) -> dict[str, Any] | None:
+    """`first` and `second` as one batch, when both are dicts of one-example tensors of equal shapes."""
+    if not isinstance(first, dict) or not isinstance(second, dict) or first.keys() != second.keys():
+        return None
+    tensors = [(first[k], second[k]) for k in first if isinstance(first[k], torch.Tensor)]
+    if not tensors or any(a.dim() == 0 or a.shape[0] != 1 or a.shape != b.shape for a, b in tensors):
+        return None
+    return {k: torch.cat([v, second[k]]) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
 
 
 def _perturbed(inputs: Any, generator: torch.Generator) -> Any:
