@@ -82,8 +82,9 @@ def read_decoder(model: PreTrainedModel, format_name: str) -> Decoder:
     head_dims, widths, erased_attention, erased_ffn = set(), [], [], []
     for index, layer in enumerate(layers):
         attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        erased_attention.append(_is_erased(attention))
-        erased_ffn.append(_is_erased(mlp))
+        whole_block = _is_erased(layer)  # an erased block: the layer passes its input on
+        erased_attention.append(whole_block or _is_erased(attention))
+        erased_ffn.append(whole_block or _is_erased(mlp))
         missing = [] if erased_attention[-1] else [n for n in ATTENTION_PROJECTIONS if not _is_linear(attention, n)]
         missing = [f"self_attn.{n}" for n in missing]
         missing += [] if erased_ffn[-1] else [f"mlp.{n}" for n in MLP_PROJECTIONS if not _is_linear(mlp, n)]

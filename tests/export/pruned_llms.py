@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from oto_hf import construct_subnet, discover_groups
+from oto_hf.erasing import erase_operators, find_operators
 from tests.utils.tiny_models import TEXT
 
 # 8 query heads in 4 KV groups of 2, head_dim 4, FFN 37, 3 layers; a wide init so that greedy tokens vary.
@@ -60,8 +61,9 @@ def tiny_llm(name: str) -> PreTrainedModel:
     return model
 
 
-def pruned_llm(name: str) -> PreTrainedModel:
-    """`tiny_llm(name)` with the groups of `PLAN` zeroed and sliced away by `construct_subnet`."""
+def pruned_llm(name: str, erase: dict[str, int] | None = None) -> PreTrainedModel:
+    """`tiny_llm(name)` with the groups of `PLAN` zeroed and sliced away by `construct_subnet`, then the operators
+    in `erase` (kind -> layer, e.g. `{"attention": 0, "block": 1}`) erased by `erase_operators`."""
     model = tiny_llm(name)
     groups = discover_groups(model)
     ids = []
@@ -69,11 +71,17 @@ def pruned_llm(name: str) -> PreTrainedModel:
         for kind, share in kinds.items():
             members = [group.id for group in groups if group.layer == layer and group.kind == kind]
             ids += members[: round(share * len(members))]
-    return construct_subnet(model, groups, ids)
+    pruned = construct_subnet(model, groups, ids)
+    if not erase:
+        return pruned
+    operators = find_operators(model, groups, verify=False)
+    chosen = [op for op in operators if erase.get(op.kind) == op.layer]
+    assert len(chosen) == len(erase)
+    return erase_operators(pruned, chosen, groups.example_inputs)
 
 
 def widths(model: PreTrainedModel) -> list[tuple[int, int, int]]:
-    """(query heads, KV heads, FFN neurons) of each layer, from module shapes."""
+    """(query heads, KV heads, FFN neurons) of each layer, from module shapes (of a model without erased parts)."""
     found = []
     for layer in model.model.layers:
         attention, head_dim = layer.self_attn, layer.self_attn.head_dim
@@ -110,20 +118,6 @@ def slice_attention(model: PreTrainedModel, layer: int, query_heads: list[int], 
         new.bias.copy_(old.bias)
     attention.o_proj = new
     attention.num_key_value_groups = len(query_heads) // len(kv_heads)
-
-
-class ErasedAttention(nn.Module):
-    """A stand-in for an erased attention sub-block: no parameters, adds nothing to the residual stream."""
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        return torch.zeros_like(hidden_states), None
-
-
-class ErasedMLP(nn.Module):
-    """A stand-in for an erased FFN sub-block."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
 
 
 @torch.no_grad()

@@ -10,8 +10,6 @@ from oto_hf import count_parameters, save_pruned
 from oto_hf.export.decoder import LayerWidths, head_sources, plan_attention
 from oto_hf.saving import export_pruned
 from tests.export.pruned_llms import (
-    ErasedAttention,
-    ErasedMLP,
     greedy,
     logits,
     pruned_llm,
@@ -102,15 +100,17 @@ def test_plan_attention_prefers_copies_to_wider_layouts_and_respects_the_config(
 
 
 @torch.no_grad()
-def test_erased_sub_blocks_are_written_as_zeros(tmp_path):
-    model = tiny_llm("llama")
-    model.model.layers[0].self_attn = ErasedAttention()
-    model.model.layers[2].mlp = ErasedMLP()
+def test_erased_operators_are_written_as_zeros(tmp_path):
+    """Layer 0's attention, layer 1's whole block and layer 2's FFN erased (`erase_operators`) after narrowing: the
+    stock model holds zeros there and computes the same."""
+    model = pruned_llm("llama", erase={"attention": 0, "block": 1, "ffn": 2})
     report = export_pruned(model, tmp_path / "out", format="stock")
     reloaded = AutoModelForCausalLM.from_pretrained(report.path).eval()
-    assert reloaded.model.layers[0].self_attn.q_proj.weight.abs().sum() == 0
-    assert reloaded.model.layers[2].mlp.down_proj.weight.abs().sum() == 0
+    layers = reloaded.model.layers
+    assert layers[0].self_attn.q_proj.weight.abs().sum() == 0 and layers[2].mlp.down_proj.weight.abs().sum() == 0
+    assert sum(p.abs().sum() for p in layers[1].parameters()) == 0
     torch.testing.assert_close(logits(reloaded), logits(model), atol=1e-5, rtol=1e-5)
+    assert greedy(reloaded) == greedy(model)
 
 
 @pytest.mark.parametrize(
