@@ -22,10 +22,13 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
 
     Counted on a meta-device copy (no weights are read or allocated), with one forward per family: the groups of a
     family (e.g. the heads of one layer) cost the same. With query heads nested in KV groups (grouped-query
-    attention), a KV group costs what removing it with its query heads saves, and a query head its share of removing
-    one query head from every KV group of its layer (removing fewer is padded back, `oto_hf.graph.nesting`). The
-    inputs are fake tensors, as under `torch.export`: code that would read a tensor back to the host (transformers'
-    padding and packed-sequence checks) takes its tracing path, which computes the same layers.
+    attention), a query head costs its share of removing one query head from every KV group of its layer (removing
+    fewer is padded back, `oto_hf.graph.nesting`), and a KV group what removing it saves beyond its query heads (its
+    key and value rows): removing a KV group with its query heads saves its cost plus theirs. The prices add up over
+    a set of zero groups: DHSPG zeroes the query heads of a zero KV group too (nothing flows through them any more),
+    and a KV group priced with its query heads would count them twice. The inputs are fake tensors, as under
+    `torch.export`: code that would read a tensor back to the host (transformers' padding and packed-sequence checks)
+    takes its tracing path, which computes the same layers.
 
     Example:
     ```python
@@ -55,11 +58,16 @@ def group_flop_costs(model: nn.Module, groups: GroupSet, example_inputs: Any) ->
         per_group = (dense - flops(smaller)) // len(ids)
         for group in members:
             costs[group.id] = per_group
+    for parent, children in groups.nests().values():
+        if parent is not None:  # `construct_subnet` removed its query heads with it
+            costs[parent.id] -= sum(costs[child.id] for child in children)
     return dense, costs
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
-    if isinstance(model, PreTrainedModel):
+    """The model on the meta device; rebuilt from its config unless it was pruned in memory (its config still holds
+    the dense widths)."""
+    if isinstance(model, PreTrainedModel) and getattr(model, "oto_pruning", None) is None:
         with torch.device("meta"):
             return type(model)(copy.deepcopy(model.config))
     return copy.deepcopy(model).to("meta")

@@ -113,7 +113,8 @@ def test_user_inputs_give_the_same_groups(arch):
 
 def test_flop_costs_are_what_removing_groups_saves(arch):
     """The prices of the default budget (`sparsity_budget="flops"`), counted on meta and fake tensors, equal what the
-    real model computes: the dense FLOPs, and the FLOPs saved by removing a group of two families. Eager attention,
+    real model computes: the dense FLOPs, the FLOPs saved by removing a group of two families, and by removing a KV
+    group with its query heads; a model pruned in memory is priced at its own widths. Eager attention,
     whose matmuls the counter sees on any device; no key-value cache, as in training, where transformers looks for
     packed sequences."""
     model = copy.deepcopy(arch.model)
@@ -124,19 +125,28 @@ def test_flop_costs_are_what_removing_groups_saves(arch):
     dense, costs = group_flop_costs(model, arch.groups, inputs)
     assert dense == count_flops(model, inputs)
     assert len(costs) == len(arch.groups) and min(costs) > 0
-    # Two families that slice no tensor in common: the weights between two that do would be priced in both. Query
-    # heads nested in KV groups are removed one per KV group (fewer would be padded back).
+    # Two families that slice no tensor in common: the weights between two that do would be priced in both. Prices add
+    # up: a KV group with its query heads saves its price plus theirs.
     first, *others = list(arch.groups.families().values())
     tensors = {s.name for s in first[0].slices}
     last = next(members for members in reversed(others) if tensors.isdisjoint(s.name for s in members[0].slices))
-    ids = _removal_unit(first) + _removal_unit(last)
+    ids = _removal_unit(arch.groups, first) + _removal_unit(arch.groups, last)
     smaller = construct_subnet(model, arch.groups, ids, example_inputs=inputs)
     assert dense - count_flops(smaller, inputs) == sum(costs[i] for i in ids)
+    assert group_flop_costs(smaller, GroupSet([]), inputs)[0] == count_flops(smaller, inputs)  # pruned in memory
+    kv = next((members for members in others if members[0].kind == "kv_head"), None)
+    if kv is not None:  # grouped-query attention
+        unit = _removal_unit(arch.groups, kv)
+        smaller = construct_subnet(model, arch.groups, unit, example_inputs=inputs)
+        assert dense - count_flops(smaller, inputs) == sum(costs[i] for i in unit)
 
 
-def _removal_unit(members: list) -> list[int]:
-    """One group of a family, or one query head of each KV group for query heads nested in KV groups."""
-    if members[0].nest is not None and members[0].kind == "head":
+def _removal_unit(groups: GroupSet, members: list) -> list[int]:
+    """One group of a family; for query heads nested in KV groups, one of each KV group (fewer are padded back); for a
+    KV group, with its query heads (removed with it)."""
+    if members[0].kind == "kv_head":
+        return [members[0].id] + [child.id for child in groups.nests()[members[0].nest][1]]
+    if members[0].nest is not None:
         return list({group.nest: group.id for group in reversed(members)}.values())
     return [members[0].id]
 
