@@ -18,6 +18,7 @@ from torch import nn
 
 # Private: `FakeTensorMode` (checked against torch 2.13, pinned by tests/test_private_apis.py).
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 
 from .bottlenecks import _perturbed, _same
@@ -26,8 +27,9 @@ from .graph.groups import GroupSet
 from .graph.operators import Operator, find_branch_operators
 from .models.no_op import ERASED_KEY, replace_module
 from .record import LayerWidths, PruningRecord
-from .stats import count_flops, count_parameters, forward_outputs
+from .stats import count_parameters, forward_outputs
 from .subnet import SubnetMismatchError
+from .utils import as_args_kwargs, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -302,21 +304,34 @@ def _inside(name: str, paths: list[str]) -> bool:
 
 # ---- costs ----------------------------------------------------------------------------------------------------------
 def _price(model: nn.Module, groups: GroupSet, operators: list[Operator], inputs: Any) -> None:
-    """FLOPs each operator's erasing saves (counted on meta and fake tensors), and its key-value cache per token."""
-    meta = copy.deepcopy(model).to("meta")
+    """FLOPs each operator's erasing saves, and its key-value cache per token.
+
+    One forward of a meta copy on fake tensors, counted per module: erasing saves what the replaced modules compute
+    (their stand-ins compute nothing that the counter counts).
+    """
+    meta = _meta_copy(model)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     # Private: `torch.utils._pytree` (checked against torch 2.13, pinned by tests/test_private_apis.py).
     fake = torch.utils._pytree.tree_map(
         lambda t: mode.from_tensor(t.to("meta")) if isinstance(t, torch.Tensor) else t, inputs
     )
-    with mode:
-        dense = count_flops(meta, fake)
+    args, kwargs = as_args_kwargs(fake)
+    counter = FlopCounterMode(display=False)
+    with mode, counter, torch.no_grad(), eval_mode(meta):
+        meta(*args, **kwargs)
+    # Keys are the root's class name and the module path (torch 2.13's module tracker).
+    per_module = {name: sum(counts.values()) for name, counts in counter.get_flop_counts().items()}
+    root = type(model).__name__
     for op in operators:
-        smaller = copy.deepcopy(meta)
-        with mode:
-            erase_operators(smaller, [op], fake, inplace=True, verify=False)
-            op.flops = dense - count_flops(smaller, fake)
+        op.flops = sum(per_module.get(f"{root}.{path}", 0) for path in op.replaced)
         op.kv_cache_bytes_per_token = _kv_bytes(model, groups, op)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` on the meta device, made without copying any weight."""
+    memo = {id(t): torch.empty_like(t, device="meta") for t in [*model.parameters(), *model.buffers()]}
+    memo.update({id(p): nn.Parameter(memo[id(p)], requires_grad=p.requires_grad) for p in model.parameters()})
+    return copy.deepcopy(model, memo)
 
 
 def _kv_bytes(model: nn.Module, groups: GroupSet, op: Operator) -> int:

@@ -145,3 +145,35 @@ def test_erased_folder_loads_without_oto_hf(tmp_path):
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     expected = masked.generate(torch.tensor([[1, 5, 7, 3, 9]]), max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert loaded == {"tokens": expected.tolist(), "class": "OTOLlamaForCausalLM"}
+
+
+@pytest.mark.slow
+def test_smollm2_with_erased_sub_blocks_generates_the_zero_masked_tokens(tmp_path):
+    """The real SmolLM2-135M (`OTO_HF_CACHE`): 30 attention, 30 FFN and 30 block operators (the blocks are whole
+    decoder layers); layer 0's and layer 7's attention, layer 3's FFN and layer 20 as a whole erased give the greedy
+    tokens of the zero-masked model, before and after a save and reload."""
+    import assets
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    folder = assets.fetch_smollm2()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    groups = discover_groups(model, dict(tokenizer("The capital of Italy is", return_tensors="pt")), probe=False)
+    operators = find_operators(model, groups)
+    assert {kind: sum(op.kind == kind for op in operators) for kind in KINDS} == {kind: 30 for kind in KINDS}
+    chosen = [
+        next(op for op in operators if (op.kind, op.layer) == wanted)
+        for wanted in (("attention", 0), ("attention", 7), ("ffn", 3), ("block", 20))
+    ]
+    assert chosen[0].kv_cache_bytes_per_token == 2 * 3 * 64 * 4  # 3 KV heads of 64, float32
+    assert chosen[3].replaced == {"model.layers.20": "identity"}
+    erased = erase_operators(model, chosen, groups.example_inputs)
+    masked = copy.deepcopy(model)
+    for op in chosen:
+        op.zero_(masked)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(save_pruned(erased, tmp_path / "erased"))
+    for prompt in ("The capital of Italy is", "def fibonacci(n):"):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        expected = masked.generate(ids, max_new_tokens=16, do_sample=False)
+        assert torch.equal(erased.generate(ids, max_new_tokens=16, do_sample=False), expected)
+        assert torch.equal(loaded.generate(ids, max_new_tokens=16, do_sample=False), expected)

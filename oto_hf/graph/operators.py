@@ -245,13 +245,10 @@ def find_branch_operators(
     params = {name for name, _ in model.named_parameters()}
     skipped: list[str] = []
     found: list[tuple[Operator, _Branch]] = []
-    used = {name for node, name in graph.tensor_of.items() if graph.consumers(node)}
+    consumers = {name: graph.consumers(node) for node, name in graph.tensor_of.items() if name in numels}
+    used = {name for name, users in consumers.items() if users}
     for branch in _residual_branches(graph):
-        exclusive = sorted(
-            name
-            for node, name in graph.tensor_of.items()
-            if (users := graph.consumers(node)) and users <= branch.nodes and name in numels
-        )
+        exclusive = sorted(name for name, users in consumers.items() if users and users <= branch.nodes)
         members = [g for g in groups if all(s.name in exclusive for s in g.slices)]
         where = f"the branch ending at node '{branch.output.name}'"
         if not members:
