@@ -270,7 +270,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: OT
             metric_source=metric_sentence({metric.name: metric_source}),
         )
         results.update(eval_results=eval_results, report=report, model_card=card)
-        print_summary("OTO on SQuAD", summary_rows(results, model_args, batch, time.perf_counter() - start))
+        data_name = data_args.dataset_name or Path(data_args.train_file).name
+        print_summary(f"OTO on {data_name}", summary_rows(results, model_args, batch, time.perf_counter() - start))
     trainer.accelerator.wait_for_everyone()
     return results
 

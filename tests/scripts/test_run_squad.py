@@ -118,7 +118,7 @@ def test_squad_v1_end_to_end(run_squad, tiny_model_dir, tmp_path, capsys):
         assert (folder / "README.md").is_file() and results["model_card"] is not None
 
     printed = capsys.readouterr().out
-    assert "OTO on SQuAD" in printed and f"saved to    {folder}" in printed
+    assert "OTO on train.json" in printed and f"saved to    {folder}" in printed  # the data it ran on
     assert "dense       EM" in printed and "pruned      EM" in printed and "latency     pruned/dense" in printed
 
 
