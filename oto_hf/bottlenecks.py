@@ -16,6 +16,7 @@ from torch import nn
 
 from .graph.families import FamilyKey
 from .stats import forward_outputs
+from .utils import one_short_example
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def bottleneck_families(
 
 def _runnable_short_inputs(model: nn.Module, inputs: Any, max_tokens: int) -> Any:
     """`inputs` cut to one example of at most `max_tokens` tokens, if the model runs on that; else `inputs`."""
-    short = _shortened(inputs, max_tokens)
+    short = one_short_example(inputs, max_tokens)
     if short is inputs:
         return inputs
     try:
@@ -82,37 +83,6 @@ def _runnable_short_inputs(model: nn.Module, inputs: Any, max_tokens: int) -> An
         logger.debug("Checking bottlenecks on the full example inputs: the shortened ones fail (%s).", error)
         return inputs
     return short
-
-
-def _shortened(inputs: Any, max_tokens: int) -> Any:
-    """The first example of a dict of batched tensors, with (batch, sequence) tensors cut to `max_tokens` tokens.
-
-    Only dicts whose tensors all share the batch size are cut, and the sequence only when every tensor that has the
-    sequence length has it as its second and last dim (ids, masks, positions); otherwise `inputs` is returned.
-    """
-    if not isinstance(inputs, dict) or not inputs:
-        return inputs
-    tensors = {name: value for name, value in inputs.items() if isinstance(value, torch.Tensor) and value.dim() > 0}
-    ids = inputs.get("input_ids")
-    if not tensors or len({value.shape[0] for value in tensors.values()}) != 1:
-        return inputs
-    length = ids.shape[1] if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
-    if length is not None and any(
-        length in value.shape[1:] and (value.dim() != 2 or value.shape[1] != length) for value in tensors.values()
-    ):
-        length = None  # e.g. a 4-D attention mask: keep the sequence whole
-    cut = slice(0, max_tokens) if length is not None and length > max_tokens else slice(None)
-
-    def shorten(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor) or value.dim() == 0:
-            return value
-        return value[:1, cut] if value.dim() == 2 and value.shape[1] == length else value[:1]
-
-    short = {name: shorten(value) for name, value in inputs.items()}
-    unchanged = all(
-        not isinstance(value, torch.Tensor) or value.shape == inputs[name].shape for name, value in short.items()
-    )
-    return inputs if unchanged else short
 
 
 def _same(model: nn.Module, first: Any, second: Any) -> bool:

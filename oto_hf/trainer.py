@@ -27,7 +27,7 @@ from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet
 from .training_args import OTOTrainingArguments, training_settings
-from .utils import device_of, eval_mode, to_device
+from .utils import device_of, eval_mode, one_short_example, to_device
 
 logger = get_logger(__name__)
 
@@ -45,8 +45,9 @@ class OTOTrainer(Trainer):
         model (`PreTrainedModel` or `nn.Module`): the model to train and prune.
         args (`OTOTrainingArguments` or `TrainingArguments`, *optional*): plain `TrainingArguments` are upgraded with
             the OTO defaults; `None` writes to `<model name>-oto`.
-        groups (`GroupSet`, *optional*): groups to prune; discovered from the model (traced on one training example
-            when a train dataset is given, else on inputs derived from its config) when omitted.
+        groups (`GroupSet`, *optional*): groups to prune; discovered from the model when omitted (traced on the
+            first training example cut to 32 tokens when a train dataset is given, else on inputs derived from its
+            config). FLOPs are priced on the whole example.
         example_inputs (*optional*): inputs for tracing and FLOP counts, overriding the above.
         teacher (`nn.Module`, *optional*): the teacher for distillation, overriding `args.distillation`'s source.
         **kwargs: every other `Trainer` argument (datasets, collator, `processing_class`, callbacks, ...).
@@ -87,11 +88,12 @@ class OTOTrainer(Trainer):
             # upstream: huggingface/transformers#47688 (heads that declare **kwargs but drop the count).
             self.model_accepts_loss_kwargs = False
         self.example_inputs = example_inputs if example_inputs is not None else self._example_batch()
-        self.groups = (
-            groups
-            if groups is not None
-            else discover_groups(self.model, self.example_inputs, prune_kinds=args.prune_kinds)
-        )
+        if groups is None:
+            # Groups are a property of the architecture: a training example cut to a few tokens finds the same ones
+            # much faster than a full block (label propagation scales with the activations' size).
+            traced = self.example_inputs if example_inputs is not None else one_short_example(self.example_inputs, 32)
+            groups = discover_groups(self.model, traced, prune_kinds=args.prune_kinds)
+        self.groups = groups
         self.dense_params = count_parameters(self.model)
         try:
             self.dense_flops, self.group_flops = group_flop_costs(self.model, self.groups, self.example_inputs)

@@ -1,4 +1,5 @@
-"""Small helpers shared across oto_hf: eval mode, example inputs as call arguments, and moving inputs to a device."""
+"""Small helpers shared across oto_hf: eval mode, example inputs as call arguments (and cut to one short example),
+and moving inputs to a device."""
 
 from __future__ import annotations
 
@@ -47,3 +48,34 @@ def to_device(inputs: Any, device: torch.device | str) -> Any:
     """`inputs` with every tensor in it (nested in dicts, lists, tuples) moved to `device`."""
     # Private: `torch.utils._pytree` (checked against torch 2.13, pinned by tests/test_private_apis.py).
     return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, inputs)
+
+
+def one_short_example(inputs: Any, max_tokens: int) -> Any:
+    """The first example of a dict of batched tensors, with (batch, sequence) tensors cut to `max_tokens` tokens.
+
+    Only dicts whose tensors all share the batch size are cut, and the sequence only when every tensor that has the
+    sequence length has it as its second and last dim (ids, masks, positions); otherwise `inputs` is returned.
+    """
+    if not isinstance(inputs, dict) or not inputs:
+        return inputs
+    tensors = {name: value for name, value in inputs.items() if isinstance(value, torch.Tensor) and value.dim() > 0}
+    ids = inputs.get("input_ids")
+    if not tensors or len({value.shape[0] for value in tensors.values()}) != 1:
+        return inputs
+    length = ids.shape[1] if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+    if length is not None and any(
+        length in value.shape[1:] and (value.dim() != 2 or value.shape[1] != length) for value in tensors.values()
+    ):
+        length = None  # e.g. a 4-D attention mask: keep the sequence whole
+    cut = slice(0, max_tokens) if length is not None and length > max_tokens else slice(None)
+
+    def shorten(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return value
+        return value[:1, cut] if value.dim() == 2 and value.shape[1] == length else value[:1]
+
+    short = {name: shorten(value) for name, value in inputs.items()}
+    unchanged = all(
+        not isinstance(value, torch.Tensor) or value.shape == inputs[name].shape for name, value in short.items()
+    )
+    return inputs if unchanged else short

@@ -309,3 +309,26 @@ def test_create_model_card_writes_the_card_of_the_pruned_folder(tmp_path):
 
     with pytest.raises(ValueError, match="has no config.json"):  # a given folder must be one save_pruned wrote
         trainer.create_model_card(output_dir=tmp_path / "run")
+
+
+def test_groups_are_traced_on_a_short_example_and_flops_priced_on_the_whole_one(monkeypatch, tmp_path):
+    import oto_hf.trainer as trainer_module
+
+    traced = []
+    discover = trainer_module.discover_groups
+    monkeypatch.setattr(
+        trainer_module,
+        "discover_groups",
+        lambda model, inputs, **kw: traced.append(inputs) or discover(model, inputs, **kw),
+    )
+    model = tiny_model(dropout=0.0)
+    dataset = TinyClassification(size=4, length=40)
+    trainer = OTOTrainer(model, tiny_args(str(tmp_path)), train_dataset=dataset)
+    assert traced[0]["input_ids"].shape == (1, 32) and trainer.example_inputs["input_ids"].shape == (1, 40)
+    on_whole = discover(model, trainer.example_inputs)  # the same groups as on the whole example
+
+    def listed(groups):
+        return [[(name, dim, indices.tolist()) for name, dim, indices in group.slices] for group in groups]
+
+    assert listed(trainer.groups) == listed(on_whole)
+    assert trainer.dense_flops > 0
