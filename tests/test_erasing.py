@@ -8,41 +8,20 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 import torch
 import transformers
 from torch import nn
 
-from oto_hf import GroupSet, construct_subnet, count_parameters, discover_groups, save_pruned
+from oto_hf import construct_subnet, count_parameters, discover_groups, save_pruned
 from oto_hf.erasing import erase_operators, find_operators
-from oto_hf.graph.operators import Operator
 from oto_hf.models.no_op import ERASED_KEY, ErasedModule
 from tests.utils.asserts import assert_save_load_roundtrip, masked_copy, max_output_diff, random_nonuniform_ids
-from tests.utils.tiny_models import CASES, CASES_BY_NAME
+from tests.utils.operators import found_operators
+from tests.utils.tiny_models import CASES
 
 KINDS = ("attention", "ffn", "block")
-
-
-@dataclass
-class Found:
-    model: nn.Module
-    groups: GroupSet
-    operators: list[Operator]
-
-
-_found: dict[str, Found] = {}
-
-
-def _find(name: str) -> Found:
-    """Each architecture's operators, found once for the module (structure only: erasing them here checks them)."""
-    if name not in _found:
-        torch.manual_seed(0)
-        model = CASES_BY_NAME[name].build().eval()
-        groups = discover_groups(model)
-        _found[name] = Found(model, groups, find_operators(model, groups, verify=False))
-    return _found[name]
 
 
 # The kinds each architecture has (test_operators.py checks the counts): ALBERT's shared layer and ConvNeXt's layer
@@ -62,7 +41,7 @@ def test_erased_model_equals_the_zero_masked_model_and_reloads(case, kind, tmp_p
     """Narrow the other families non-uniformly, then erase the last operator of `kind`: the result has the operator's
     (narrowed) parameters fewer, equals the model with both the groups and the operator's tensors at zero, and
     reloads with the Auto class (the config lists the erased modules)."""
-    found = _find(case.name)
+    found = found_operators(case.name)
     op = [op for op in found.operators if op.kind == kind][-1]
     members = set(op.group_ids)
     ids = [i for i in random_nonuniform_ids(found.groups, seed=3) if i not in members]
@@ -80,7 +59,7 @@ def test_erased_model_equals_the_zero_masked_model_and_reloads(case, kind, tmp_p
 
 
 def test_overlapping_or_foreign_operators_are_refused():
-    found = _find("llama")
+    found = found_operators("llama")
     block = next(op for op in found.operators if op.kind == "block" and op.layer == 0)
     attention = next(op for op in found.operators if op.kind == "attention" and op.layer == 0)
     with pytest.raises(ValueError, match="erase a block or its parts, not both"):
@@ -92,7 +71,7 @@ def test_overlapping_or_foreign_operators_are_refused():
 
 def _llama_without_attention(layer: int) -> tuple[nn.Module, nn.Module]:
     """The tiny LLaMA with the attention of `layer` erased, and the same model with that attention zero-masked."""
-    found = _find("llama")
+    found = found_operators("llama")
     op = next(op for op in found.operators if op.kind == "attention" and op.layer == layer)
     return erase_operators(found.model, [op]), op.zero_(copy.deepcopy(found.model))
 

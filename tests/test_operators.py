@@ -4,17 +4,15 @@ each holds and costs."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import pytest
-import torch
-from torch import nn
 
-from oto_hf import GroupSet, SubnetMismatchError, count_flops, discover_groups
+from oto_hf import SubnetMismatchError, count_flops
 from oto_hf.erasing import erase_operators, find_operators
 from oto_hf.graph.export import export_model
 from oto_hf.graph.operators import Operator, find_branch_operators
-from tests.utils.tiny_models import CASE_IDS, CASES, CASES_BY_NAME
+from tests.utils.operators import Found, found_operators
+from tests.utils.tiny_models import CASE_IDS
 
 TRANSFORMER_LAYERS = {"swin": 3, "albert": 0}  # numbered layers holding an attention and an FFN operator, if not 2
 # Operators of the architectures that are not stacks of attention and FFN sub-blocks, per kind.
@@ -30,19 +28,9 @@ OTHER = {
 }
 
 
-@dataclass
-class Found:
-    model: nn.Module
-    groups: GroupSet
-    operators: list[Operator]
-
-
-@pytest.fixture(scope="module", params=CASES, ids=CASE_IDS)
+@pytest.fixture(params=CASE_IDS)
 def found(request) -> Found:
-    torch.manual_seed(0)
-    model = request.param.build().eval()
-    groups = discover_groups(model)
-    return Found(model, groups, find_operators(model, groups))
+    return found_operators(request.param)
 
 
 def _kinds(operators: list[Operator]) -> dict[str, int]:
@@ -68,8 +56,7 @@ def test_the_branch_holds_its_own_tensors_only():
     """BERT is post-norm: the LayerNorm after the add is not in the branch (erasing makes the add an identity before
     it), the output projection's bias is. LLaMA is pre-norm: the norm that feeds only the branch is in it, and a whole
     block (both sub-blocks and their adds) is one module that returns its input."""
-    bert = CASES_BY_NAME["bert"].build().eval()
-    operators = find_operators(bert, discover_groups(bert))
+    operators = found_operators("bert").operators
     attention = next(op for op in operators if op.kind == "attention" and op.layer == 0)
     assert attention.extra_params == ["bert.encoder.layer.0.attention.output.dense.bias"]
     assert not any("LayerNorm" in name for name in attention.tensors)
@@ -78,8 +65,7 @@ def test_the_branch_holds_its_own_tensors_only():
         "bert.encoder.layer.0.attention.output.dense",
     }
 
-    llama = CASES_BY_NAME["llama"].build().eval()
-    operators = find_operators(llama, discover_groups(llama))
+    operators = found_operators("llama").operators
     attention = next(op for op in operators if op.kind == "attention" and op.layer == 1)
     assert attention.extra_params == ["model.layers.1.input_layernorm.weight"]
     block = next(op for op in operators if op.kind == "block" and op.layer == 1)
@@ -108,18 +94,15 @@ def test_costs_are_what_erasing_saves(found):
 
 def test_kv_cache_bytes_per_token():
     """Keys and values of each KV head (GQA: 2 for 4 query heads), head_dim 8, float32; encoders cache nothing."""
-    llama = CASES_BY_NAME["llama"].build().eval()
-    by_kind = {op.kind: op for op in find_operators(llama, discover_groups(llama))}
+    by_kind = {op.kind: op for op in found_operators("llama").operators}
     assert by_kind["attention"].kv_cache_bytes_per_token == 2 * 2 * 8 * 4
     assert by_kind["block"].kv_cache_bytes_per_token == 2 * 2 * 8 * 4
     assert by_kind["ffn"].kv_cache_bytes_per_token == 0
-    bert = CASES_BY_NAME["bert"].build().eval()
-    assert all(op.kv_cache_bytes_per_token == 0 for op in find_operators(bert, discover_groups(bert)))
+    assert all(op.kv_cache_bytes_per_token == 0 for op in found_operators("bert").operators)
 
 
 def test_a_shared_layer_is_not_an_operator_and_says_why():
-    albert = CASES_BY_NAME["albert"].build().eval()
-    groups = discover_groups(albert)
+    albert, groups = found_operators("albert").model, found_operators("albert").groups
     operators, skipped = find_branch_operators(export_model(albert, groups.example_inputs), groups, albert)
     assert operators == [] and skipped
     assert all("no group lies wholly inside it" in reason for reason in skipped)
@@ -129,8 +112,7 @@ def test_erasing_refuses_what_is_not_the_zero_masked_model():
     """The check of `erase_operators` (which `find_operators` uses to keep only exact operators): an operator whose
     keys, values and output projection are left out of what it zeroes does not add zero, so replacing its modules
     changes the model."""
-    llama = CASES_BY_NAME["llama"].build().eval()
-    operators = find_operators(llama, discover_groups(llama), verify=False)
+    llama, operators = found_operators("llama").model, found_operators("llama").operators
     broken = copy.deepcopy(operators[0])
     broken.tensors = [name for name in broken.tensors if "q_proj" in name]  # keys, values, output left as they are
     with pytest.raises(SubnetMismatchError, match="differs from the zero-masked model"):

@@ -3,14 +3,15 @@ greedy choice of the cheapest units per importance under narrowing limits that d
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from oto_hf import discover_groups, find_operators
 from oto_hf.graph.groups import TensorSlice, ZeroInvariantGroup
 from oto_hf.graph.operators import Operator
 from oto_hf.optim.h2spg import UnitImportance, choose_units, operator_costs_in
-from tests.utils.tiny_models import CASES_BY_NAME
+from tests.utils.operators import found_operators
 
 
 def _loss(model, inputs, scales=None):
@@ -24,10 +25,8 @@ def _loss(model, inputs, scales=None):
 def test_importance_is_the_squared_gradient_of_a_mask_on_the_unit():
     """An operator's importance is `(d loss / d m)^2` for one mask `m` on all its tensors (not the sum of its groups'
     importances); a group's is the same with a mask on its slices only."""
-    torch.manual_seed(0)
-    model = CASES_BY_NAME["llama"].build().eval()
-    groups = discover_groups(model)
-    operators = find_operators(model, groups, verify=False)
+    found = found_operators("llama")
+    model, groups, operators = copy.deepcopy(found.model), found.groups, found.operators
     inputs = groups.example_inputs
     meter = UnitImportance(model, groups, operators)
     _loss(model, inputs).backward()
