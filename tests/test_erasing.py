@@ -156,3 +156,19 @@ def test_smollm2_with_erased_sub_blocks_generates_the_zero_masked_tokens(tmp_pat
         expected = masked.generate(ids, max_new_tokens=16, do_sample=False)
         assert torch.equal(erased.generate(ids, max_new_tokens=16, do_sample=False), expected)
         assert torch.equal(loaded.generate(ids, max_new_tokens=16, do_sample=False), expected)
+
+
+def test_the_pruning_record_tells_what_was_erased():
+    """After narrowing then erasing layer 0's FFN: that family keeps no neuron in the record, the other families keep
+    what narrowing left, no recorded shape names an erased tensor, and the sizes are those of the whole pruning."""
+    found = found_operators("llama")
+    ffn = next(op for op in found.operators if op.kind == "ffn" and op.layer == 0)
+    ids = [i for i in random_nonuniform_ids(found.groups, seed=3) if i not in set(ffn.group_ids)]
+    narrowed = construct_subnet(found.model, found.groups, ids)
+    erased = erase_operators(narrowed, [ffn])
+    record, before = erased.oto_pruning, narrowed.oto_pruning
+    kept = {(w.kind, w.layer): w.kept for w in record.layers}
+    assert kept == {**{(w.kind, w.layer): w.kept for w in before.layers}, ("neuron", 0): 0}
+    assert not any(name.startswith("model.layers.0.mlp.") for name in record.tensor_shapes)
+    assert record.params_before == before.params_before == count_parameters(found.model)
+    assert record.params_after == count_parameters(erased) < before.params_after

@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
-from oto_hf import SubnetMismatchError, count_flops
+from oto_hf import SubnetMismatchError, count_flops, discover_groups
 from oto_hf.erasing import erase_operators, find_operators
 from oto_hf.graph.export import export_model
 from oto_hf.graph.operators import Operator, find_branch_operators
 from tests.utils.operators import Found, found_operators
-from tests.utils.tiny_models import CASE_IDS
+from tests.utils.tiny_models import CASE_IDS, CASES_BY_NAME
 
 TRANSFORMER_LAYERS = {"swin": 3, "albert": 0}  # numbered layers holding an attention and an FFN operator, if not 2
 # Operators of the architectures that are not stacks of attention and FFN sub-blocks, per kind.
@@ -117,3 +118,15 @@ def test_erasing_refuses_what_is_not_the_zero_masked_model():
     broken.tensors = [name for name in broken.tensors if "q_proj" in name]  # keys, values, output left as they are
     with pytest.raises(SubnetMismatchError, match="differs from the zero-masked model"):
         erase_operators(llama, [broken])
+
+
+def test_operators_of_a_model_on_the_meta_device():
+    """A model built on the meta device (a large model without its weights) has the same operators and prices; only
+    the check by erasing, which needs values, is skipped."""
+    with torch.device("meta"):
+        meta = CASES_BY_NAME["llama"].build().eval()
+    operators = find_operators(meta, discover_groups(meta))
+    expected = found_operators("llama").operators
+    assert [(op.kind, op.layer, op.replaced, op.num_params, op.flops) for op in operators] == [
+        (op.kind, op.layer, op.replaced, op.num_params, op.flops) for op in expected
+    ]
