@@ -9,11 +9,9 @@ every KV group of a layer. `plan_removal` turns the groups asked for into groups
   query heads asked for as *padding*. Padding heads are zero (construction zeroes every group asked for), so they
   add exactly nothing; they are recorded (`LayerWidths.padded`).
 
-The optimizer is not steered by this: DHSPG treats query heads and KV groups as independent groups, priced by
-`oto_hf.group_flop_costs` so that the prices of a KV group and its query heads add up. A trained model can hold query
-heads zero unevenly across the KV groups of a layer: they are padded back, and the budget counted them as removed, so
-the built model removes somewhat less than the budget says (`LayerWidths.padded` shows how many). Removals implied by
-the plan (the query heads of a zero KV group, a KV group whose query heads are all zero) go the other way.
+DHSPG (`oto_hf.optim.nesting`) zeroes, at its deadline, the query heads that even out the KV groups of each layer, so
+a trained model is built without padding, unless a layer's quota (`min_heads_per_layer`) leaves no room. Its FLOP
+prices (`oto_hf.group_flop_costs`) add up over a KV group and its query heads.
 """
 
 from __future__ import annotations

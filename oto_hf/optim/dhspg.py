@@ -22,6 +22,7 @@ from .events import choose_redundant_set, deadline_projection, mark_next_quota
 from .families import FamilyConstraints, GroupFamily
 from .group_state import GroupState
 from .group_stats import Scratch, importance_rows, importance_statistics, pruning_statistics
+from .nesting import QueryHeadNests
 from .packed_index import GroupIndex, extend
 from .penalty import LambdaRule, apply_step, penalise
 from .schedule import PruningSchedule
@@ -217,6 +218,7 @@ class DHSPG(Optimizer):
         device = self._index.device
         self._families = FamilyConstraints.from_settings(groups, self._budget, settings, never_empty).to(device)
         self._budget = self._families.planned_budget(self._budget)
+        self._nests = QueryHeadNests.from_groups(groups)
         self._costs = self._budget.costs.to(device)
         self._numel = self._index.group_numel
 
@@ -521,6 +523,7 @@ class DHSPG(Optimizer):
             chosen = deadline_projection(
                 zero, scores, self._groups.redundant, self._families, self._budget, self.sync_ranks, step
             )
+            chosen = self._nests.even_out(zero, chosen, scores, self._families)
             zero = zero | chosen
             self._groups.num_forced = int(chosen.sum())
             self._groups.final_num_zero_groups = int(zero.sum())
