@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from oto_hf import SubnetMismatchError, count_flops, discover_groups
 from oto_hf.erasing import erase_operators, find_operators
@@ -130,3 +131,28 @@ def test_operators_of_a_model_on_the_meta_device():
     assert [(op.kind, op.layer, op.replaced, op.num_params, op.flops) for op in operators] == [
         (op.kind, op.layer, op.replaced, op.num_params, op.flops) for op in expected
     ]
+
+
+class _OnlyThroughTheBranch(nn.Module):
+    """`y = s + mlp(s + h)` with `s = 0 * h`: a residual branch whose skip carries nothing, so erasing it would leave
+    the output constant (and equal to the zero-masked model's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 8)
+        self.up, self.down = nn.Linear(8, 5), nn.Linear(5, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        s = h * 0
+        return s + self.down(torch.relu(self.up(s + h)))
+
+
+def test_a_branch_whose_erasing_disconnects_the_output_is_not_erasable():
+    torch.manual_seed(0)
+    model = _OnlyThroughTheBranch().eval()
+    inputs = (torch.randn(2, 8),)  # a tuple: `GroupSet` cannot hold a bare tensor as its example inputs
+    groups = discover_groups(model, inputs)
+    structural, _ = find_branch_operators(export_model(model, inputs), groups, model)
+    assert [op.kind for op in structural] == ["ffn"]
+    assert find_operators(model, groups, inputs) == []
