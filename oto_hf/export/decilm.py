@@ -78,6 +78,9 @@ def write_decilm(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -
                 f"format='decilm': layer {index} has no FFN neurons but its down_proj bias is not zero; a no-op FFN "
                 "cannot hold that bias. Save with `format='auto'` or `format='stock'`."
             )
+    zero_attention = _first_ffn_before_attention(attention_no_op, ffn_no_op)
+    if zero_attention is not None:
+        attention_no_op[zero_attention] = False
     active = [w for w, no_op in zip(decoder.widths, attention_no_op) if not no_op]
     if not active:
         raise ValueError("format='decilm': every layer's attention is empty; engines need one attention layer.")
@@ -99,7 +102,14 @@ def write_decilm(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -
             state.update(padded_layer_tensors(decoder, index, heads, kv_heads, None))
     state = {key: t for key, t in state.items() if not decoder.in_sub_blocks(key, attention_no_op, ffn_no_op)}
     config = DeciLMConfig(**_config_values(model, decoder, heads, blocks))
-    exported = build_from_state(DeciLMForCausalLM, config, state, model)
+    forced = [index == zero_attention for index in range(len(decoder.layers))]
+    exported = build_from_state(
+        DeciLMForCausalLM,
+        config,
+        state,
+        model,
+        zero_fill=lambda key: decoder.in_sub_blocks(key, forced, [False] * len(forced)),
+    )
     entries, totals = padding_cost(decoder, written, model, exported)
     check_same_logits(model, exported, "decilm")
     exported.save_pretrained(staging)
@@ -111,6 +121,11 @@ def write_decilm(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -
     notes = [f"DeciLMForCausalLM: {heads} query heads and {kv_heads} KV heads in every attention layer"]
     if any(attention_no_op):
         notes.append(f"no-op attention in layers {[i for i, no_op in enumerate(attention_no_op) if no_op]}")
+    if zero_attention is not None:
+        notes.append(
+            f"layer {zero_attention}'s empty attention is written as zero heads, not a no-op: vLLM's DeciLM layer "
+            "(0.32, nemotron_nas.py) starts the residual stream in the first attention and fails on an FFN before it"
+        )
     if any(ffn_no_op):
         notes.append(f"no-op FFN in layers {[i for i, no_op in enumerate(ffn_no_op) if no_op]}")
     off_grid = [i for i, w in enumerate(decoder.widths) if w.ffn % FFN_MULT_GRID]
@@ -121,6 +136,16 @@ def write_decilm(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -
             "read only `ffn_mult` (train with a 256 grid for those)"
         )
     return ExportReport(format="decilm", padded=entries, notes=notes, **totals)
+
+
+def _first_ffn_before_attention(attention_no_op: list[bool], ffn_no_op: list[bool]) -> int | None:
+    """The layer whose FFN would run before any attention (its own attention a no-op), if there is one."""
+    for index, (attention, ffn) in enumerate(zip(attention_no_op, ffn_no_op)):
+        if not attention:
+            return None
+        if not ffn:
+            return index
+    return None
 
 
 def _check_architecture(model: PreTrainedModel) -> None:

@@ -76,19 +76,37 @@ def test_only_attention_is_padded(exported):
 
 
 def test_erased_operators_are_no_ops_and_generate_uses_the_cache(tmp_path):
-    """Layer 0 without attention (the cache still counts its tokens), layer 1 without its block, layer 2 without FFN
-    (`erase_operators` after narrowing): no-op sub-blocks without weights, the same logits and greedy tokens."""
+    """Layer 1's block and layer 2's FFN erased after narrowing (`erase_operators`): no-op sub-blocks without
+    weights. Layer 0's erased attention comes before its FFN, which vLLM's DeciLM layer cannot run (it starts the
+    residual stream in the first attention), so it is written as zero heads. The same logits and greedy tokens."""
     model = pruned_llm("llama", erase={"attention": 0, "block": 1, "ffn": 2})
     report = export_pruned(model, tmp_path / "out", format="decilm")
     blocks = json.loads((report.path / "config.json").read_text())["block_configs"]
     no_op_attention = {"no_op": True, "replace_with_linear": False, "n_heads_in_group": None}
     no_op_ffn = {"no_op": True, "replace_with_linear": False, "ffn_mult": None}
-    assert [block["attention"] == no_op_attention for block in blocks] == [True, True, False]
+    assert [block["attention"] == no_op_attention for block in blocks] == [False, True, False]
+    assert blocks[0]["attention"]["n_heads_in_group"] == 2
     assert [block["ffn"] == no_op_ffn for block in blocks] == [False, True, True]
+    assert any("layer 0's empty attention is written as zero heads" in note for note in report.notes)
+    # Layer 2 keeps 6 query and 3 KV heads (head_dim 4): layer 0 gets as many zero heads, and its norm back.
+    assert {(p.layer, p.kind): (p.kept, p.written) for p in report.padded} == {
+        (0, "heads"): (0, 6),
+        (0, "kv_heads"): (0, 3),
+    }
+    hidden = TEXT["hidden_size"]
+    assert report.padded_parameters == hidden * 4 * (6 + 3 + 3 + 6) + hidden
     loaded = load_without_oto_hf(report.path, tmp_path / "modules")
     torch.testing.assert_close(torch.tensor(loaded["logits"]), logits(model), atol=1e-5, rtol=1e-5)
     assert loaded["tokens"] == greedy(model)
-    assert report.padded == [] and report.padded_parameters == 0  # the one attention left is written as it is
+
+
+def test_a_first_erased_block_stays_a_no_op_and_the_next_lone_ffn_gets_zero_heads(tmp_path):
+    """Layer 0 erased whole passes the stream on (vLLM too); layer 1's FFN would be the first before an attention."""
+    model = pruned_llm("llama", erase={"block": 0, "attention": 1})
+    report = export_pruned(model, tmp_path / "out", format="decilm")
+    blocks = json.loads((report.path / "config.json").read_text())["block_configs"]
+    assert [block["attention"]["no_op"] for block in blocks] == [True, False, False]
+    assert [block["ffn"]["no_op"] for block in blocks] == [True, False, False]
 
 
 @pytest.mark.parametrize(("width", "hidden_size"), [(256, 576), (512, 576), (1536, 576), (11008, 4096), (14336, 4096)])
