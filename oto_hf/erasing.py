@@ -2,8 +2,8 @@
 
 `find_operators` lists the attention sub-blocks, FFN sub-blocks and whole blocks of a model that the traced graph shows
 to be residual branches (`oto_hf/graph/operators.py`), each checked by erasing it. `erase_operators` replaces their
-modules with stand-ins that compute nothing (`oto_hf/models/no_op.py`) and checks that the result computes what the
-model computes with the operators' tensors at zero.
+modules with stand-ins that hold no parameters and return zeros (`oto_hf/models/no_op.py`), and checks that the result
+computes what the model computes with the operators' tensors at zero.
 """
 
 from __future__ import annotations
@@ -116,19 +116,20 @@ def erase_operators(
         )
     saved = {path: modules[path] for op in operators for path in op.replaced}
     params = dict(result.named_parameters(remove_duplicate=False))
-    values = {name: params[name].detach().clone() for op in operators for name in op.tensors if name in params}
+    names = [name for op in operators for name in op.tensors if name in params]
+    values = {name: params[name].detach().clone() for name in names} if inplace else {}
     params_before = count_parameters(result)
-    for op in operators:
-        op.zero_(result)
-    reference = forward_outputs(result, inputs)[0] if verify else None
-    specs = _record_specs(result, operators, inputs)
-    for path, spec in specs.items():
-        replace_module(result, path, spec)
     try:
+        for op in operators:
+            op.zero_(result)
+        reference = forward_outputs(result, inputs)[0] if verify else None
+        specs = _record_specs(result, operators, inputs)
+        for path, spec in specs.items():
+            replace_module(result, path, spec)
         if reference is not None:
             _compare(reference, forward_outputs(result, inputs)[0], atol)
-    except SubnetMismatchError:
-        if inplace:
+    except Exception:
+        if inplace:  # leave the model as it was
             _restore(result, saved, params, values)
         raise
     _write_config(result, operators, specs)
@@ -237,7 +238,7 @@ def _spec(path: str, module: nn.Module, mode: str, args: tuple, kwargs: dict, ou
     if where is None:
         where = next((k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None)
     first = output[0] if isinstance(output, tuple) and output else output
-    if where is None or not isinstance(first, torch.Tensor) or (isinstance(output, dict)):
+    if where is None or not isinstance(first, torch.Tensor) or isinstance(output, dict):
         raise ValueError(f"Module {path!r} takes or returns no plain tensor; it cannot be erased.")
     reference = args[where] if isinstance(where, int) else kwargs[where]
     same_rank = reference.dim() == first.dim()
@@ -285,7 +286,8 @@ def _update_record(model: nn.Module, operators: list[Operator], params_before: i
         name: values for name, values in record.module_attributes.items() if not _inside(name + ".", replaced)
     }
     for op in operators:
-        kinds = {"attention": ["head"], "ffn": ["neuron", "channel"], "block": ["head", "neuron", "channel"]}[op.kind]
+        attention, ffn = ["head", "kv_head"], ["neuron", "channel"]
+        kinds = {"attention": attention, "ffn": ffn, "block": attention + ffn}[op.kind]
         matched = [w for w in record.layers if w.kind in kinds and w.layer == op.layer and w.module == op.module]
         for widths in matched:
             widths.kept = 0

@@ -160,7 +160,8 @@ def test_smollm2_with_erased_sub_blocks_generates_the_zero_masked_tokens(tmp_pat
 
 def test_the_pruning_record_tells_what_was_erased():
     """After narrowing then erasing layer 0's FFN: that family keeps no neuron in the record, the other families keep
-    what narrowing left, no recorded shape names an erased tensor, and the sizes are those of the whole pruning."""
+    what narrowing left, no recorded shape names an erased tensor, and the sizes are those of the whole pruning.
+    Erasing layer 1 as a whole then empties its query heads, KV heads and neurons."""
     found = found_operators("llama")
     ffn = next(op for op in found.operators if op.kind == "ffn" and op.layer == 0)
     ids = [i for i in random_nonuniform_ids(found.groups, seed=3) if i not in set(ffn.group_ids)]
@@ -172,3 +173,6 @@ def test_the_pruning_record_tells_what_was_erased():
     assert not any(name.startswith("model.layers.0.mlp.") for name in record.tensor_shapes)
     assert record.params_before == before.params_before == count_parameters(found.model)
     assert record.params_after == count_parameters(erased) < before.params_after
+    block = next(op for op in found.operators if op.kind == "block" and op.layer == 1)
+    kept = {(w.kind, w.layer): w.kept for w in erase_operators(erased, [block]).oto_pruning.layers}
+    assert {kind: kept[(kind, 1)] for kind in ("head", "kv_head", "neuron")} == {"head": 0, "kv_head": 0, "neuron": 0}

@@ -113,12 +113,17 @@ def test_a_shared_layer_is_not_an_operator_and_says_why():
 def test_erasing_refuses_what_is_not_the_zero_masked_model():
     """The check of `erase_operators` (which `find_operators` uses to keep only exact operators): an operator whose
     keys, values and output projection are left out of what it zeroes does not add zero, so replacing its modules
-    changes the model."""
+    changes the model. In place, the model is left as it was."""
     llama, operators = found_operators("llama").model, found_operators("llama").operators
     broken = copy.deepcopy(operators[0])
     broken.tensors = [name for name in broken.tensors if "q_proj" in name]  # keys, values, output left as they are
     with pytest.raises(SubnetMismatchError, match="differs from the zero-masked model"):
         erase_operators(llama, [broken])
+    model = copy.deepcopy(llama)
+    with pytest.raises(SubnetMismatchError):
+        erase_operators(model, [broken], inplace=True)
+    assert [type(m) for m in model.modules()] == [type(m) for m in llama.modules()]  # left as it was
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), llama.state_dict().values()))
 
 
 def test_operators_of_a_model_on_the_meta_device():
