@@ -131,8 +131,8 @@ def _split_single_kv_groups(groups: list[ZeroInvariantGroup]) -> tuple[list[Zero
     single = {id(members[0]) for members in families.values() if len(members) == 1}
     unprunable = [
         UnprunableComponent(
-            f"the only key/value head of the attention in '{group.module}' (multi-query attention): removing it "
-            "removes every query head; its query heads are groups of their own",
+            f"the only removable key/value head of the attention in '{group.module}' (e.g. multi-query attention): "
+            "removing it removes every query head; its query heads are groups of their own",
             sorted({s.name for s in group.slices}),
         )
         for group in groups
@@ -166,8 +166,8 @@ def _build_groups(
     run_indices = torch.split(local, run_counts.tolist())
     attention = registry.attention_components(components)
     numels = _numels(model)
-    parents = sorted(set(registry.nests.values()))
-    nest_of = {parent: index for index, parent in enumerate(parents)}
+    parents = set(registry.nests.values())
+    nest_of = {parent: index for index, parent in enumerate(sorted(parents))}
     nest_of.update({child: nest_of[parent] for child, parent in registry.nests.items()})
 
     groups: list[ZeroInvariantGroup] = []

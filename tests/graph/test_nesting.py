@@ -110,5 +110,5 @@ def test_mqa_query_heads_are_groups_and_its_kv_head_is_reported():
     groups = discover_groups(model)
     assert groups.counts() == {"head": 8, "neuron": 74}
     assert len(groups.nests()) == 2 and all(parent is None for parent, _ in groups.nests().values())
-    reasons = [c.reason for c in groups.unprunable if "only key/value head" in c.reason]
+    reasons = [c.reason for c in groups.unprunable if "only removable key/value head" in c.reason]
     assert len(reasons) == 2 and "model.layers.0" in reasons[0]
