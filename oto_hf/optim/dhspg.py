@@ -114,7 +114,8 @@ class DHSPG(Optimizer):
         saliency_magnitude_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the
             inverse-magnitude term.
         min_heads_per_layer (`int`, *optional*, defaults to `0`): heads every family of heads (a layer's attention)
-            keeps non-zero at every step, e.g. `1`; a family of at most that many groups is never pruned.
+            keeps non-zero at every step, e.g. `1`; a family of at most that many groups is never pruned. With
+            grouped-query attention, a layer then also keeps a KV group (`"kv_head"`).
         min_neurons_per_layer (`int`, *optional*, defaults to `0`): the same for FFN neurons (a layer may lose its
             whole FFN: the block then adds its output bias only).
         min_channels_per_layer (`int`, *optional*, defaults to `1`): the same for conv channels.
@@ -127,7 +128,7 @@ class DHSPG(Optimizer):
         round_to (`dict[str, int | str]`, *optional*): engine-friendly widths per kind (`rounding`): an int `m` (every
             family keeps a multiple of `m` groups, or all), `"uniform"` or `"free"`, e.g. `{"neuron": 128, "head":
             "uniform"}`. Quotas are re-planned on that grid at every partition and met exactly; the target is then met
-            or exceeded by less than one grid step (`rounding.GridPlanner.plan`). GQA's heads take `"free"` only.
+            or exceeded by less than one grid step (`rounding.GridPlanner.plan`). GQA: see `rounding`.
         lambda_schedule (`str`, *optional*, defaults to `"progressive"`): `"progressive"` or `"constant"` (OTOv2's
             lambdas alone: the deadline then does most of the pruning; with `saliency="otov2"`, for parity studies).
         foreach (`bool`, *optional*): base steps with `torch._foreach_*` ops; defaults to `True` when every parameter
@@ -224,15 +225,8 @@ class DHSPG(Optimizer):
 
         self.target_sparsity = target_sparsity
         self.sparsity_budget = sparsity_budget
-        self._schedule = PruningSchedule.resolve(
-            partition_steps,
-            pruning_end_steps,
-            num_partition_periods,
-            lambda_schedule,
-            importance_window,
-            epsilon,
-            final_epsilon,
-        )
+        window = (partition_steps, pruning_end_steps, num_partition_periods)
+        self._schedule = PruningSchedule.resolve(*window, lambda_schedule, importance_window, epsilon, final_epsilon)
         self._saliency_weights = (float(saliency_cosine_weight), float(saliency_magnitude_weight))
         self.saliency = saliency
         self.uniform_widths = uniform_widths

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ..graph.families import FamilyKey, family_key
-from .rounding import GridPlanner, resolve_rules
+from ..graph.groups import KV_HEAD
+from .rounding import GridPlanner, resolve_rules, splits_query_heads
 from .sharding import from_first_rank
 
 if TYPE_CHECKING:
@@ -71,11 +72,12 @@ class GroupFamily:
 
 
 def find_families(
-    groups: Sequence[ZeroInvariantGroup],
+    groups: Sequence[ZeroInvariantGroup], split_nests: bool = False
 ) -> tuple[list[FamilyKey], list[str], list[list[int]], str | None]:
     """Keys, kinds (of each family's first group) and member ids of the families, in order of first appearance, plus
-    a message naming two groups of one family with different kinds, if any."""
-    index: dict[FamilyKey, int] = {}
+    a message naming two groups of one family with different kinds, if any. With `split_nests`, the query heads of
+    each KV group (grouped-query attention, `ZeroInvariantGroup.nest`) are a family of their own (same key)."""
+    index: dict[tuple[FamilyKey, int | None], int] = {}
     keys: list[FamilyKey] = []
     kinds: list[str] = []
     members: list[list[int]] = []
@@ -83,7 +85,8 @@ def find_families(
     for position, group in enumerate(groups):
         key = family_key(group)
         kind = str(getattr(group, "kind", ""))
-        family = index.setdefault(key, len(keys))
+        nest = getattr(group, "nest", None) if split_nests and kind == "head" else None
+        family = index.setdefault((key, nest), len(keys))
         if family == len(keys):
             keys.append(key)
             kinds.append(kind)
@@ -102,7 +105,7 @@ def describe_minimums(min_kept: Mapping[str, int], kinds: Sequence[str]) -> str:
     named = [
         f"`{MIN_KEPT_ARGUMENTS.get(kind, kind)}={value}`"
         for kind, value in min_kept.items()
-        if value and kind in kinds
+        if value and kind in kinds and kind != KV_HEAD  # set by `min_heads_per_layer`
     ]
     return ", ".join(named) or "no per-layer minimums"
 
@@ -172,7 +175,8 @@ class FamilyConstraints:
             raise ValueError(f"`uniform_widths` must be a bool, got {uniform_widths!r}.")
         if not isinstance(max_family_sparsity, (int, float)) or not 0 < max_family_sparsity <= 1:
             raise ValueError(f"`max_family_sparsity` must be in (0, 1], got {max_family_sparsity!r}.")
-        keys, kinds, members, mixed = find_families(groups)
+        rules = resolve_rules(round_to, uniform_widths)
+        keys, kinds, members, mixed = find_families(groups, split_nests=splits_query_heads(rules, uniform_widths))
         unknown = set(map(tuple, never_empty)) - set(keys)
         if unknown:
             raise ValueError(
@@ -186,7 +190,6 @@ class FamilyConstraints:
             for m, ids, key in zip(minimum, members, keys)
         ]
         kept = [min(len(ids), m) for ids, m in zip(members, minimum)]
-        rules = resolve_rules(round_to, uniform_widths)
         nested = [len({getattr(groups[i], "nest", None) for i in ids} - {None}) > 1 for ids in members]
         self.planner = None if rules is None else GridPlanner(kinds, members, kept, rules, uniform_widths, nested)
         most = [len(ids) - k for ids, k in zip(members, kept)] if self.planner is None else self.planner.most.tolist()
@@ -242,6 +245,8 @@ class FamilyConstraints:
     ) -> FamilyConstraints:
         """From `DHSPG`'s settings, keyed by its argument names (`checks.SETTING_NAMES`)."""
         minimums = {kind: settings[name] for kind, name in MIN_KEPT_ARGUMENTS.items()}
+        # Grouped-query attention: a layer that keeps a query head keeps a KV group.
+        minimums[KV_HEAD] = min(1, minimums["head"])
         limits = (settings["max_family_sparsity"], never_empty, settings["round_to"])
         return cls(groups, minimums, settings["uniform_widths"], budget, settings["tolerance"], *limits)
 

@@ -11,8 +11,13 @@
 With a rule other than `"free"`, every family gets an exact quota: the number of its groups that are zero from
 `pruning_end` on. `GridPlanner.plan` chooses the quotas from the scores at every partition (families of a uniform class
 move together), so the model trains in its final shape and is built without padding. `uniform_widths=True` makes every
-kind uniform as well. Query heads and KV groups of grouped-query attention take `"free"` only, for now: building the
-model changes their counts (`graph.nesting.plan_removal`), so a plan of those counts would not hold.
+kind uniform as well.
+
+Grouped-query attention (`"head"` groups nested in `"kv_head"` ones, `graph.nesting`): the built model keeps the same
+number of query heads in every KV group of a layer, so `"head"` takes `"uniform"` or `"free"`. `"uniform"` makes the
+query heads of each KV group a family of their own: every KV group of every layer keeps the same number (per-layer
+minimums then count per KV group), and nothing is padded. `"kv_head"` rules need that (with free query heads, a KV
+group whose query heads all go is removed too).
 """
 
 from __future__ import annotations
@@ -94,6 +99,12 @@ def resolve_rules(round_to: Mapping[str, int | str] | None, uniform_widths: bool
     return rules
 
 
+def splits_query_heads(rules: Mapping[str, KindRule] | None, uniform_widths: bool) -> bool:
+    """Whether the query heads of each KV group (grouped-query attention) form a family of their own: under a
+    uniform rule for `"head"`, so that every KV group keeps the same number of query heads and nothing is padded."""
+    return rules is not None and rules.get("head", KindRule(1, uniform_widths)).uniform
+
+
 def zero_grid_ceil(count: torch.Tensor, size: torch.Tensor, multiple: torch.Tensor) -> torch.Tensor:
     """The smallest zero count `z >= count` whose kept count `size - z` is a multiple of `multiple` or `size`."""
     first = (size - 1) % multiple + 1  # the smallest positive zero count on the grid
@@ -111,7 +122,8 @@ class GridPlanner:
         rules (`Mapping[str, KindRule]`): from `resolve_rules`.
         uniform_widths (`bool`): the rule of kinds not in `rules` is uniform.
         nested (`Sequence[bool]`): per family, whether its groups lie in several KV groups of grouped-query attention
-            (`ZeroInvariantGroup.nest`); such families take no rule but `"free"`.
+            (`ZeroInvariantGroup.nest`): query heads then take `"free"` only (`"uniform"` splits them per KV group),
+            KV groups a rule only with uniform query heads.
     """
 
     def __init__(
@@ -126,18 +138,23 @@ class GridPlanner:
         default = KindRule(1, uniform_widths)
         family_rules = [rules.get(kind, default) for kind in kinds]
         sizes = [len(ids) for ids in members]
+        split = splits_query_heads(rules, uniform_widths)
         for kind, rule, nest in zip(kinds, family_rules, nested):
-            if nest and (rule.multiple > 1 or rule.uniform):
-                # `graph.nesting.plan_removal` removes the query heads of a removed KV group, a KV group without query
-                # heads, and pads query heads to the same count in every KV group: the counts planned here would not
-                # be the built model's.
+            # `graph.nesting.plan_removal` removes the query heads of a removed KV group and a KV group left without
+            # query heads, and pads query heads to the same count in every KV group of a layer.
+            if not nest or (rule.multiple == 1 and not rule.uniform) or (kind != "head" and split):
+                continue
+            if kind == "head":
                 raise ValueError(
-                    f"`round_to[{kind!r}]` (or `uniform_widths`) cannot be met for the {kind!r} groups of "
-                    "grouped-query attention yet: building the model removes the query heads of a removed KV group "
-                    "and pads query heads to the same count in every KV group, so the planned counts would not be the "
-                    f"built ones. Leave {kind!r} free (and `uniform_widths=False`); rules on 'neuron' and 'channel' "
-                    "still apply."
+                    f"`round_to['head']={rule.multiple}` cannot be met for the query heads of grouped-query "
+                    "attention: the built model keeps the same number of query heads in every KV group of a layer "
+                    "(padding the others with zeros). Use 'uniform' (every KV group of every layer keeps the same "
+                    "number) or 'free'."
                 )
+            raise ValueError(
+                f"`round_to[{kind!r}]` needs `round_to['head']='uniform'` under grouped-query attention: with free "
+                "query heads, a KV group whose query heads are all removed is removed too, off the planned count."
+            )
         for kind, rule, size in zip(kinds, family_rules, sizes):
             if rule.multiple > size:
                 raise ValueError(

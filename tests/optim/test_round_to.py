@@ -13,6 +13,7 @@ from oto_hf import OTOTrainingArguments, construct_subnet, discover_groups
 from oto_hf.optim import DHSPG
 from oto_hf.optim.checks import check_dhspg_settings
 from oto_hf.optim.rounding import GridPlanner, KindRule, zero_grid_ceil
+from oto_hf.record import PruningRecord
 from tests.utils.asserts import masked_copy, max_output_diff
 from tests.utils.dhspg_toys import (
     FLOP_COSTS,
@@ -192,16 +193,20 @@ def test_resume_restores_the_planned_quotas(tmp_path, stop):
 
 
 @pytest.mark.parametrize(
-    "kv_heads, round_to",
-    [(4, {"neuron": 8, "head": "uniform"}), (2, {"neuron": 8})],
-    ids=["mha-uniform-heads", "gqa-neurons"],
+    "kv_heads, round_to, target",
+    [
+        (4, {"neuron": 8, "head": "uniform"}, 0.5),
+        (2, {"neuron": 8, "head": "uniform", "kv_head": "uniform"}, 0.6),
+        (2, {"neuron": 8}, 0.5),
+    ],
+    ids=["mha-uniform-heads", "gqa-uniform-heads", "gqa-neurons"],
 )
-def test_a_tiny_llama_is_built_on_the_grid_without_padding(kv_heads, round_to):
+def test_a_tiny_llama_is_built_on_the_grid_without_padding(kv_heads, round_to, target):
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=kv_heads))  # FFN 37, 4 heads
     groups = discover_groups(model)
     optimizer = DHSPG.from_model(
-        model, groups, lr=1e-3, target_sparsity=0.5, partition_steps=2, pruning_end_steps=10, round_to=round_to,
+        model, groups, lr=1e-3, target_sparsity=target, partition_steps=2, pruning_end_steps=10, round_to=round_to,
         min_heads_per_layer=1,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(0)
@@ -216,19 +221,35 @@ def test_a_tiny_llama_is_built_on_the_grid_without_padding(kv_heads, round_to):
     widths = [layer.mlp.up_proj.out_features for layer in pruned.model.layers]
     assert all(w == 37 or w % 8 == 0 for w in widths) and widths != [37, 37], widths
     if "head" in round_to:
-        heads = [layer.self_attn.q_proj.out_features for layer in pruned.model.layers]
-        assert len(set(heads)) == 1 and heads[0] < 32, heads
+        heads = [
+            (layer.self_attn.q_proj.out_features, layer.self_attn.k_proj.out_features) for layer in pruned.model.layers
+        ]
+        assert len(set(heads)) == 1 and heads[0] != (32, 8 * kv_heads), heads
+        # Every KV group keeps the same number of query heads: nothing is padded.
+        assert all(layer.padded == 0 for layer in PruningRecord.from_model_or_config(pruned).layers)
     ids = torch.randint(0, TEXT["vocab_size"], (2, 8), generator=generator)
     assert max_output_diff(pruned, masked_copy(model, groups, zero), {"input_ids": ids}) < 1e-5
 
 
-def test_head_rules_are_refused_under_grouped_query_attention():
+def test_grouped_query_attention_takes_uniform_query_heads_and_keeps_a_kv_group():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2))
     groups = discover_groups(model)
-    for round_to in ({"head": "uniform"}, {"kv_head": 2}):
-        with pytest.raises(ValueError, match=r"cannot be met for the '(kv_)?head' groups of grouped-query attention"):
-            DHSPG.from_model(model, groups, pruning_end_steps=10, round_to=round_to)
+    with pytest.raises(ValueError, match=r"`round_to\['head'\]=2` cannot be met for the query heads of grouped-query"):
+        DHSPG.from_model(model, groups, pruning_end_steps=10, round_to={"head": 2})
+    with pytest.raises(ValueError, match=r"`round_to\['kv_head'\]` needs `round_to\['head'\]='uniform'`"):
+        DHSPG.from_model(model, groups, pruning_end_steps=10, round_to={"kv_head": "uniform"})
+    # 'uniform' query heads: one family per KV group (2 query heads each), whose minimum counts per KV group.
+    optimizer = DHSPG.from_model(
+        model, groups, pruning_end_steps=10, round_to={"head": "uniform"}, min_heads_per_layer=1
+    )
+    assert [(f.kind, f.size, f.min_kept) for f in optimizer.families[:4]] == [
+        ("head", 2, 1), ("head", 2, 1), ("kv_head", 2, 1), ("neuron", 37, 0)
+    ]  # fmt: skip
+    # Without `round_to` too, `min_heads_per_layer` keeps a KV group in every layer, and 0 does not.
+    for minimum in (0, 1):
+        optimizer = DHSPG.from_model(model, groups, pruning_end_steps=10, min_heads_per_layer=minimum)
+        assert {f.min_kept for f in optimizer.families if f.kind == "kv_head"} == {minimum}
 
 
 # ----------------------------------------------------------------------------- settings
