@@ -94,6 +94,24 @@ def test_generate_with_layer_0_attention_erased_gives_the_zero_masked_tokens(tmp
     assert torch.equal(loaded.generate(prompt, **settings), expected)
 
 
+CAUSAL_LMS = [case.name for case in CASES if case.auto_class == "AutoModelForCausalLM"]
+
+
+@pytest.mark.parametrize("kind", ["attention", "block"])
+@pytest.mark.parametrize("name", CAUSAL_LMS)
+def test_every_causal_lm_generates_with_layer_0_erased(name, kind):
+    """Layer 0's attention (or the whole layer) erased: the zero-masked model's greedy tokens, and a cache that counts
+    every token, whether the cache reaches the stand-in by keyword or by position (GPT-2's blocks)."""
+    found = found_operators(name)
+    op = next(op for op in found.operators if op.kind == kind and op.layer == 0)
+    prompt = torch.tensor([[1, 5, 7, 3, 9], [2, 8, 8, 4, 6]])
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+    expected = op.zero_(copy.deepcopy(found.model)).generate(prompt, **settings)
+    output = erase_operators(found.model, [op]).generate(prompt, **settings, return_dict_in_generate=True)
+    assert torch.equal(output.sequences, expected)
+    assert output.past_key_values.get_seq_length() == expected.shape[1] - 1
+
+
 _WITHOUT_OTO_HF = r"""
 import json, sys, torch, transformers
 sys.modules["oto_hf"] = None  # oto_hf must not be importable here

@@ -46,8 +46,10 @@ class ErasedModule(nn.Module):
         if not isinstance(reference, torch.Tensor):
             raise TypeError(f"The erased module expected a tensor as argument {where!r}, got {type(reference)}.")
         if spec.get("cache_layer") is not None:
-            cache = next((kwargs[name] for name in CACHE_ARGUMENTS if kwargs.get(name) is not None), None)
-            if hasattr(cache, "update"):
+            # By keyword in most models, by position in some (GPT-2's blocks).
+            values = [*(kwargs.get(name) for name in CACHE_ARGUMENTS), *args, *kwargs.values()]
+            cache = next((v for v in values if hasattr(v, "update") and hasattr(v, "get_seq_length")), None)
+            if cache is not None:
                 placeholder = reference.new_zeros((reference.shape[0], 1, reference.shape[1], 1), dtype=torch.bool)
                 cache.update(placeholder, placeholder, spec["cache_layer"])
         if spec["mode"] == "identity":
