@@ -44,8 +44,9 @@ def test_compare_tokens():
 
 def test_rows_ratios_and_report():
     reference = [[1, 2, 3, 4]] * 2
-    fast = {"tokens": reference, "decode_s": [0.1, 0.2, 0.3], "load_s": 2.0, "own_tokenizer_agrees": [True, False]}
-    slow = {"tokens": [[1, 2, 0, 4], [1, 2, 3, 4]], "decode_s": [0.6, 0.6], "load_s": 2.0}
+    fast = {"tokens": reference, "decode_s": [0.1, 0.2, 0.3], "decode_cpu_s": [0.1, 0.1, 0.1], "load_s": 2.0}
+    fast["own_tokenizer_agrees"] = [True, False]
+    slow = {"tokens": [[1, 2, 0, 4], [1, 2, 3, 4]], "decode_s": [0.6, 0.6], "decode_cpu_s": [0.2, 0.2], "load_s": 2.0}
     rows = [
         bench_serving.make_row("llama.cpp", "gguf", "dense", reference, slow, new_tokens=4),
         bench_serving.make_row("llama.cpp", "gguf", "pruned", reference, fast, new_tokens=4),
@@ -55,13 +56,14 @@ def test_rows_ratios_and_report():
     assert (rows[0].prompts_identical, rows[0].first_mismatch, rows[1].own_tokenizer_agrees) == (1, [2, None], 1)
     bench_serving.add_speed_ratios(rows)
     assert rows[0].speed_over_dense is None and rows[1].speed_over_dense == pytest.approx(3.0)
+    assert rows[0].cpu_speed_over_dense is None and rows[1].cpu_speed_over_dense == pytest.approx(2.0)
     table = bench_serving.render_markdown(rows, prompts=2, notes=["a note"])
-    assert "| llama.cpp | gguf | pruned | 2/2 | 100.0% | 15.0 | 3.00x |" in table
-    assert "| llama.cpp | gguf | dense | 1/2 | 87.5% | 5.0 |  |" in table and table.endswith("- a note\n")
+    assert "| llama.cpp | gguf | pruned | 2/2 | 100.0% | 15.0 | 3.00x | 30.0 | 2.00x |" in table
+    assert "| llama.cpp | gguf | dense | 1/2 | 87.5% | 5.0 |  | 15.0 |  |" in table and table.endswith("- a note\n")
 
 
 def test_a_row_without_dense_has_no_ratio():
-    rows = [Row("vllm", "decilm", "pruned", 10, 1.0, [None] * 10, 40.0)]
+    rows = [Row("vllm", "decilm", "pruned", 10, 1.0, [None] * 10, 40.0, 38.0)]
     bench_serving.add_speed_ratios(rows)
     assert rows[0].speed_over_dense is None
 
