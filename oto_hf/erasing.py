@@ -80,6 +80,7 @@ def erase_operators(
     example_inputs: Any = None,
     *,
     inplace: bool = False,
+    zero_first: bool = True,
     verify: bool = True,
     atol: float = 1e-4,
 ) -> nn.Module:
@@ -88,16 +89,22 @@ def erase_operators(
 
     An erased attention keeps no keys or values in the cache (a one-byte placeholder per token and layer, which
     transformers needs to count tokens). The result computes what `model` computes with the operators' tensors at zero
-    (`Operator.zero_`); with `verify=True` this is checked on `example_inputs` and a `SubnetMismatchError` is raised
-    otherwise. The config records the erased modules per operator (`config.oto_erased`), so `save_pruned` writes a
-    folder that the Auto classes load with them erased. Narrow first (`construct_subnet`), then erase.
+    (`Operator.zero_`), or, with `zero_first=False`, what `model` itself computes; with `verify=True` this is checked
+    on `example_inputs` and a `SubnetMismatchError` is raised otherwise. The config records the erased modules per
+    operator (`config.oto_erased`), so `save_pruned` writes a folder that the Auto classes load with them erased.
+    Narrow first (`construct_subnet`), then erase.
 
     Args:
         model (`nn.Module`): the model the operators were found on (or that model after `construct_subnet`).
         operators (`Iterable[Operator]`): from `find_operators`; they must not overlap (a block and its own attention).
         example_inputs (*optional*): inputs for the check; derived from the config by default.
         inplace (`bool`, *optional*, defaults to `False`): modify `model` itself instead of a copy.
-        verify (`bool`, *optional*, defaults to `True`): compare outputs with the zero-masked model.
+        zero_first (`bool`, *optional*, defaults to `True`): set the operators' tensors to zero before erasing them.
+            `False` keeps `model` as it is, e.g. after training drove the operators' groups to zero: then erasing
+            must not change its outputs, which fails if a tensor outside the groups still adds something (an output
+            bias that training left non-zero); the error names the non-zero tensors.
+        verify (`bool`, *optional*, defaults to `True`): compare outputs with the zero-masked model (`model` itself
+            with `zero_first=False`).
         atol (`float`, *optional*, defaults to 1e-4): tolerance of the check, relative to the largest output entry.
 
     Returns:
@@ -119,15 +126,16 @@ def erase_operators(
     names = [name for op in operators for name in op.tensors if name in params]
     values = {name: params[name].detach().clone() for name in names} if inplace else {}
     params_before = count_parameters(result)
+    nonzero = [name for name in names if bool(params[name].detach().any())]
     try:
-        for op in operators:
+        for op in operators if zero_first else ():
             op.zero_(result)
         reference = forward_outputs(result, inputs)[0] if verify else None
         specs = _record_specs(result, operators, inputs)
         for path, spec in specs.items():
             replace_module(result, path, spec)
         if reference is not None:
-            _compare(reference, forward_outputs(result, inputs)[0], atol)
+            _compare(reference, forward_outputs(result, inputs)[0], atol, "" if zero_first else _why(nonzero))
     except Exception:
         if inplace:  # leave the model as it was
             _restore(result, saved, params, values)
@@ -172,7 +180,15 @@ def _parts_of(block: Operator, operators: list[Operator]) -> set[int]:
     return {id(op) for op in operators if op.kind != "block" and op.layer == block.layer}
 
 
-def _compare(reference: list[torch.Tensor], outputs: list[torch.Tensor], atol: float) -> None:
+def _why(nonzero: list[str]) -> str:
+    shown = ", ".join(nonzero[:4]) + (" ..." if len(nonzero) > 4 else "")
+    return (
+        " The model was erased as it is (`zero_first=False`), and these tensors of its operators are not zero: "
+        f"{shown}. Erase with `zero_first=True` to drop them too (which changes the model), or keep those operators."
+    )
+
+
+def _compare(reference: list[torch.Tensor], outputs: list[torch.Tensor], atol: float, why: str = "") -> None:
     if len(reference) != len(outputs) or any(a.shape != b.shape for a, b in zip(reference, outputs)):
         raise SubnetMismatchError("The erased model returns outputs of other shapes than the zero-masked model.")
     for index, (ref, out) in enumerate(zip(reference, outputs)):
@@ -180,9 +196,9 @@ def _compare(reference: list[torch.Tensor], outputs: list[torch.Tensor], atol: f
         diff = float((ref.float() - out.float()).abs().max()) if ref.numel() else 0.0
         if diff > atol * scale:
             raise SubnetMismatchError(
-                f"Output {index} of the erased model differs from the zero-masked model by {diff:.3g} (tolerance "
-                f"{atol * scale:.3g}): a replaced module fed something other than the branch. Please report the model "
-                "class."
+                f"Output {index} of the erased model differs from the reference by {diff:.3g} (tolerance "
+                f"{atol * scale:.3g})."
+                + (why or " A replaced module fed something other than the branch. Please report the model class.")
             )
 
 

@@ -14,7 +14,7 @@ import torch
 import transformers
 from torch import nn
 
-from oto_hf import construct_subnet, count_parameters, discover_groups, save_pruned
+from oto_hf import SubnetMismatchError, construct_subnet, count_parameters, discover_groups, save_pruned
 from oto_hf.erasing import erase_operators, find_operators
 from oto_hf.models.no_op import ERASED_KEY, ErasedModule
 from tests.utils.asserts import assert_save_load_roundtrip, masked_copy, max_output_diff, random_nonuniform_ids
@@ -67,6 +67,27 @@ def test_overlapping_or_foreign_operators_are_refused():
     erased = erase_operators(found.model, [block])
     with pytest.raises(ValueError, match="has no module 'model.layers.0"):
         erase_operators(erased, [attention])
+
+
+def test_erasing_a_model_as_it_is_after_its_groups_went_to_zero():
+    """`zero_first=False`, as after training: LLaMA's attention with its heads at zero adds nothing (its input norm
+    does not matter), so erasing it keeps the model's outputs; BERT's FFN with its neurons at zero still adds its
+    output bias, so erasing it would change the model, and the error names the bias."""
+    found = found_operators("llama")
+    attention = next(op for op in found.operators if op.kind == "attention" and op.layer == 1)
+    trained = found.groups.zero_(copy.deepcopy(found.model), attention.group_ids)
+    erased = erase_operators(trained, [attention], zero_first=False)
+    assert max_output_diff(erased, trained, found.groups.example_inputs) <= 1e-6
+
+    found = found_operators("bert")
+    ffn = next(op for op in found.operators if op.kind == "ffn" and op.layer == 0)
+    trained = found.groups.zero_(copy.deepcopy(found.model), ffn.group_ids)
+    erase_operators(trained, [ffn], zero_first=False)  # the bias is zero as initialised: exact
+    with torch.no_grad():
+        bias = trained.bert.encoder.layer[0].output.dense.bias
+        bias.copy_(torch.linspace(-0.5, 0.5, len(bias)))  # as training leaves it (not uniform: LayerNorm follows)
+    with pytest.raises(SubnetMismatchError, match=r"not zero: bert\.encoder\.layer\.0\.output\.dense\.bias\."):
+        erase_operators(trained, [ffn], zero_first=False)
 
 
 def _llama_without_attention(layer: int) -> tuple[nn.Module, nn.Module]:
