@@ -4,9 +4,11 @@ What the format holds (as vLLM's `nemotron_nas.py` reads it; see `docs/serving_f
 one query-head count and head_dim for every layer, KV heads per layer as `num_attention_heads // n_heads_in_group`,
 an FFN width per layer (`ffn.intermediate_size`; `ffn.ffn_mult` too where the width is a multiple of 256, the only
 key SGLang, TensorRT-LLM, MLX and llama.cpp's converter read), and a no-op attention or FFN per layer. So the FFN
-widths are written exactly, no-op sub-blocks have no weights, and attention is zero-padded to one layout (the same KV
-heads in every layer too: vLLM sizes its KV cache from the first attention layer's). The configuration and modeling
-files are shipped beside the weights (`trust_remote_code=True`).
+widths are written exactly, no-op sub-blocks have no weights, query heads are zero-padded to one count, and each
+layer gets the fewest KV heads that hold its heads (or, with `kv_heads="uniform"`, the same in every layer). vLLM
+0.32 (CPU) was run on such folders of a pruned SmolLM2-135M: same greedy tokens as transformers, and its KV cache
+holds per-layer KV heads (29,952 tokens per GiB against 23,296 with 3 KV heads everywhere, 10 layers having 1).
+The configuration and modeling files are shipped beside the weights (`trust_remote_code=True`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from .decoder import (
     LayerWidths,
     build_from_state,
     check_same_logits,
+    fewest_kv_heads,
     padded_layer_tensors,
     padding_cost,
     plan_attention,
+    plan_query_heads,
     read_decoder,
 )
 from .report import ExportReport
@@ -63,8 +67,17 @@ COPIED_CONFIG_KEYS = (
 )
 
 
-def write_decilm(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -> ExportReport:
-    """Write `model` as a DeciLM (`nemotron-nas`) folder: exact FFN widths, no-op sub-blocks, padded attention."""
+def write_decilm(
+    model: PreTrainedModel, staging: Path, tokenizer: Any = None, *, kv_heads: str = "per_layer"
+) -> ExportReport:
+    """Write `model` as a DeciLM (`nemotron-nas`) folder: exact FFN widths, no-op sub-blocks, padded attention.
+
+    `kv_heads="per_layer"` (default) gives each layer the fewest KV heads that hold its heads (`n_heads_in_group`
+    per layer, which vLLM, SGLang, TensorRT-LLM and llama.cpp's converter read); `"uniform"` writes the same KV
+    heads in every attention layer, for engines that size the KV cache from one layer.
+    """
+    if kv_heads not in ("uniform", "per_layer"):
+        raise ValueError(f"`kv_heads` must be 'uniform' or 'per_layer', got {kv_heads!r}.")
     _check_architecture(model)
     decoder = read_decoder(model, "decilm")
     attention_no_op = [
@@ -86,20 +99,21 @@ def write_decilm(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -
         raise ValueError("format='decilm': every layer's attention is empty; engines need one attention layer.")
     dense_heads = model.config.num_attention_heads
     dense = (dense_heads, getattr(model.config, "num_key_value_heads", None) or dense_heads)
-    heads, kv_heads = plan_attention(active, dense, lambda heads, kv_heads: True)
+    if kv_heads == "uniform":
+        heads, uniform = plan_attention(active, dense, lambda heads, kv_heads: True)
+        layer_kv_heads = [uniform] * len(decoder.widths)
+    else:
+        heads = plan_query_heads(active, dense)
+        layer_kv_heads = [fewest_kv_heads(w, heads) for w in decoder.widths]
     state = dict(model.state_dict())
     blocks, written = [], []
     for index, w in enumerate(decoder.widths):
-        no_op = attention_no_op[index]
-        attention = {
-            "no_op": no_op,
-            "replace_with_linear": False,
-            "n_heads_in_group": None if no_op else heads // kv_heads,
-        }
+        no_op, kv = attention_no_op[index], layer_kv_heads[index]
+        attention = {"no_op": no_op, "replace_with_linear": False, "n_heads_in_group": None if no_op else heads // kv}
         blocks.append({"attention": attention, "ffn": ffn_block(w.ffn, model.config.hidden_size)})
-        written.append(LayerWidths(heads=0 if no_op else heads, kv_heads=0 if no_op else kv_heads, ffn=w.ffn))
+        written.append(LayerWidths(heads=0 if no_op else heads, kv_heads=0 if no_op else kv, ffn=w.ffn))
         if not no_op:
-            state.update(padded_layer_tensors(decoder, index, heads, kv_heads, None))
+            state.update(padded_layer_tensors(decoder, index, heads, kv, None))
     state = {key: t for key, t in state.items() if not decoder.in_sub_blocks(key, attention_no_op, ffn_no_op)}
     config = DeciLMConfig(**_config_values(model, decoder, heads, blocks))
     forced = [index == zero_attention for index in range(len(decoder.layers))]
@@ -118,7 +132,8 @@ def write_decilm(model: PreTrainedModel, staging: Path, tokenizer: Any = None) -
         shutil.copyfile(source / name, staging / name)
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
-    notes = [f"DeciLMForCausalLM: {heads} query heads and {kv_heads} KV heads in every attention layer"]
+    written_kv = sorted({w.kv_heads for w in written if w.heads})
+    notes = [f"DeciLMForCausalLM: {heads} query heads in every attention layer, {written_kv} KV heads"]
     if any(attention_no_op):
         notes.append(f"no-op attention in layers {[i for i, no_op in enumerate(attention_no_op) if no_op]}")
     if zero_attention is not None:

@@ -204,6 +204,22 @@ def plan_attention(
     )
 
 
+def fewest_kv_heads(widths: LayerWidths, heads: int) -> int:
+    """The fewest KV heads (a divisor of `heads`) that hold a layer's heads under `heads` query heads."""
+    return next(kv for kv in range(1, heads + 1) if heads % kv == 0 and fits(widths, heads, kv))
+
+
+def plan_query_heads(widths: list[LayerWidths], dense: tuple[int, int]) -> int:
+    """The query-head count, the same in every layer, that with each layer's fewest KV heads has the fewest attention
+    parameters (then the fewest KV heads)."""
+    most = max(1, *(w.heads for w in widths))
+    costs = []
+    for heads in range(most, max(2 * most, dense[0]) + 1):
+        kv_heads = sum(fewest_kv_heads(w, heads) for w in widths)
+        costs.append((len(widths) * heads + kv_heads, kv_heads, heads))
+    return min(costs)[2]
+
+
 def head_sources(widths: LayerWidths, heads: int, kv_heads: int) -> tuple[list[int], list[int]]:
     """For each written query head and KV head, the layer's own head it holds (-1: a zero head)."""
     query, kv = [-1] * heads, [-1] * kv_heads

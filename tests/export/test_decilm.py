@@ -19,18 +19,23 @@ from tests.export.pruned_llms import (
 )
 from tests.utils.tiny_models import TEXT
 
+# (architecture, `kv_heads` option) -> each layer's `n_heads_in_group` under 8 query heads, for PLAN's widths (8, 4),
+# (4, 2), (6, 3): per layer, layer 1's 4 query heads in 2 KV groups fit 2 groups of 4; uniform, 4 groups everywhere.
+CASES = {("llama", "per_layer"): [2, 4, 2], ("qwen2", "per_layer"): [2, 4, 2], ("mistral", "uniform"): [2, 2, 2]}
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral"])
+
+@pytest.fixture(scope="module", params=list(CASES), ids="-".join)
 def exported(request, tmp_path_factory):
-    """(pruned model, its report, what a process without oto_hf loaded from the folder)."""
+    """(pruned model, its report, what a process without oto_hf loaded from the folder, the expected groups)."""
+    name, kv_heads = request.param
     root = tmp_path_factory.mktemp("decilm")
-    pruned = pruned_llm(request.param)
-    report = export_pruned(pruned, root / request.param, format="decilm")
-    return pruned, report, load_without_oto_hf(report.path, root / "modules")
+    pruned = pruned_llm(name)
+    report = export_pruned(pruned, root / name, format="decilm", kv_heads=kv_heads)
+    return pruned, report, load_without_oto_hf(report.path, root / "modules"), CASES[request.param]
 
 
 def test_the_config_has_a_block_per_layer(exported):
-    pruned, report, _ = exported
+    pruned, report, _, groups = exported
     config = json.loads((report.path / "config.json").read_text())
     assert config["model_type"] == "nemotron-nas" and config["architectures"] == ["DeciLMForCausalLM"]
     assert config["auto_map"] == {
@@ -42,8 +47,8 @@ def test_the_config_has_a_block_per_layer(exported):
     }
     assert (config["num_attention_heads"], config["head_dim"]) == (8, 4)
     own = widths(pruned)
-    for block, (_, _, ffn) in zip(config["block_configs"], own):
-        assert block["attention"] == {"no_op": False, "replace_with_linear": False, "n_heads_in_group": 2}
+    for block, (_, _, ffn), group in zip(config["block_configs"], own, groups):
+        assert block["attention"] == {"no_op": False, "replace_with_linear": False, "n_heads_in_group": group}
         # Widths off the 256 grid: `ffn_mult` is absent, so vLLM reads `intermediate_size`.
         assert block["ffn"] == {"no_op": False, "replace_with_linear": False, "intermediate_size": ffn}
     is_qwen2 = pruned.config.model_type == "qwen2"
@@ -52,22 +57,20 @@ def test_the_config_has_a_block_per_layer(exported):
 
 
 def test_it_loads_without_oto_hf_and_generates_the_same_tokens(exported):
-    pruned, _, loaded = exported
+    pruned, _, loaded, _ = exported
     assert loaded["class"] == "DeciLMForCausalLM"
     torch.testing.assert_close(torch.tensor(loaded["logits"]), logits(pruned), atol=1e-5, rtol=1e-5)
     assert loaded["tokens"] == greedy(pruned)
 
 
 def test_only_attention_is_padded(exported):
-    pruned, report, _ = exported
-    assert {p.kind for p in report.padded} == {"heads", "kv_heads"}
-    assert {(p.layer, p.kind): (p.kept, p.written) for p in report.padded} == {
-        (1, "heads"): (4, 8),
-        (1, "kv_heads"): (2, 4),
-        (2, "heads"): (6, 8),
-        (2, "kv_heads"): (3, 4),
-    }
-    extra_heads, extra_kv, head_dim, hidden = 4 + 2, 2 + 1, 4, TEXT["hidden_size"]
+    pruned, report, _, groups = exported
+    uniform = groups == [2, 2, 2]
+    expected = {(1, "heads"): (4, 8), (2, "heads"): (6, 8), (2, "kv_heads"): (3, 4)}
+    if uniform:
+        expected[(1, "kv_heads")] = (2, 4)
+    assert {(p.layer, p.kind): (p.kept, p.written) for p in report.padded} == expected
+    extra_heads, extra_kv, head_dim, hidden = 4 + 2, (2 if uniform else 0) + 1, 4, TEXT["hidden_size"]
     assert report.padded_flops_per_token == 2 * hidden * head_dim * 2 * (extra_heads + extra_kv)
     assert report.padded_kv_bytes_per_token == 2 * head_dim * extra_kv * 4
     biases = head_dim * (extra_heads + 2 * extra_kv) if pruned.config.model_type == "qwen2" else 0
@@ -85,16 +88,16 @@ def test_erased_operators_are_no_ops_and_generate_uses_the_cache(tmp_path):
     no_op_attention = {"no_op": True, "replace_with_linear": False, "n_heads_in_group": None}
     no_op_ffn = {"no_op": True, "replace_with_linear": False, "ffn_mult": None}
     assert [block["attention"] == no_op_attention for block in blocks] == [False, True, False]
-    assert blocks[0]["attention"]["n_heads_in_group"] == 2
+    assert blocks[0]["attention"]["n_heads_in_group"] == 6  # one zero KV head
     assert [block["ffn"] == no_op_ffn for block in blocks] == [False, True, True]
     assert any("layer 0's empty attention is written as zero heads" in note for note in report.notes)
-    # Layer 2 keeps 6 query and 3 KV heads (head_dim 4): layer 0 gets as many zero heads, and its norm back.
+    # Layer 2 keeps 6 query and 3 KV heads (head_dim 4): layer 0 gets 6 zero query heads, 1 zero KV head, its norm.
     assert {(p.layer, p.kind): (p.kept, p.written) for p in report.padded} == {
         (0, "heads"): (0, 6),
-        (0, "kv_heads"): (0, 3),
+        (0, "kv_heads"): (0, 1),
     }
     hidden = TEXT["hidden_size"]
-    assert report.padded_parameters == hidden * 4 * (6 + 3 + 3 + 6) + hidden
+    assert report.padded_parameters == hidden * 4 * (6 + 1 + 1 + 6) + hidden
     loaded = load_without_oto_hf(report.path, tmp_path / "modules")
     torch.testing.assert_close(torch.tensor(loaded["logits"]), logits(model), atol=1e-5, rtol=1e-5)
     assert loaded["tokens"] == greedy(model)
@@ -136,4 +139,10 @@ def test_ffn_mult_is_written_where_engines_that_read_only_it_get_the_same_width(
 def test_what_the_format_cannot_hold_is_refused_and_nothing_is_written(build, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         save_pruned(build(), tmp_path / "out", format="decilm")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_kv_heads_option_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="`kv_heads` must be 'uniform' or 'per_layer', got 'auto'"):
+        save_pruned(pruned_llm("llama"), tmp_path / "out", format="decilm", kv_heads="auto")
     assert list(tmp_path.iterdir()) == []

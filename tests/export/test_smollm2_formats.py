@@ -47,4 +47,4 @@ def test_smollm2_pruned_unevenly_generates_the_same_tokens_in_stock_and_decilm(t
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / format, trust_remote_code=True).eval()
         assert greedy(reloaded) == expected, format
     assert reports["stock"].padded_parameters > reports["decilm"].padded_parameters > 0
-    assert reports["stock"].padded_kv_bytes_per_token == reports["decilm"].padded_kv_bytes_per_token
+    assert reports["stock"].padded_kv_bytes_per_token >= reports["decilm"].padded_kv_bytes_per_token

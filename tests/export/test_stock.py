@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, BertConfig, BertModel, Phi3Config, Phi3ForCausalLM
 
 from oto_hf import count_parameters, save_pruned
-from oto_hf.export.decoder import LayerWidths, head_sources, plan_attention
+from oto_hf.export.decoder import LayerWidths, fewest_kv_heads, head_sources, plan_attention, plan_query_heads
 from oto_hf.saving import export_pruned
 from tests.export.pruned_llms import (
     greedy,
@@ -97,6 +97,14 @@ def test_plan_attention_prefers_copies_to_wider_layouts_and_respects_the_config(
     assert plan_attention(three, dense=(4, 4), valid=lambda heads, kv_heads: True) == (3, 3)
     # LLaMA's config requires hidden_size % num_attention_heads == 0: 3 heads do not divide 32, 4 do.
     assert plan_attention(three, dense=(4, 4), valid=lambda heads, kv_heads: 32 % heads == 0) == (4, 4)
+
+
+def test_per_layer_kv_heads_are_the_fewest_that_hold_each_layer():
+    layers = [LayerWidths(heads=8, kv_heads=4, ffn=1), LayerWidths(heads=4, kv_heads=2, ffn=1)]
+    assert plan_query_heads(layers, dense=(8, 4)) == 8
+    assert [fewest_kv_heads(w, 8) for w in layers] == [4, 2]  # 2 groups of 4 hold layer 1's 2 groups of 2
+    assert fewest_kv_heads(LayerWidths(heads=3, kv_heads=1, ffn=1), 9) == 1
+    assert fewest_kv_heads(LayerWidths(heads=0, kv_heads=0, ffn=1), 9) == 1
 
 
 @torch.no_grad()
