@@ -73,7 +73,7 @@ def parse_round_to(name: str, text: str) -> dict[str, int | str]:
             raise ValueError(f"`{name}` is not valid JSON ({error}): {text!r}.") from None
         check_round_to(name, value)
         return value
-    value: dict[str, int | str] = {}
+    pairs: dict[str, int | str] = {}
     for pair in text.split(","):
         kind, sep, rule = (part.strip() for part in pair.partition("="))
         if not (kind and sep and rule):
@@ -81,9 +81,9 @@ def parse_round_to(name: str, text: str) -> dict[str, int | str]:
                 f"`{name}` must be JSON or `kind=value` pairs separated by commas, e.g. 'neuron=128,head=uniform', "
                 f"got {text!r}."
             )
-        value[kind] = int(rule) if rule.isdigit() else rule
-    check_round_to(name, value)
-    return value
+        pairs[kind] = int(rule) if rule.isdigit() else rule
+    check_round_to(name, pairs)
+    return pairs
 
 
 def resolve_rules(round_to: Mapping[str, int | str] | None, uniform_widths: bool) -> dict[str, KindRule] | None:
