@@ -39,7 +39,7 @@ from .decoder import (
     plan_query_heads,
     read_decoder,
 )
-from .report import ExportReport
+from .report import EXPORT_KEY, ExportReport
 
 # Model types whose decoder is the LLaMA decoder that DeciLM engines implement (RMSNorm, gated MLP, RoPE, no QK-norm).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -125,6 +125,7 @@ def write_decilm(
         zero_fill=lambda key: decoder.in_sub_blocks(key, forced, [False] * len(forced)),
     )
     entries, totals = padding_cost(decoder, written, model, exported)
+    setattr(exported.config, EXPORT_KEY, {"format": "decilm", **totals})
     check_same_logits(model, exported, "decilm")
     exported.save_pretrained(staging)
     source = Path(decilm_remote.__file__).parent

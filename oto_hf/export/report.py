@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The config key that records the export format and what its padding costs (next to `oto_pruning_summary`, whose
+# parameter counts are the pruned model's, before padding).
+EXPORT_KEY = "oto_export"
+
 
 @dataclass(frozen=True)
 class PaddedWidth:

@@ -25,7 +25,7 @@ from .decoder import (
     plan_attention,
     read_decoder,
 )
-from .report import ExportReport
+from .report import EXPORT_KEY, ExportReport
 
 # Keys of a pruned (`oto_*`) config that a stock config does not carry (nor any other `oto_*` key but the summary).
 PRUNED_ONLY_KEYS = ("auto_map", "model_type", "transformers_version")
@@ -61,6 +61,7 @@ def write_stock(model: PreTrainedModel, staging: Path, tokenizer: Any = None) ->
     exported = build_from_state(model_class, config, state, model, zero_fill=erased)
     written = [LayerWidths(heads=heads, kv_heads=kv_heads, ffn=ffn)] * len(decoder.layers)
     entries, totals = padding_cost(decoder, written, model, exported)
+    setattr(exported.config, EXPORT_KEY, {"format": "stock", **totals})
     check_same_logits(model, exported, "stock")
     exported.save_pretrained(staging)
     if tokenizer is not None:

@@ -76,6 +76,8 @@ def test_only_attention_is_padded(exported):
     biases = head_dim * (extra_heads + 2 * extra_kv) if pruned.config.model_type == "qwen2" else 0
     assert report.padded_parameters == report.padded_flops_per_token // 2 + biases
     assert any("`intermediate_size` only" in note for note in report.notes)
+    recorded = json.loads((report.path / "config.json").read_text())["oto_export"]
+    assert recorded["format"] == "decilm" and recorded["padded_parameters"] == report.padded_parameters
 
 
 def test_erased_operators_are_no_ops_and_generate_uses_the_cache(tmp_path):

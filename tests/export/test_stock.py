@@ -66,6 +66,14 @@ def test_the_report_says_what_the_padding_costs(exported):
     assert report.padded_attention_flops_per_context_token == 4 * head_dim * extra_heads
     assert report.padded_kv_bytes_per_token == 2 * head_dim * extra_kv * 4  # float32
     assert "+" in report.summary() and "KV-cache bytes/token" in report.summary()
+    recorded = json.loads((report.path / "config.json").read_text())["oto_export"]
+    assert recorded == {
+        "format": "stock",
+        "padded_parameters": report.padded_parameters,
+        "padded_flops_per_token": report.padded_flops_per_token,
+        "padded_attention_flops_per_context_token": report.padded_attention_flops_per_context_token,
+        "padded_kv_bytes_per_token": report.padded_kv_bytes_per_token,
+    }
 
 
 @torch.no_grad()
@@ -145,6 +153,6 @@ def test_a_model_reloaded_from_an_oto_folder_exports_the_same(format, tmp_path):
     assert reloaded.config.model_type == "oto_llama"
     report = export_pruned(reloaded, tmp_path / format, format=format)
     config = json.loads((report.path / "config.json").read_text())
-    assert not {key for key in config if key.startswith("oto_")} - {"oto_hf_version", "oto_pruning_summary"}
+    assert {key for key in config if key.startswith("oto_")} == {"oto_hf_version", "oto_pruning_summary", "oto_export"}
     exported = AutoModelForCausalLM.from_pretrained(report.path, trust_remote_code=True).eval()
     torch.testing.assert_close(logits(exported), logits(pruned), atol=1e-5, rtol=1e-5)
