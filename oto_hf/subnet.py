@@ -19,6 +19,7 @@ from .graph.nesting import RemovalPlan, nested_families, plan_removal
 from .models.pruned import CONFIG_PREFIX, LayerConfig, get_module_attribute, set_module_attribute
 from .record import LayerWidths, PruningRecord
 from .stats import count_parameters, forward_outputs
+from .utils import has_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def construct_subnet(
     params_before = count_parameters(result)
 
     groups.zero_(result, ids)
-    check = verify and not on_meta and bool(inputs)
+    check = verify and not on_meta and has_inputs(inputs)
     reference, flops_before = forward_outputs(result, inputs, count=True) if check else (None, None)
     try:
         shapes, attributes = _slice(result, groups, plan, families)

@@ -44,6 +44,13 @@ def device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def has_inputs(example_inputs: Any) -> bool:
+    """Whether `example_inputs` holds anything to run the model on (a tensor, or a non-empty dict, tuple or list)."""
+    if example_inputs is None:
+        return False
+    return len(example_inputs) > 0 if isinstance(example_inputs, (dict, tuple, list)) else True
+
+
 def to_device(inputs: Any, device: torch.device | str) -> Any:
     """`inputs` with every tensor in it (nested in dicts, lists, tuples) moved to `device`."""
     # Private: `torch.utils._pytree` (checked against torch 2.13, pinned by tests/test_private_apis.py).

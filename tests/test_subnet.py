@@ -140,3 +140,14 @@ def test_eager_attention_heads_are_heads_and_their_counts_follow():
     assert groups.counts()["head"] == 8
     pruned = construct_subnet(model, groups, [0])
     assert pruned.encoder.layer[0].attention.self.num_attention_heads == 3
+
+
+def test_a_bare_tensor_as_example_inputs_is_used_for_the_check():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    inputs = torch.randn(4, 6)
+    groups = discover_groups(model, inputs)
+    assert groups.example_inputs is inputs
+    smaller = construct_subnet(model, groups, [0, 2])
+    assert smaller[0].out_features == 3 and smaller.oto_pruning.flops_after is not None  # the check ran
+    torch.testing.assert_close(smaller(inputs), masked_copy(model, groups, [0, 2])(inputs))

@@ -94,11 +94,11 @@ class GroupSet(Sequence[ZeroInvariantGroup]):
         self,
         groups: Iterable[ZeroInvariantGroup],
         unprunable: Iterable[UnprunableComponent] = (),
-        example_inputs: dict[str, Any] | None = None,
+        example_inputs: Any = None,
     ) -> None:
         self.groups = list(groups)
         self.unprunable = list(unprunable)
-        self.example_inputs = example_inputs or {}
+        self.example_inputs = {} if example_inputs is None else example_inputs
 
     def __len__(self) -> int:
         return len(self.groups)
