@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from transformers import HfArgumentParser, LlamaConfig, LlamaForCausalLM
 
 from oto_hf import OTOTrainingArguments, construct_subnet, discover_groups
@@ -18,11 +25,13 @@ from tests.utils.asserts import masked_copy, max_output_diff
 from tests.utils.dhspg_toys import (
     FLOP_COSTS,
     NUM_GROUPS,
+    batch,
     group_state_is_zero,
     make,
     train_step,
     train_without_host_sync,
 )
+from tests.utils.paths import REPO_ROOT
 from tests.utils.tiny_models import TEXT
 
 
@@ -252,6 +261,30 @@ def test_grouped_query_attention_takes_uniform_query_heads_and_keeps_a_kv_group(
         assert {f.min_kept for f in optimizer.families if f.kind == "kv_head"} == {minimum}
 
 
+def rank_masks(sync: bool) -> list[list[int]]:
+    """Under `torch.distributed` (gloo): each rank trains on its own data; per step, its quotas and zero group ids."""
+    rank = dist.get_rank()
+    model, _, optimizer = make(round_to={"neuron": 4, "head": "uniform"}, target_sparsity=0.5, sync_ranks=sync)
+    history = []
+    for step in range(optimizer.pruning_end_steps + 2):
+        x, y = batch(step + 1000 * rank)  # other data: other statistics, other scores
+        optimizer.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        optimizer.step()
+        history.append([f.max_zero for f in optimizer.families] + optimizer.zero_group_ids())
+    return history
+
+
+def test_ranks_with_different_statistics_agree_on_the_plan(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    out = tmp_path / "agreement.json"
+    run = subprocess.run([*launcher, "-m", "tests.optim.test_round_to", str(out)], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(out.read_text()) == {"synced": True, "local": False}
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -299,3 +332,15 @@ def test_the_trainer_arguments_take_round_to_from_the_command_line():
     for text in ("neuron", "{neuron: 64}"):
         with pytest.raises(ValueError, match=r"`round_to` (must be JSON or `kind=value` pairs|is not valid JSON)"):
             OTOTrainingArguments("unused", round_to=text)
+
+
+if __name__ == "__main__":  # one rank of `test_ranks_with_different_statistics_agree_on_the_plan`
+    dist.init_process_group("gloo")
+    agree = {}
+    for sync in (True, False):
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, rank_masks(sync))
+        agree["synced" if sync else "local"] = all(other == gathered[0] for other in gathered[1:])
+    if dist.get_rank() == 0:
+        Path(sys.argv[1]).write_text(json.dumps(agree))
+    dist.destroy_process_group()
