@@ -38,10 +38,10 @@ def save_pruned(
       logits; the report says what that costs. LLaMA-family decoders (separate q/k/v/o and gate/up/down
       projections: LLaMA, Mistral, Qwen2, Qwen3, ...).
     - `"decilm"`: `DeciLMForCausalLM` (`nemotron-nas`) with `block_configs`, for vLLM: an exact FFN width per layer,
-      a no-op attention or FFN per layer (erased or empty sub-blocks), attention made uniform by zero padding (vLLM
-      reads one query-head count). Configuration and modeling files ship beside the weights
-      (`trust_remote_code=True`, no oto_hf needed). LLaMA-style causal LMs with RoPE and full attention (LLaMA,
-      Mistral, Qwen2).
+      a no-op attention or FFN per layer (erased or empty sub-blocks), query heads zero-padded to one count (vLLM
+      reads one) and the fewest KV heads per layer (`kv_heads="uniform"`: the same in every layer). Configuration
+      and modeling files ship beside the weights (`trust_remote_code=True`, no oto_hf needed). LLaMA-style causal
+      LMs with RoPE and full attention (LLaMA, Mistral, Qwen2).
     - `"gguf"`: one GGUF file for llama.cpp, tokenizer included (pass a file path): the `llama` architecture for
       uniform widths, else `deci` with per-layer query heads, KV heads and FFN widths; LLaMA causal LMs. Option
       `dtype="f32"` or `"f16"`.

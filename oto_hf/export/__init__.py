@@ -33,8 +33,8 @@ register_format(
     "decilm",
     write_decilm,
     description="DeciLMForCausalLM (nemotron-nas block_configs) for vLLM: exact per-layer FFN widths, no-op "
-    "sub-blocks, attention zero-padded to one layout; code shipped beside the weights (trust_remote_code); "
-    "LLaMA, Mistral, Qwen2 causal LMs",
+    "sub-blocks, query heads zero-padded to one count, KV heads per layer (option kv_heads); code shipped beside "
+    "the weights (trust_remote_code); LLaMA, Mistral, Qwen2 causal LMs",
 )
 
 __all__ = ["ExportFormat", "ExportReport", "PaddedWidth", "get_format", "register_format", "registered_formats"]
