@@ -38,6 +38,7 @@ def write_stock(model: PreTrainedModel, staging: Path, tokenizer: Any = None) ->
     base = stock_config_values(model, decoder.head_dim)
     dense_heads = model.config.num_attention_heads
     dense = (dense_heads, getattr(model.config, "num_key_value_heads", None) or dense_heads)
+    config_class(**base)  # the model's own values must make a valid config; its error says why if they do not
 
     def valid(heads: int, kv_heads: int) -> bool:
         try:
