@@ -216,7 +216,8 @@ def _config_values(model: PreTrainedModel, decoder: Decoder, heads: int, blocks:
             "format='decilm' has one bias setting for q/k/v, one for o_proj and one for the MLP; this model's "
             "projections differ in whether they have biases."
         )
-    has_qkv_bias, has_o_bias = qkv.pop(), o.pop()
+    # Without any attention left (a lone FFN's zero heads), biases are zeros either way.
+    has_qkv_bias, has_o_bias = (qkv.pop() if qkv else False), (o.pop() if o else False)
     has_mlp_bias = mlp.pop() if mlp else bool(getattr(config, "mlp_bias", False))
     values.update(
         num_attention_heads=heads,

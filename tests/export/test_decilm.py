@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaModel, MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from oto_hf import save_pruned
+from oto_hf import discover_groups, save_pruned
+from oto_hf.erasing import erase_operators, find_operators
 from oto_hf.export.decilm import FFN_MULT_GRID, ffn_block
 from oto_hf.saving import export_pruned
 from tests.export.pruned_llms import (
@@ -15,6 +16,7 @@ from tests.export.pruned_llms import (
     load_without_oto_hf,
     logits,
     pruned_llm,
+    tiny_llm,
     widths,
 )
 from tests.utils.tiny_models import TEXT
@@ -148,3 +150,17 @@ def test_an_unknown_kv_heads_option_is_refused(tmp_path):
     with pytest.raises(ValueError, match="`kv_heads` must be 'uniform' or 'per_layer', got 'auto'"):
         save_pruned(pruned_llm("llama"), tmp_path / "out", format="decilm", kv_heads="auto")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_without_any_attention_keeps_one_zero_head(tmp_path):
+    """Every attention erased: layer 0 gets one zero query head and one zero KV head (for vLLM), the rest no-ops."""
+    model = tiny_llm("llama")
+    groups = discover_groups(model)
+    attention = [op for op in find_operators(model, groups, verify=False) if op.kind == "attention"]
+    erased = erase_operators(model, attention, groups.example_inputs)
+    report = export_pruned(erased, tmp_path / "out", format="decilm")
+    blocks = json.loads((report.path / "config.json").read_text())["block_configs"]
+    assert [block["attention"]["no_op"] for block in blocks] == [False, True, True]
+    assert report.padded_parameters == 4 * TEXT["hidden_size"] * 4 + TEXT["hidden_size"]  # head_dim 4, and a norm
+    loaded = load_without_oto_hf(report.path, tmp_path / "modules")
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), logits(erased), atol=1e-5, rtol=1e-5)
