@@ -5,6 +5,7 @@ from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
 from .discovery import discover_groups
 from .erasing import erase_operators, find_operators
+from .export import ExportReport, register_format, registered_formats
 from .graph import rules
 from .graph.export import TracingError, default_example_inputs
 from .graph.groups import GroupSet, TensorSlice, UnprunableComponent, ZeroInvariantGroup
@@ -14,7 +15,7 @@ from .models import register_default_architectures, register_pruned_architecture
 from .optim import DHSPG
 from .pruned_folder import PrunedFolder, read_pruned_folder
 from .record import PruningRecord
-from .saving import save_pruned
+from .saving import export_pruned, save_pruned
 from .stats import count_flops, count_parameters
 from .subnet import SubnetMismatchError, construct_subnet
 from .trainer import OTOTrainer
@@ -24,6 +25,7 @@ register_default_architectures()
 
 __all__ = [
     "DHSPG",
+    "ExportReport",
     "GroupSet",
     "OTOTrainer",
     "OTOTrainingArguments",
@@ -44,11 +46,14 @@ __all__ = [
     "default_example_inputs",
     "discover_groups",
     "erase_operators",
+    "export_pruned",
     "find_operators",
     "group_flop_costs",
+    "register_format",
     "register_op_rule",
     "read_pruned_folder",
     "register_pruned_architecture",
+    "registered_formats",
     "rules",
     "save_pruned",
 ]

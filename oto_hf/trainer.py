@@ -18,6 +18,7 @@ from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
 from .discovery import discover_groups
 from .distillation import distillation_loss, freeze, load_teacher
+from .export import get_format
 from .fsdp import gather_full_model
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
@@ -263,15 +264,25 @@ class OTOTrainer(Trainer):
         return pruned
 
     def save_pruned(
-        self, output_dir: str | Path | None = None, overwrite: bool = False, model_card: bool = True
+        self,
+        output_dir: str | Path | None = None,
+        overwrite: bool = False,
+        model_card: bool = True,
+        format: str = "auto",
+        **options: Any,
     ) -> Path:
         """Slice the zero groups away and `save_pruned` the result (with the processing class) on the main process,
         then write its model card with `create_model_card`, as TRL's trainers do when they save.
 
         Args:
-            output_dir (`str` or `Path`, *optional*, defaults to `<args.output_dir>/pruned`): where to write.
+            output_dir (`str` or `Path`, *optional*, defaults to `<args.output_dir>/pruned`): where to write (for a
+                format that writes one file, e.g. `"gguf"`, the file's path).
             overwrite (`bool`, *optional*, defaults to `False`): replace a non-empty folder.
-            model_card (`bool`, *optional*, defaults to `True`): write `README.md` and `kept_per_layer.png` into it.
+            model_card (`bool`, *optional*, defaults to `True`): write `README.md` and `kept_per_layer.png` into it
+                (formats that write a folder only).
+            format (`str`, *optional*, defaults to `"auto"`): the export format, as for `oto_hf.save_pruned`
+                (`"auto"`, `"stock"`, `"decilm"`, `"gguf"`, or one registered with `register_format`).
+            **options: the format's options (e.g. `dtype="f16"` for `"gguf"`).
 
         Returns:
             `Path`: the folder written, as `oto_hf.save_pruned` returns it (on every process). `pruned_model()` gives
@@ -280,8 +291,8 @@ class OTOTrainer(Trainer):
         pruned = self.pruned_model()
         output_dir = Path(output_dir or Path(self.args.output_dir) / "pruned")
         if self.is_world_process_zero():
-            save_pruned(pruned, output_dir, tokenizer=self.processing_class, overwrite=overwrite)
-            if model_card:
+            save_pruned(pruned, output_dir, self.processing_class, overwrite, format, **options)
+            if model_card and get_format(format).writes == "folder":
                 self.create_model_card(output_dir=output_dir)
         self.accelerator.wait_for_everyone()
         return output_dir

@@ -332,3 +332,20 @@ def test_groups_are_traced_on_a_short_example_and_flops_priced_on_the_whole_one(
 
     assert listed(trainer.groups) == listed(on_whole)
     assert trainer.dense_flops > 0
+
+
+def test_save_pruned_writes_the_chosen_format_and_cards_only_folders(tmp_path):
+    from oto_hf import ExportReport, register_format
+
+    def write_state_dict(model, staging, tokenizer=None):
+        torch.save(model.state_dict(), staging / "weights.pt")
+        return ExportReport(format="test-one-file")
+
+    register_format("test-one-file", write_state_dict, writes="file", description="a test format: one torch file")
+    trainer = OTOTrainer(tiny_model(), tiny_args(str(tmp_path / "run")), train_dataset=TinyClassification())
+    path = trainer.save_pruned(tmp_path / "model.pt", format="test-one-file")
+    assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "run"]  # no card beside it
+    with pytest.raises(ValueError, match="Unknown export format 'nope'. Registered formats: 'auto'"):
+        trainer.save_pruned(tmp_path / "other", format="nope")
+    with pytest.raises(ValueError, match=r"got unknown option\(s\) \['dtype'\]"):
+        trainer.save_pruned(tmp_path / "other", dtype="f16")
