@@ -29,7 +29,7 @@ import torch
 
 from ..graph.families import FamilyKey, family_key
 from ..graph.groups import KV_HEAD
-from .rounding import GridPlanner, resolve_rules, splits_query_heads
+from .rounding import GridPlanner, resolve_rules
 from .sharding import from_first_rank
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ class FamilyConstraints:
         if not isinstance(max_family_sparsity, (int, float)) or not 0 < max_family_sparsity <= 1:
             raise ValueError(f"`max_family_sparsity` must be in (0, 1], got {max_family_sparsity!r}.")
         rules = resolve_rules(round_to, uniform_widths)
-        keys, kinds, members, mixed = find_families(groups, split_nests=splits_query_heads(rules, uniform_widths))
+        keys, kinds, members, mixed = find_families(groups, split_nests=rules is not None)
         unknown = set(map(tuple, never_empty)) - set(keys)
         if unknown:
             raise ValueError(
@@ -190,8 +190,12 @@ class FamilyConstraints:
             for m, ids, key in zip(minimum, members, keys)
         ]
         kept = [min(len(ids), m) for ids, m in zip(members, minimum)]
-        nested = [len({getattr(groups[i], "nest", None) for i in ids} - {None}) > 1 for ids in members]
-        self.planner = None if rules is None else GridPlanner(kinds, members, kept, rules, uniform_widths, nested)
+        # With `round_to` the query heads of each KV group are a family (`find_families`); a layer's move together.
+        nested = [
+            getattr(groups[ids[0]], "nest", None) is not None and kind == "head" for kind, ids in zip(kinds, members)
+        ]
+        layers = [key if nest else None for key, nest in zip(keys, nested)]
+        self.planner = None if rules is None else GridPlanner(kinds, members, kept, rules, uniform_widths, layers)
         most = [len(ids) - k for ids, k in zip(members, kept)] if self.planner is None else self.planner.most.tolist()
         self.uniform = uniform_widths
         # Exact quotas: every family ends with exactly `max_zero` zero groups (planned upfront, or at each partition).

@@ -14,10 +14,10 @@ move together), so the model trains in its final shape and is built without padd
 kind uniform as well.
 
 Grouped-query attention (`"head"` groups nested in `"kv_head"` ones, `graph.nesting`): the built model keeps the same
-number of query heads in every KV group of a layer, so `"head"` takes `"uniform"` or `"free"`. `"uniform"` makes the
-query heads of each KV group a family of their own: every KV group of every layer keeps the same number (per-layer
-minimums then count per KV group), and nothing is padded. `"kv_head"` rules need that (with free query heads, a KV
-group whose query heads all go is removed too).
+number of query heads in every KV group of a layer. With `round_to`, the query heads of each KV group are a family of
+their own, and the KV groups of one layer move together (one class), so they keep equally many and nothing is padded;
+`"head"` rules count query heads per KV group (`"uniform"`: the same number in every KV group of every layer), and
+`min_heads_per_layer` counts per KV group too. A KV group whose query heads all go is removed with them.
 """
 
 from __future__ import annotations
@@ -99,12 +99,6 @@ def resolve_rules(round_to: Mapping[str, int | str] | None, uniform_widths: bool
     return rules
 
 
-def splits_query_heads(rules: Mapping[str, KindRule] | None, uniform_widths: bool) -> bool:
-    """Whether the query heads of each KV group (grouped-query attention) form a family of their own: under a
-    uniform rule for `"head"`, so that every KV group keeps the same number of query heads and nothing is padded."""
-    return rules is not None and rules.get("head", KindRule(1, uniform_widths)).uniform
-
-
 def zero_grid_ceil(count: torch.Tensor, size: torch.Tensor, multiple: torch.Tensor) -> torch.Tensor:
     """The smallest zero count `z >= count` whose kept count `size - z` is a multiple of `multiple` or `size`."""
     first = (size - 1) % multiple + 1  # the smallest positive zero count on the grid
@@ -121,9 +115,8 @@ class GridPlanner:
         min_kept (`Sequence[int]`): groups each family must keep (minimums, `max_family_sparsity`, `never_empty`).
         rules (`Mapping[str, KindRule]`): from `resolve_rules`.
         uniform_widths (`bool`): the rule of kinds not in `rules` is uniform.
-        nested (`Sequence[bool]`): per family, whether its groups lie in several KV groups of grouped-query attention
-            (`ZeroInvariantGroup.nest`): query heads then take `"free"` only (`"uniform"` splits them per KV group),
-            KV groups a rule only with uniform query heads.
+        layers (`Sequence[object]`): per family, a key shared by the families that must move together unless uniform
+            (the query heads of one layer's KV groups, `families.find_families(split_nests=True)`), or `None`.
     """
 
     def __init__(
@@ -133,28 +126,11 @@ class GridPlanner:
         min_kept: Sequence[int],
         rules: Mapping[str, KindRule],
         uniform_widths: bool,
-        nested: Sequence[bool],
+        layers: Sequence[object],
     ) -> None:
         default = KindRule(1, uniform_widths)
         family_rules = [rules.get(kind, default) for kind in kinds]
         sizes = [len(ids) for ids in members]
-        split = splits_query_heads(rules, uniform_widths)
-        for kind, rule, nest in zip(kinds, family_rules, nested):
-            # `graph.nesting.plan_removal` removes the query heads of a removed KV group and a KV group left without
-            # query heads, and pads query heads to the same count in every KV group of a layer.
-            if not nest or (rule.multiple == 1 and not rule.uniform) or (kind != "head" and split):
-                continue
-            if kind == "head":
-                raise ValueError(
-                    f"`round_to['head']={rule.multiple}` cannot be met for the query heads of grouped-query "
-                    "attention: the built model keeps the same number of query heads in every KV group of a layer "
-                    "(padding the others with zeros). Use 'uniform' (every KV group of every layer keeps the same "
-                    "number) or 'free'."
-                )
-            raise ValueError(
-                f"`round_to[{kind!r}]` needs `round_to['head']='uniform'` under grouped-query attention: with free "
-                "query heads, a KV group whose query heads are all removed is removed too, off the planned count."
-            )
         for kind, rule, size in zip(kinds, family_rules, sizes):
             if rule.multiple > size:
                 raise ValueError(
@@ -162,9 +138,10 @@ class GridPlanner:
                     f"layer's width), which could then only be kept whole or removed whole. Use a multiple of at most "
                     f"{min(s for k, s in zip(kinds, sizes) if k == kind)} or 'free'."
                 )
-        # A uniform class: the families of one kind and size; every other family is a class of its own.
+        # A uniform class: the families of one kind and size; else those of one layer (`layers`), or one family.
         keys = [
-            (kind, size) if rule.uniform else i for i, (kind, rule, size) in enumerate(zip(kinds, family_rules, sizes))
+            ("uniform", kind, size) if rule.uniform else i if layer is None else ("layer", layer)
+            for i, (kind, rule, size, layer) in enumerate(zip(kinds, family_rules, sizes, layers))
         ]
         class_ids: dict[object, int] = {}
         self.class_of = torch.tensor([class_ids.setdefault(key, len(class_ids)) for key in keys], dtype=torch.long)
@@ -198,15 +175,16 @@ class GridPlanner:
         """Zero groups per family on the grid so that the removed cost reaches `target` (CPU tensors in and out).
 
         In each family the groups are ranked: `taken` ones (zero or on their way) first, then by decreasing score.
-        A family (a class, for uniform ones) keeps at least its taken groups rounded up to the grid; from there, a
-        *step* zeroes the next ranked groups up to the next grid point (in every family of a uniform class), within
-        `most`. Steps come by decreasing mean score (ties: the class that comes first, then the smaller step), each
-        class's in their own order. The same rule as `selection.deadline_selection`, on steps: a step is taken while
-        the removed cost (the taken groups' rounding included) stays at or below the target; a class whose next step
-        would exceed it takes no more steps; if the removed cost is still below the target afterwards, the cheapest
-        next step of those classes closes the gap. So the plan reaches the target and exceeds it by less than the cost
-        of that closing step (or by the rounding of the taken groups, when that alone exceeds it). A plan within `most`
-        exists: the caller checked that `most` reaches the target.
+        A family keeps at least its taken groups rounded up to the grid, and so does its *class* (the families that
+        move together: uniform ones, the KV groups of one layer); from there, a *step* zeroes the next ranked groups up
+        to the next grid point in every family of the class, within `most`. Steps come by decreasing mean score (ties:
+        the class that comes first, then the smaller step), each class's in their own order. The same rule as
+        `selection.deadline_selection`, on steps: a step is taken while the removed cost (the taken groups' rounding
+        included) stays at or below the target; a class whose next step would exceed it takes no more steps; if the
+        removed cost is still below the target afterwards, the cheapest next step of those classes closes the gap. So
+        the plan reaches the target and exceeds it by less than the cost of that closing step (or by the rounding of
+        the taken groups, when that alone exceeds it). A plan within `most` exists: the caller checked that `most`
+        reaches the target.
         """
         lowest, removed, steps = self._steps(scores, taken, costs, family_of)
         plan = lowest.tolist()

@@ -65,14 +65,14 @@ def test_zero_grid_ceil_keeps_a_multiple_or_the_full_width(size, multiple, expec
     assert all(on_grid(size - z, size, multiple) for z in result.tolist())
 
 
-def planner(sizes, kinds, rules, min_kept=None, uniform_widths=False, nested=None):
+def planner(sizes, kinds, rules, min_kept=None, uniform_widths=False):
     members, start = [], 0
     for size in sizes:
         members.append(list(range(start, start + size)))
         start += size
     family_of = torch.cat([torch.full((size,), f) for f, size in enumerate(sizes)])
-    nested = nested or [False] * len(sizes)
-    return GridPlanner(kinds, members, min_kept or [0] * len(sizes), rules, uniform_widths, nested), family_of
+    layers = [None] * len(sizes)  # no family moves with another unless uniform
+    return GridPlanner(kinds, members, min_kept or [0] * len(sizes), rules, uniform_widths, layers), family_of
 
 
 def test_the_plan_takes_whole_grid_steps_by_mean_score_and_reaches_the_target():
@@ -202,17 +202,19 @@ def test_resume_restores_the_planned_quotas(tmp_path, stop):
 
 
 @pytest.mark.parametrize(
-    "kv_heads, round_to, target",
+    "heads, kv_heads, round_to, target",
     [
-        (4, {"neuron": 8, "head": "uniform"}, 0.5),
-        (2, {"neuron": 8, "head": "uniform", "kv_head": "uniform"}, 0.6),
-        (2, {"neuron": 8}, 0.5),
+        (4, 4, {"neuron": 8, "head": "uniform"}, 0.5),
+        (8, 2, {"neuron": 8, "head": "uniform", "kv_head": "uniform"}, 0.6),
+        (8, 2, {"neuron": 8, "head": 2}, 0.6),
+        (8, 2, {"neuron": 8}, 0.6),
     ],
-    ids=["mha-uniform-heads", "gqa-uniform-heads", "gqa-neurons"],
+    ids=["mha-uniform-heads", "gqa-uniform-heads", "gqa-heads-by-2", "gqa-free-heads"],
 )
-def test_a_tiny_llama_is_built_on_the_grid_without_padding(kv_heads, round_to, target):
+def test_a_tiny_llama_is_built_on_the_grid_without_padding(heads, kv_heads, round_to, target):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=kv_heads))  # FFN 37, 4 heads
+    config = LlamaConfig(**{**TEXT, "num_attention_heads": heads}, num_key_value_heads=kv_heads)  # FFN 37
+    model = LlamaForCausalLM(config)
     groups = discover_groups(model)
     optimizer = DHSPG.from_model(
         model, groups, lr=1e-3, target_sparsity=target, partition_steps=2, pruning_end_steps=10, round_to=round_to,
@@ -229,36 +231,37 @@ def test_a_tiny_llama_is_built_on_the_grid_without_padding(kv_heads, round_to, t
     pruned = construct_subnet(copy.deepcopy(model), groups, zero)
     widths = [layer.mlp.up_proj.out_features for layer in pruned.model.layers]
     assert all(w == 37 or w % 8 == 0 for w in widths) and widths != [37, 37], widths
-    if "head" in round_to:
-        heads = [
-            (layer.self_attn.q_proj.out_features, layer.self_attn.k_proj.out_features) for layer in pruned.model.layers
-        ]
-        assert len(set(heads)) == 1 and heads[0] != (32, 8 * kv_heads), heads
-        # Every KV group keeps the same number of query heads: nothing is padded.
-        assert all(layer.padded == 0 for layer in PruningRecord.from_model_or_config(pruned).layers)
+    head_dim = TEXT["hidden_size"] // heads
+    attention = [
+        (layer.self_attn.q_proj.out_features // head_dim, layer.self_attn.k_proj.out_features // head_dim)
+        for layer in pruned.model.layers
+    ]
+    assert attention != [(heads, kv_heads)] * 2, "no head was pruned"
+    if round_to.get("head") == "uniform":
+        assert len(set(attention)) == 1, attention
+    if round_to.get("head") == 2:
+        assert all(q // k in (2, 4) for q, k in attention), attention
+    # The KV groups of a layer keep equally many query heads: nothing is padded.
+    assert all(layer.padded == 0 for layer in PruningRecord.from_model_or_config(pruned).layers)
     ids = torch.randint(0, TEXT["vocab_size"], (2, 8), generator=generator)
     assert max_output_diff(pruned, masked_copy(model, groups, zero), {"input_ids": ids}) < 1e-5
 
 
-def test_grouped_query_attention_takes_uniform_query_heads_and_keeps_a_kv_group():
+def test_grouped_query_attention_families_and_the_kv_group_minimum():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2))
     groups = discover_groups(model)
-    with pytest.raises(ValueError, match=r"`round_to\['head'\]=2` cannot be met for the query heads of grouped-query"):
-        DHSPG.from_model(model, groups, pruning_end_steps=10, round_to={"head": 2})
-    with pytest.raises(ValueError, match=r"`round_to\['kv_head'\]` needs `round_to\['head'\]='uniform'`"):
-        DHSPG.from_model(model, groups, pruning_end_steps=10, round_to={"kv_head": "uniform"})
-    # 'uniform' query heads: one family per KV group (2 query heads each), whose minimum counts per KV group.
-    optimizer = DHSPG.from_model(
-        model, groups, pruning_end_steps=10, round_to={"head": "uniform"}, min_heads_per_layer=1
-    )
+    # With `round_to`: one family of query heads per KV group (2 each), whose minimum counts per KV group.
+    optimizer = DHSPG.from_model(model, groups, pruning_end_steps=10, round_to={"neuron": 8}, min_heads_per_layer=1)
     assert [(f.kind, f.size, f.min_kept) for f in optimizer.families[:4]] == [
         ("head", 2, 1), ("head", 2, 1), ("kv_head", 2, 1), ("neuron", 37, 0)
     ]  # fmt: skip
-    # Without `round_to` too, `min_heads_per_layer` keeps a KV group in every layer, and 0 does not.
+    # `min_heads_per_layer` keeps a KV group in every layer, and 0 does not; without `round_to`, a layer's query
+    # heads are one family.
     for minimum in (0, 1):
         optimizer = DHSPG.from_model(model, groups, pruning_end_steps=10, min_heads_per_layer=minimum)
         assert {f.min_kept for f in optimizer.families if f.kind == "kv_head"} == {minimum}
+        assert optimizer.families[0].kind == "head" and optimizer.families[0].size == 4
 
 
 def rank_masks(sync: bool) -> list[list[int]]:
