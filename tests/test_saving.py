@@ -96,6 +96,18 @@ def test_uniform_gqa_pruning_writes_the_stock_config(name, saved_uniform):
     assert not list(folder.glob("modeling_oto_*.py"))
 
 
+def test_one_query_head_per_kv_group_removed_everywhere_writes_the_stock_config(tmp_path):
+    """Query heads removed evenly, KV groups all kept: the KV-head count stays, only the query heads shrink."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TEXT, num_key_value_heads=2)).eval()
+    groups = discover_groups(model, prune_kinds=["head"])
+    first_heads = [children[0].id for _, children in groups.nests().values()]  # one per KV group, every layer
+    folder = _save_with_expected_outputs(construct_subnet(model, groups, first_heads), groups, tmp_path / "llama")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 2)
+    assert not list(folder.glob("modeling_oto_*.py"))
+
+
 def test_uniform_ffn_pruning_of_bert_writes_the_stock_config(saved_uniform):
     config, _ = saved_uniform["bert-ffn"]
     assert (config["model_type"], config["intermediate_size"]) == ("bert", 32)

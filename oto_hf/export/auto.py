@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .._version import __version__
+from ..graph.groups import KV_HEAD
 from ..models import model_classes_for, no_op, register_pruned_architecture
 from ..models import pruned as pruned_module
 from ..models.no_op import ERASED_KEY
@@ -107,14 +108,17 @@ def _stock_config(model: PreTrainedModel, record: PruningRecord) -> Any | None:
     if any(layer.kind == "channel" and layer.removed for layer in layers):
         return None
     candidate = copy.deepcopy(model.config)
-    for kind, keys in (("neuron", FFN_CONFIG_KEYS), ("head", HEAD_CONFIG_KEYS)):
+    nested = any(layer.kind == KV_HEAD for layer in layers)  # GQA: KV heads are groups of their own
+    query_keys = tuple(key for key in HEAD_CONFIG_KEYS if key != "num_key_value_heads") if nested else HEAD_CONFIG_KEYS
+    plans = (("neuron", FFN_CONFIG_KEYS), ("head", query_keys), (KV_HEAD, ("num_key_value_heads",)))
+    for kind, keys in plans:
         families = [layer for layer in layers if layer.kind == kind]
         if not any(f.removed for f in families):
             continue
         if len({(f.kept, f.total) for f in families}) != 1:
             return None
         kept, total = families[0].kept, families[0].total
-        if kind == "head":
+        if kind != "neuron":
             head_dim = getattr(candidate, "head_dim", None) or candidate.hidden_size // candidate.num_attention_heads
             for key in keys:
                 value = getattr(candidate, key, None)
