@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 import assets
 from oto_hf import construct_subnet, discover_groups, save_pruned
@@ -246,3 +246,14 @@ def test_rope_scaling(tmp_path, tokenizer):
     assert "llama.rope.scaling.type" not in fields
     factors = tensors["rope_freqs.weight"]
     assert factors.shape == (4,) and factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(8.0)
+
+
+def test_a_reloaded_oto_llama_folder(tmp_path, tokenizer):
+    """A non-uniform model saved as `oto_llama` ("auto") and loaded again writes the same GGUF tensors."""
+    model = pruned_llama(False)
+    save_pruned(model, tmp_path / "auto")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "auto")
+    assert reloaded.config.model_type == "oto_llama" and layer_widths(reloaded) == layer_widths(model)
+    fields, tensors = read(save_pruned(reloaded, tmp_path / "model.gguf", tokenizer, format="gguf"))
+    assert fields["general.architecture"] == "deci"
+    assert_tensors_equal(model, tensors)
