@@ -203,10 +203,25 @@ def load_instructions(folder: Path, config: dict[str, Any], class_name: str) -> 
         extra = [f"{processor[0]} = {processor[1]}.from_pretrained({arguments})"] if processor else []
         return "\n".join([*lines[:-1], model_id, lines[-1], *extra])
 
+    export = config.get("oto_export") or {}
+    padding = (
+        f" Padding the widths to what the format holds added {export['padded_parameters']:,} zero (or copied) "
+        "parameters, which compute nothing new."
+        if export.get("padded_parameters")
+        else ""
+    )
+    if not model_type.startswith("oto_") and config.get("auto_map"):  # an export format with its own code (decilm)
+        intro = (
+            f"This folder is in the `{export.get('format', model_type)}` export format (`model_type` `{model_type}`), "
+            "for serving engines (e.g. vLLM with `trust_remote_code=True`); transformers loads it with the modeling "
+            f"file saved beside the weights.{padding}"
+        )
+        load = code(imports, f"model = {auto}.from_pretrained(model_id, trust_remote_code=True)", remote=True)
+        return {"load_intro": intro, "load_snippets": [{"title": "With transformers only:", "code": load}]}
     if not model_type.startswith("oto_"):
         intro = (
             f"The pruned widths fit the stock `{model_type}` config, so plain transformers loads this model; oto_hf "
-            "is not needed."
+            f"is not needed.{padding}"
         )
         load = code(imports, f"model = {auto}.from_pretrained(model_id)")
         snippets = [{"title": "With transformers only:", "code": load}]

@@ -479,3 +479,16 @@ def _has_setuptools() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_decilm_folder_card_says_it_needs_remote_code_and_what_padding_cost(tmp_path):
+    from oto_hf import export_pruned
+    from tests.export.pruned_llms import pruned_llm
+
+    report = export_pruned(pruned_llm("llama"), tmp_path / "decilm", format="decilm")
+    assert report.padded_parameters > 0  # the plan's uneven query heads are padded to one count
+    text = write_model_card(report.path, language=None).read_text(encoding="utf-8")
+    assert "`decilm` export format (`model_type` `nemotron-nas`)" in text
+    assert f"added {report.padded_parameters:,} zero (or copied) parameters" in text
+    assert "from_pretrained(model_id, trust_remote_code=True)" in text and "import oto_hf" not in text
+    assert "plain transformers loads this model" not in text
