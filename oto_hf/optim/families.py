@@ -8,7 +8,8 @@ is `size - min(size, min_kept)`, also at most `floor(max_family_sparsity * size)
 in `never_empty`; with `uniform_widths` it is the planned number of zero groups of the family (see
 `plan_uniform_quotas`), which the deadline then fills exactly. With `round_to` (`rounding`) it is also an exact quota,
 on the family's grid, re-planned from the scores at every partition (`FamilyConstraints.replan`); before the first
-partition it is the most the grid and the limits allow.
+partition it is the most the grid and the limits allow. With `round_to` and grouped-query attention, the query heads
+of each KV group are a family of their own (`find_families(split_nests=True)`).
 
 **Segmented ranks.** To cap projections per family without a loop over groups, a priority order of the groups is
 re-sorted stably by family (`FamilyConstraints.family_order`): each family is then one contiguous segment, in the same
