@@ -141,6 +141,30 @@ def check_dhspg_settings(settings: Mapping[str, Any], names: Mapping[str, str] |
         raise ValueError(f"{first} and {second} must be non-negative numbers, not both zero, got {values!r}.")
 
 
+def check_erasing(erase: object, settings: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Erasing operators (`operator_erasing`) is a bool, and works with the progressive schedule, free widths and the
+    Fisher saliency only: `uniform_widths` and `round_to` plan per-family quotas that an erased family would break,
+    the constant schedule has no ramps to drive an operator's groups to zero together, and operators are scored by
+    their Fisher importance."""
+    names = names or {}
+    if not isinstance(erase, bool):
+        raise ValueError(f"`{names.get('erase', 'erase')}` must be a bool, got {erase!r}.")
+    if not erase:
+        return
+    clashes = {
+        "uniform_widths": settings.get("uniform_widths"),
+        "round_to": settings.get("round_to"),
+        "lambda_schedule": settings.get("lambda_schedule", DEFAULTS.lambda_schedule) == "constant",
+        "saliency": settings.get("saliency", DEFAULTS.saliency) == "otov2",  # operators are scored by importance
+    }
+    for key, clash in clashes.items():
+        if clash:
+            raise ValueError(
+                f"Erasing operators (`{names.get('erase', 'erase')}=True`) does not work with "
+                f"`{names.get(key, key)}={settings[key]!r}` yet; turn one of them off."
+            )
+
+
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")

@@ -3,7 +3,7 @@
 The class docstring is the algorithm's contract; `step` orchestrates the phases. Beside it, one job each: `checks`
 (settings: defaults, checks), `schedule` (steps), `base_steps` (SGD/Adam/AdamW), `packed_index` (segmented reductions),
 `group_stats`, `penalty`, `events` (partition, deadline), `progressive`, `selection`, `families`, `rounding`
-(`round_to`), `group_state` (run state, checkpoint) and `sharding` (FSDP2, rank agreement).
+(`round_to`), `group_state` (run state, checkpoint), `sharding` (FSDP2, rank agreement), `operator_erasing` (H2SPG).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from torch import nn
 from torch.optim import Optimizer
 
 from . import base_steps
-from .checks import DEFAULTS, SETTING_NAMES, check_dhspg_settings
+from .checks import DEFAULTS, SETTING_NAMES, check_dhspg_settings, check_erasing
 from .events import choose_redundant_set, deadline_projection, mark_next_quota
 from .families import FamilyConstraints, GroupFamily
 from .group_state import GroupState
 from .group_stats import Scratch, importance_rows, importance_statistics, pruning_statistics
 from .nesting import QueryHeadNests
+from .operator_erasing import OperatorErasing, family_budget
 from .packed_index import GroupIndex, extend
 from .penalty import LambdaRule, apply_step, penalise
 from .schedule import PruningSchedule
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
     from oto_hf.graph.families import FamilyKey
     from oto_hf.graph.groups import ZeroInvariantGroup
+    from oto_hf.graph.operators import Operator
 
 
 logger = logging.getLogger(__name__)
@@ -135,6 +137,9 @@ class DHSPG(Optimizer):
             is on a CUDA device (`torch.optim`'s default).
         sync_ranks (`bool`, *optional*, defaults to `True`): under `torch.distributed`, take every decision from rank
             0 (one broadcast per pruning step) so that ranks never disagree on the zero groups.
+        operators (`Sequence[Operator]`, *optional*): erasable operators (`oto_hf.find_operators`, priced on the inputs
+            of `group_costs`): with `erase` they compete with single groups for the target (H2SPG, `operator_erasing`).
+        erase (`bool`, *optional*, defaults to `True`): let `operators` be erased; `False` narrows only.
 
     Example:
 
@@ -191,10 +196,13 @@ class DHSPG(Optimizer):
         lambda_schedule: str = DEFAULTS.lambda_schedule,
         foreach: bool | None = None,
         sync_ranks: bool = True,
+        operators: Sequence[Operator] = (),
+        erase: bool = True,
     ) -> None:
         if pruning_end_steps is None:
             raise TypeError("DHSPG needs `pruning_end_steps`: the number of steps after which the target is met.")
         check_dhspg_settings(settings := {name: value for name, value in locals().items() if name in SETTING_NAMES})
+        check_erasing(erase := erase and bool(operators), settings)
         self._lambda_rule = LambdaRule.for_variant(variant, lambda_, lambda_amplify, lambda_cap)
 
         self.variant = variant
@@ -217,7 +225,8 @@ class DHSPG(Optimizer):
             sparsity_budget, target_sparsity, tolerance, num_params, group_costs, budget_total
         )
         device = self._index.device
-        self._families = FamilyConstraints.from_settings(groups, self._budget, settings, never_empty).to(device)
+        budget = family_budget(self._budget) if erase else self._budget  # erasing checks what it reaches itself
+        self._families = FamilyConstraints.from_settings(groups, budget, settings, never_empty).to(device)
         self._budget = self._families.planned_budget(self._budget)
         self._nests = QueryHeadNests.from_groups(groups)
         self._costs = self._budget.costs.to(device)
@@ -232,6 +241,9 @@ class DHSPG(Optimizer):
         self.uniform_widths = uniform_widths
         self.lambda_schedule = lambda_schedule
         self.sync_ranks = sync_ranks
+        self._erasing = OperatorErasing(
+            groups, operators, named_parameters, self._budget, self._families, self._schedule, sync_ranks
+        ) if erase else None  # fmt: skip
 
         # Run state (all in `state_dict()`).
         self._num_steps = 0
@@ -369,6 +381,7 @@ class DHSPG(Optimizer):
     def removed_fraction(self) -> float:
         """Removed fraction in the budget's unit: zero cost over `budget_total` (`group_sparsity` for groups)."""
         removed = float((self._costs * self._groups.zero).sum())
+        removed += self._erasing.removed_own_cost(self._num_steps) if self._erasing else 0.0
         return removed / self._budget.total if self._budget.total else 0.0
 
     def zero_group_ids(self) -> list[int]:
@@ -404,6 +417,8 @@ class DHSPG(Optimizer):
             self._pruning_step(step)
         else:
             self._base_step(masked=True)
+        if self._erasing:
+            self._erasing.after_step(step)
         self._num_steps += 1
         return loss
 
@@ -437,6 +452,8 @@ class DHSPG(Optimizer):
         """Add `<x_g, grad_g>^2` (the squared gradient of a mask on each group) to the running importance."""
         self._groups.importance += xg.square()
         self._groups.importance_steps += 1
+        if self._erasing:
+            self._erasing.accumulate(xg)
 
     def _scores(self, stats: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
         """Redundancy scores (high: remove first) by the chosen saliency; on the CPU."""
@@ -452,16 +469,8 @@ class DHSPG(Optimizer):
         # <x, grad> first: the directions then overwrite the gradients of grouped parameters.
         importance = importance_rows(self._index, params, grads, self._scratch) if fisher else None
         directions, decays, lrs = self._directions()
-        stats = pruning_statistics(
-            self._index,
-            params,
-            directions,
-            decays,
-            lrs,
-            importance=importance,
-            with_l1=partition or deadline,
-            scratch=self._scratch,
-        )
+        stats = pruning_statistics(self._index, params, directions, decays, lrs, importance=importance,
+                                   with_l1=partition or deadline, scratch=self._scratch)  # fmt: skip
         if fisher:
             self._accumulate_importance(stats["xg"])
         if partition:
@@ -529,6 +538,10 @@ class DHSPG(Optimizer):
     def _partition(self, stats: dict[str, torch.Tensor], step: int) -> None:
         """Re-score, re-choose the redundant set and, with the progressive schedule, mark the next quota due."""
         scores = self._scores(stats, self._groups.zero)
+        if self._erasing:
+            scores, self._budget = self._erasing.partition(
+                self._groups, scores, self.importance, self._budget, stats["xx"].sqrt(), step
+            )
         self._families.replan(scores, self._groups.zero | self._groups.due, self._budget, self.sync_ranks)
         redundant, priority = choose_redundant_set(
             self._groups, scores, self._families, self._budget, self.sync_ranks, step
@@ -540,20 +553,10 @@ class DHSPG(Optimizer):
         points = self._schedule.partition_points
         period = points.index(step)
         mark_next_quota(
-            self._groups,
-            scores,
-            redundant,
-            priority,
-            self._families,
-            self._budget,
-            stats["xx"].sqrt(),
-            period=period,
-            num_periods=len(points),
-            step=step,
-            ramp_end=self._schedule.ramp_end(period),
-            uniform_widths=self._families.exact,
-            sync=self.sync_ranks,
-        )
+            self._groups, scores, redundant, priority, self._families, self._budget, stats["xx"].sqrt(),
+            period=period, num_periods=len(points), step=step, ramp_end=self._schedule.ramp_end(period),
+            uniform_widths=self._families.exact, sync=self.sync_ranks,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ checkpointing
 

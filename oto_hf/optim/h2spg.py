@@ -7,8 +7,7 @@ tensors, `(sum of <x_t, grad_t> over its tensors)^2`. For an operator that is th
 which is not the sum of its members' importances: their first-order terms add before squaring, so they may cancel or
 reinforce. `choose_units` takes the units with the least importance per cost until the target cost is removed.
 
-This module scores and chooses; driving the chosen units to zero along DHSPG's progressive ramps is not wired in
-yet.
+This module scores and chooses; `operator_erasing` drives the chosen operators to zero inside DHSPG.
 """
 
 from __future__ import annotations
@@ -112,6 +111,10 @@ def choose_units(
     *,
     max_family_sparsity: float = 1.0,
     erase: bool = True,
+    family_of: Sequence[int] | None = None,
+    family_room: Sequence[int] | None = None,
+    fixed_groups: Sequence[int] = (),
+    fixed_operators: Sequence[int] = (),
 ) -> Choice:
     """The least important units per cost, greedily, until at least `target_cost` is removed.
 
@@ -134,6 +137,11 @@ def choose_units(
         max_family_sparsity (`float`, *optional*, defaults to `1.0`): most of each family's groups that narrowing may
             remove, in `(0, 1]`.
         erase (`bool`, *optional*, defaults to `True`): let operators compete; `False` narrows only.
+        family_of (`Sequence[int]`, *optional*): the family index of each group; with `family_room` (the most groups
+            of each family that narrowing may remove, e.g. DHSPG's quotas) it replaces `max_family_sparsity`.
+        family_room (`Sequence[int]`, *optional*): see `family_of`.
+        fixed_groups (`Sequence[int]`, *optional*): groups removed already (zero or on their way), taken first.
+        fixed_operators (`Sequence[int]`, *optional*): operators erased already, taken first.
 
     Returns:
         `Choice`: the groups to zero (sorted), the indices of the operators to erase, and the removed cost.
@@ -155,10 +163,22 @@ def choose_units(
         units += [(float(operator_importance[j]) / _positive(operator_costs[j]), 1, j) for j in range(len(operators))]
     units.sort(key=lambda unit: (unit[0], unit[1], unit[2]))
 
-    families: dict[tuple, list[int]] = {}
-    for group in groups:
-        families.setdefault(family_key(group), []).append(group.id)
-    state = _Greedy(groups, operators, group_costs, operator_costs, families, max_family_sparsity)
+    if (family_of is None) != (family_room is None):
+        raise ValueError("Pass both `family_of` and `family_room`, or neither.")
+    if family_of is None:
+        keys: dict[tuple, int] = {}
+        family_of = [keys.setdefault(family_key(group), len(keys)) for group in groups]
+        sizes = torch.bincount(torch.tensor(family_of, dtype=torch.long), minlength=len(keys)).tolist()
+        family_room = [math.floor(max_family_sparsity * size + 1e-9) for size in sizes]
+        limits = f"`max_family_sparsity={max_family_sparsity:g}`"
+    else:
+        limits = "the narrowing limits (`max_family_sparsity`, the per-layer minimums, `never_empty`)"
+    state = _Greedy(operators, group_costs, operator_costs, list(family_of), list(family_room))
+    for index in fixed_operators:
+        state.take(1, index, fixed=True)
+    for index in fixed_groups:
+        if index not in state.zero:
+            state.take(0, index, fixed=True)
     for _, is_operator, index in units:  # what fits under the target, in order
         gain = state.gain(is_operator, index)
         if gain is not None and state.removed + gain <= target_cost:
@@ -168,8 +188,8 @@ def choose_units(
                  if (gain := state.gain(is_operator, index)) is not None]  # fmt: skip
         if not gains:
             raise ValueError(
-                f"Only {state.removed:g} of `target_cost` {target_cost:g} can be removed with "
-                f"`max_family_sparsity={max_family_sparsity:g}`{'' if erase else ' and erasing off'}: raise either."
+                f"Only {state.removed:g} of `target_cost` {target_cost:g} can be removed with {limits}"
+                f"{'' if erase else ' and erasing off'}: raise either, or lower the target."
             )
         _, is_operator, index = min(gains, key=lambda item: item[0])
         state.take(is_operator, index)
@@ -179,23 +199,23 @@ def choose_units(
 class _Greedy:
     """What `choose_units` has taken so far, and what each further unit would add."""
 
-    def __init__(self, groups, operators, group_costs, operator_costs, families, max_family_sparsity) -> None:
-        self.groups, self.operators, self.group_costs = groups, operators, group_costs
+    def __init__(self, operators, group_costs, operator_costs, family_of: list[int], room: list[int]) -> None:
+        self.operators, self.group_costs, self.family_of = operators, group_costs, family_of
         # An operator's own cost: its tensors outside every group (norms, output biases).
         self.own = [
             float(operator_costs[j]) - float(group_costs[op.group_ids].sum()) for j, op in enumerate(operators)
         ]
-        self.allowed = {key: math.floor(max_family_sparsity * len(ids) + 1e-9) for key, ids in families.items()}
-        self.narrowed = dict.fromkeys(families, 0)
+        self.allowed = room
+        self.narrowed = [0] * len(room)
         self.zero: set[int] = set()
         self.erased: list[int] = []
         self.removed = 0.0
 
-    def gain(self, is_operator: int, index: int) -> float | None:
+    def gain(self, is_operator: int, index: int, fixed: bool = False) -> float | None:
         """Cost this unit would remove on top of what is taken; `None` if it cannot be taken (or adds nothing)."""
         if not is_operator:
-            key = family_key(self.groups[index])
-            taken = index in self.zero or self.narrowed[key] >= self.allowed[key]
+            family = self.family_of[index]
+            taken = index in self.zero or (self.narrowed[family] >= self.allowed[family] and not fixed)
             return None if taken else float(self.group_costs[index])
         op = self.operators[index]
         tensors = set(op.tensors)
@@ -205,8 +225,9 @@ class _Greedy:
         left = [i for i in op.group_ids if i not in self.zero]
         return float(self.group_costs[left].sum()) + self.own[index] - sum(self.own[k] for k in parts)
 
-    def take(self, is_operator: int, index: int) -> None:
-        self.removed += self.gain(is_operator, index)
+    def take(self, is_operator: int, index: int, fixed: bool = False) -> None:
+        """Take a unit; a `fixed` one (removed already) also beyond its family's room."""
+        self.removed += self.gain(is_operator, index, fixed) or 0.0
         if is_operator:
             self.zero.update(self.operators[index].group_ids)
             self.erased = [
@@ -214,7 +235,7 @@ class _Greedy:
             ]
             self.erased.append(index)
         else:
-            self.narrowed[family_key(self.groups[index])] += 1
+            self.narrowed[self.family_of[index]] += 1
             self.zero.add(index)
 
 
