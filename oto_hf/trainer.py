@@ -18,12 +18,14 @@ from .bottlenecks import bottleneck_families
 from .costs import group_flop_costs
 from .discovery import discover_groups
 from .distillation import distillation_loss, freeze, load_teacher
+from .erasing import erase_operators, find_operators
 from .export import get_format
 from .fsdp import gather_full_model
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
 from .model_card import write_model_card
 from .optim import DHSPG
+from .optim.operator_erasing import zero_operators
 from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet
@@ -108,6 +110,9 @@ class OTOTrainer(Trainer):
                 + ", ".join(key[0][0] for key in self.never_empty),
                 main_process_only=True,
             )
+        # With `erase_operators`, whole sub-blocks compete with single groups (priced on the same example as groups).
+        erasing = args.erase_operators and len(self.groups) > 0
+        self.operators = find_operators(self.model, self.groups, self.example_inputs) if erasing else []
         self.teacher = None
         if teacher is not None:
             self.teacher = freeze(teacher)
@@ -153,6 +158,7 @@ class OTOTrainer(Trainer):
             group_costs=self.group_flops if flops else None,
             budget_total=float(self.dense_flops) if flops else None,
             never_empty=self.never_empty,
+            operators=self.operators,
             **settings,
         )
         logger.info(
@@ -248,7 +254,8 @@ class OTOTrainer(Trainer):
 
     # ---- export ----------------------------------------------------------------------------------------------------
     def pruned_model(self) -> nn.Module | None:
-        """A copy of the trained model with its zero groups sliced away (outputs checked against the trained model).
+        """A copy of the trained model with its zero groups sliced away (outputs checked against the trained model),
+        and, with `erase_operators`, the operators that add nothing (all their groups and own tensors zero) erased.
 
         Its pruning record also holds the run's settings (`training_settings`), so cards of the saved folder show them.
         Under FSDP2 the model is first gathered on the main process (every process must call this), and the other
@@ -259,7 +266,12 @@ class OTOTrainer(Trainer):
             return None
         ids = self.groups.zero_group_ids(model)
         inputs = to_device(self.example_inputs, device_of(model))
-        pruned = construct_subnet(model, self.groups, ids, example_inputs=inputs, allow_empty_layers=True)
+        erased = zero_operators(self.operators, ids, dict(model.named_parameters(remove_duplicate=False)))
+        members = {i for op in erased for i in op.group_ids}  # erasing removes them with their modules
+        kept_ids = [i for i in ids if i not in members]
+        pruned = construct_subnet(model, self.groups, kept_ids, example_inputs=inputs, allow_empty_layers=True)
+        if erased:
+            pruned = erase_operators(pruned, erased, inputs, inplace=True, zero_first=False)
         pruned.oto_pruning.training_settings = training_settings(self.args)
         return pruned
 

@@ -9,7 +9,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .graph.groups import GROUP_KINDS
-from .optim.checks import TRAINER_DEFAULTS, check_dhspg_settings
+from .optim.checks import TRAINER_DEFAULTS, check_dhspg_settings, check_erasing
 from .optim.rounding import parse_round_to
 
 
@@ -28,6 +28,10 @@ class OTOTrainingArguments(TrainingArguments):
     because stripping a layer to under a tenth of its width costs more accuracy than the FLOPs it saves; and
     `num_partition_periods=5` whatever `dhspg_lambda_schedule`, a plain number for the command line and the model
     card (`DHSPG` uses one period with the constant schedule, as OTOv2 did; pass 1 for a parity study).
+
+    `erase_operators` is off by default: erasing whole attention or FFN sub-blocks has not been measured against
+    narrowing alone at equal FLOPs yet (issue 17, item 4), and an erased model needs oto_hf's classes or a per-layer
+    format (`"decilm"`) where a narrowed one may fit a stock config.
 
     Example:
     ```python
@@ -157,6 +161,14 @@ class OTOTrainingArguments(TrainingArguments):
             "'constant' is OTOv2's rule alone (the deadline then does most of the pruning)."
         },
     )
+    erase_operators: bool = field(
+        default=False,
+        metadata={
+            "help": "Let whole attention sub-blocks, FFN sub-blocks and blocks compete with single heads and neurons "
+            "for the target (H2SPG); erased ones are removed when saving. Needs the progressive schedule, free widths "
+            "and the fisher saliency."
+        },
+    )
     distillation: str = field(
         default="off",
         metadata={
@@ -179,7 +191,9 @@ class OTOTrainingArguments(TrainingArguments):
             self.round_to = parse_round_to("round_to", self.round_to)
         # 0 steps mean "from the ratio": resolved with the run's length, checked then (`pruning_schedule`).
         settings = {**self._dhspg_settings(), "pruning_end_steps": self.pruning_end_steps or None}
-        check_dhspg_settings(settings, names={key: name for name, key in dhspg_setting_names().items()})
+        names = {key: name for name, key in dhspg_setting_names().items()}
+        check_dhspg_settings(settings, names=names)
+        check_erasing(self.erase_operators, settings, {**names, "erase": "erase_operators"})
         unknown = [kind for kind in self.prune_kinds if kind not in GROUP_KINDS]
         if unknown or not self.prune_kinds:
             raise ValueError(
@@ -249,6 +263,7 @@ TRAINER_ONLY_FIELDS: tuple[str, ...] = (
     "prune_kinds",
     "partition_ratio",
     "pruning_end_ratio",
+    "erase_operators",
     "distillation",
     "distillation_alpha",
     "distillation_temperature",
