@@ -241,9 +241,8 @@ class DHSPG(Optimizer):
         self.uniform_widths = uniform_widths
         self.lambda_schedule = lambda_schedule
         self.sync_ranks = sync_ranks
-        self._erasing = OperatorErasing(
-            groups, operators, named_parameters, self._budget, self._families, self._schedule, sync_ranks
-        ) if erase else None  # fmt: skip
+        self._erasing = OperatorErasing(groups, operators, named_parameters, self._budget, self._families,
+                                        self._schedule, sync_ranks) if erase else None  # fmt: skip
 
         # Run state (all in `state_dict()`).
         self._num_steps = 0
@@ -539,9 +538,8 @@ class DHSPG(Optimizer):
         """Re-score, re-choose the redundant set and, with the progressive schedule, mark the next quota due."""
         scores = self._scores(stats, self._groups.zero)
         if self._erasing:
-            scores, self._budget = self._erasing.partition(
-                self._groups, scores, self.importance, self._budget, stats["xx"].sqrt(), step
-            )
+            scores, self._budget = self._erasing.partition(self._groups, scores, self.importance, self._budget,
+                                                           stats["xx"].sqrt(), step)  # fmt: skip
         self._families.replan(scores, self._groups.zero | self._groups.due, self._budget, self.sync_ranks)
         redundant, priority = choose_redundant_set(
             self._groups, scores, self._families, self._budget, self.sync_ranks, step
@@ -565,6 +563,8 @@ class DHSPG(Optimizer):
         (`group_state.GroupState.to_dict`); it loads with `torch.load(path, weights_only=True)`."""
         state = super().state_dict()
         state["dhspg"] = {**self._groups.to_dict(self._families), "num_steps": self._num_steps}
+        if self._erasing:
+            state["dhspg"]["erasing"] = self._erasing.to_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -579,6 +579,8 @@ class DHSPG(Optimizer):
         super().load_state_dict(state_dict)
         self._groups = groups
         self._num_steps = int(extra["num_steps"])
+        if self._erasing:
+            self._budget = self._erasing.load(extra, self._budget)
 
     def state_nbytes(self) -> int:
         """Bytes of all tensors this optimizer keeps between steps: per-parameter state, group state, the index and the

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -167,10 +168,13 @@ class OperatorErasing:
         for j in self.erased:
             erased_members[self.operators[j].group_ids] = True
         scores = torch.where(erased_members, torch.full_like(scores, float("inf")), scores)
+        return scores, self._budget_for_groups(budget)
+
+    def _budget_for_groups(self, budget: Budget) -> Budget:
+        """DHSPG's budget less the own cost of the admitted operators (which no group holds)."""
         own = sum(self.own[j] for j in self.erased)
         target = max(self.target - own, TINY)  # still active: the due groups go on to zero
-        redundant = max(self.redundant - own, target)
-        return scores, dataclasses.replace(budget, target_cost=target, redundant_cost=redundant)
+        return dataclasses.replace(budget, target_cost=target, redundant_cost=max(self.redundant - own, target))
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -185,6 +189,28 @@ class OperatorErasing:
                 params[name].zero_()
             elif now < before:
                 params[name].mul_(now / before)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run state, for `DHSPG.state_dict()` (plain values and a tensor: it loads with `weights_only=True`)."""
+        return {
+            "erased": list(self.erased),
+            "ramps": {name: list(ramp) for name, ramp in self.ramps.items()},
+            "ends": {str(j): end for j, end in self.ends.items()},
+            "sums": self.sums.clone(),
+            "steps": self.steps,
+        }
+
+    def load(self, state: dict[str, Any], budget: Budget) -> Budget:
+        """Restore `to_dict()` from a DHSPG state dict; returns the budget for groups of that state."""
+        if "erasing" not in state:
+            raise ValueError("This state dict has no 'erasing' entry: it was written by a DHSPG without operators.")
+        values = state["erasing"]
+        self.erased = [int(j) for j in values["erased"]]
+        self.ramps = {name: (int(first), int(last)) for name, (first, last) in values["ramps"].items()}
+        self.ends = {int(j): int(end) for j, end in values["ends"].items()}
+        self.sums = values["sums"].to(self.sums.device, self.sums.dtype).clone()
+        self.steps = int(values["steps"])
+        return self._budget_for_groups(budget)
 
     def removed_own_cost(self, num_steps: int) -> float:
         """Own cost of the admitted operators whose ramps have ended after `num_steps` steps."""

@@ -118,3 +118,22 @@ def test_an_unreachable_target_names_the_limits():
     with pytest.raises(ValueError, match="can be removed with the narrowing limits"):
         DHSPG.from_model(copy.deepcopy(found.model), found.groups, operators=blocks, target_sparsity=0.6,
                          max_family_sparsity=0.5, **SCHEDULE)  # fmt: skip
+
+
+def test_a_checkpoint_resumes_the_erasing_run_exactly(tmp_path):
+    """Saved after the first partition (operators admitted) and loaded into a fresh optimizer, the run goes on as if
+    it had not stopped: same operators, same weights to the last bit."""
+    found, model, optimizer = _llama(target_sparsity=0.6, max_family_sparsity=0.5)
+    _train(optimizer, model, 10)
+    assert optimizer._erasing.erased
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    resumed_model = copy.deepcopy(model)
+    resumed = DHSPG.from_model(resumed_model, found.groups, operators=found.operators, target_sparsity=0.6,
+                               max_family_sparsity=0.5, **SCHEDULE)  # fmt: skip
+    resumed.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    assert resumed.num_steps == optimizer.num_steps
+    for run_model, run_optimizer in ((model, optimizer), (resumed_model, resumed)):
+        _train(run_optimizer, run_model, 20)
+    assert resumed._erasing.erased == optimizer._erasing.erased
+    for (name, a), b in zip(model.named_parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b), name
