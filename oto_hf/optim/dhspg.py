@@ -202,7 +202,7 @@ class DHSPG(Optimizer):
         if pruning_end_steps is None:
             raise TypeError("DHSPG needs `pruning_end_steps`: the number of steps after which the target is met.")
         check_dhspg_settings(settings := {name: value for name, value in locals().items() if name in SETTING_NAMES})
-        check_erasing(erase := erase and bool(operators), settings)
+        check_erasing(erase, settings if operators else {})  # settings that clash with erasing matter with operators
         self._lambda_rule = LambdaRule.for_variant(variant, lambda_, lambda_amplify, lambda_cap)
 
         self.variant = variant
@@ -225,7 +225,7 @@ class DHSPG(Optimizer):
             sparsity_budget, target_sparsity, tolerance, num_params, group_costs, budget_total
         )
         device = self._index.device
-        budget = family_budget(self._budget) if erase else self._budget  # erasing checks what it reaches itself
+        budget = family_budget(self._budget) if (erase := erase and bool(operators)) else self._budget
         self._families = FamilyConstraints.from_settings(groups, budget, settings, never_empty).to(device)
         self._budget = self._families.planned_budget(self._budget)
         self._nests = QueryHeadNests.from_groups(groups)

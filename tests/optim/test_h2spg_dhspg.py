@@ -112,6 +112,13 @@ def test_erasing_refuses_settings_it_does_not_support(setting, value):
     _llama(target_sparsity=0.3, erase=False, **{setting: value})  # narrowing only: accepted
 
 
+def test_erase_must_be_a_bool_and_settings_only_clash_with_operators():
+    with pytest.raises(ValueError, match="`erase` must be a bool, got 'yes'"):
+        _llama(target_sparsity=0.3, erase="yes")
+    found = found_operators("llama")
+    DHSPG.from_model(copy.deepcopy(found.model), found.groups, target_sparsity=0.3, uniform_widths=True, **SCHEDULE)
+
+
 def test_an_unreachable_target_names_the_limits():
     found = found_operators("llama")
     blocks = [op for op in found.operators if op.kind != "block"][:1]  # one attention to erase, nothing else
