@@ -84,6 +84,11 @@ def random_nonuniform_ids(groups: Any, seed: int = 0) -> list[int]:
         count = 1 + (position + offset) % (len(members) - 1)
         order = torch.randperm(len(members), generator=generator)[:count]
         chosen += [members[i].id for i in order.tolist()]
+    # Query heads nested in KV groups (GQA): a KV group that stays keeps one of its query heads, so no layer's
+    # attention is emptied by removing the query heads of one KV group and the other KV groups themselves.
+    for parent, children in groups.nests().values():
+        if parent is not None and parent.id not in chosen and children and all(c.id in chosen for c in children):
+            chosen.remove(children[0].id)
     return sorted(chosen)
 
 

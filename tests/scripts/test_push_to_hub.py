@@ -98,7 +98,14 @@ def test_push_over_lfs_writes_the_card_and_uploads_exact_bytes_privately(folder,
     repo = hub.repos["model:oto-tester/tiny-bert-pruned"]
     assert repo.private
     local = _local_files(folder)
-    expected = {"config.json", "model.safetensors", "README.md", "kept_per_layer.png", "modeling_oto_bert.py"}
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "kept_per_layer.png",
+        "modeling_oto_bert.py",
+        "no_op.py",
+    }
     assert set(local) == expected
     assert repo.files == local  # every file, byte for byte
     assert {"model.safetensors", "kept_per_layer.png"} <= repo.lfs_files  # through the LFS batch API

@@ -24,8 +24,8 @@ def test_sweep_prunes_an_architecture_exactly(tmp_path):
         torch.set_num_threads(threads)
     assert result.outcome == "exact", result.reason
     assert (result.model_class, result.auto_class) == ("Phi3ForCausalLM", "AutoModelForCausalLM")
-    assert result.groups == {"head": 2 * 2, "neuron": 2 * 37}
-    assert 0 < result.removed < 2 * 2 + 2 * 37 and result.params[1] < result.params[0]
+    assert result.groups == {"head": 2 * 4, "kv_head": 2 * 2, "neuron": 2 * 37}  # 4 query heads in 2 KV groups
+    assert 0 < result.removed < 2 * 4 + 2 * 2 + 2 * 37 and result.params[1] < result.params[0]
     checks = {"subnet", "subnet_qk_x10", "reload", "generate_tokens_differ", "reload_without_oto_hf"}
     assert set(result.checks) == checks
     assert result.checks["subnet"] <= zoo.SUBNET_TOLERANCE
