@@ -26,6 +26,7 @@ from .graph.groups import GroupSet
 from .model_card import write_model_card
 from .optim import DHSPG
 from .optim.operator_erasing import zero_operators
+from .optim.output_importance import OutputImportance
 from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet
@@ -159,6 +160,7 @@ class OTOTrainer(Trainer):
             budget_total=float(self.dense_flops) if flops else None,
             never_empty=self.never_empty,
             operators=self.operators,
+            importance_source=OutputImportance(opt_model, self.groups) if settings["saliency"] == "output" else None,
             **settings,
         )
         logger.info(

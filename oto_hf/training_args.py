@@ -101,14 +101,15 @@ class OTOTrainingArguments(TrainingArguments):
     dhspg_saliency: str = field(
         default=TRAINER_DEFAULTS.saliency,
         metadata={
-            "help": "How groups are ranked: 'fisher' (loss-based importance per unit of the budget's cost) or "
+            "help": "How groups are ranked: 'fisher' (loss-based importance per unit of the budget's cost), 'output' "
+            "(the same, measured where each group is read: its output's energy times the loss gradient's there) or "
             "'otov2' (OTOv2's cosine and magnitude mix)."
         },
     )
     importance_window: int = field(
         default=TRAINER_DEFAULTS.importance_window,
         metadata={
-            "help": "With 'fisher': warm-up steps whose gradients score the groups at the first partition (0: one "
+            "help": "With 'fisher' or 'output': warm-up steps that score the groups at the first partition (0: one "
             "period)."
         },
     )

@@ -42,6 +42,7 @@ an hour on 2 cores that nothing else uses, and a few hours on busy ones (see the
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import gc
 import json
@@ -66,6 +67,7 @@ import run_clm
 from assets import fetch_bbc, fetch_smollm2
 from llm_baselines import decoder_layers, depth_prune, width_prune
 from oto_hf import GroupSet, OTOTrainer, OTOTrainingArguments, count_parameters, discover_groups
+from oto_hf.models.no_op import ErasedModule
 from oto_hf.report import measure_latency
 from oto_hf.stats import count_flops
 from utils_common import subsample
@@ -91,6 +93,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--eval_blocks", type=int, default=32, help="held-out blocks for perplexity")
+    parser.add_argument(
+        "--oto_args",
+        nargs="*",
+        default=[],
+        type=setting,
+        help="OTOTrainingArguments of the oto runs as key=value, e.g. dhspg_saliency=output num_partition_periods=1",
+    )
+    parser.add_argument(
+        "--oto_erase", action="store_true", help="OTO also erases whole sub-blocks (`erase_operators`, H2SPG)"
+    )
     parser.add_argument("--calibration_blocks", type=int, default=8, help="training blocks scoring the baselines")
     parser.add_argument("--new_tokens", type=int, default=128, help="tokens generated per prompt for decode speed")
     parser.add_argument("--decode_rounds", type=int, default=1, help="rounds over the prompts for decode speed")
@@ -124,6 +136,23 @@ def load_blocks(
     data_args = run_clm.DataArguments(train_file=train_file, validation_file=validation_file, block_size=block_size)
     raw, _ = run_clm.load_raw_text(data_args, None, None)
     return run_clm.text_blocks(raw, tokenizer, block_size, data_args, OTOTrainingArguments(str(work / "data")))
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """`key=value` of `--oto_args`: the value as a Python literal (number, bool, ...) or else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value (an OTOTrainingArguments field), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def oto_label(args: argparse.Namespace) -> str:
+    """`oto`, with the `--oto_args` given (`oto[dhspg_saliency=output]`) and `+erase` when it erases sub-blocks."""
+    given = ",".join(f"{key}={value}" for key, value in args.oto_args)
+    return "oto" + (f"[{given}]" if given else "") + ("+erase" if args.oto_erase else "")
 
 
 def batches_of(blocks: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -174,19 +203,27 @@ def kv_bytes_per_token(model: nn.Module, input_ids: torch.Tensor) -> float:
 
 
 def widths_per_layer(model: nn.Module) -> list[tuple[int, int, int]]:
-    """(query heads, KV heads, FFN neurons) of each decoder layer, read from the projections' shapes."""
+    """(query heads, KV heads, FFN neurons) of each decoder layer, read from the projections' shapes (0 for an
+    erased attention or FFN sub-block)."""
     _, layers = decoder_layers(model)
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     widths = []
     for layer in layers:
         modules = dict(layer.named_modules())
+        if isinstance(layer, ErasedModule):  # a whole block erased
+            widths.append((0, 0, 0))
+            continue
         try:
-            q, k, down = (modules[n] for n in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"))
-        except KeyError as error:
+            attention, mlp = modules["self_attn"], modules["mlp"]
+            heads = (0, 0) if isinstance(attention, ErasedModule) else (
+                attention.q_proj.out_features // head_dim, attention.k_proj.out_features // head_dim
+            )  # fmt: skip
+            neurons = 0 if isinstance(mlp, ErasedModule) else mlp.down_proj.in_features
+        except (KeyError, AttributeError) as error:
             raise ValueError(
                 f"bench_llm reads LLaMA-style projections; {type(layer).__name__} lacks {error}."
             ) from None
-        widths.append((q.out_features // head_dim, k.out_features // head_dim, down.in_features))
+        widths.append((*heads, neurons))
     return widths
 
 
@@ -275,6 +312,8 @@ def train(
         seed=seed,
         target_sparsity=target,
         distillation="dense",
+        **(dict(args.oto_args) if target else {}),
+        erase_operators=bool(target) and args.oto_erase,
         save_strategy="no",
         report_to="none",
         logging_steps=max(1, args.max_steps // 10),
@@ -483,7 +522,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             extra["train_loss"] = [entry["loss"] for entry in log if "loss" in entry]
             perplexity = math.exp(mean_loss(model, held_out))
             row = summarise(
-                method,
+                oto_label(args) if method == "oto" else method,
                 speedup,
                 seed,
                 model,

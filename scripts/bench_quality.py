@@ -43,6 +43,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,24 @@ BOOLQ_TRAIN, BOOLQ_EVAL, BOOLQ_STEPS = 2000, 1000, 125  # 2 epochs of batch 32
 QA_TRAIN_WINDOWS, QA_EVAL_QUESTIONS = 1600, 400  # the demo's sizes: one epoch of batch 8
 
 
-def common_args(out: Path, seed: int, target: float, method: str, steps: int, teacher: Path | None) -> list[str]:
-    """OTO arguments shared by both tasks, per method."""
+def setting(text: str) -> tuple[str, str]:
+    """`key=value` of `--oto_args` (an OTOTrainingArguments field and its command-line value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value (an OTOTrainingArguments field), got {text!r}")
+    return key, value
+
+
+def label(method: str, oto_args: Sequence[tuple[str, str]]) -> str:
+    """The method's name in the table: OTO runs show their `--oto_args`, e.g. `oto[dhspg_saliency=output]`."""
+    given = ",".join(f"{key}={value}" for key, value in oto_args)
+    return f"{method}[{given}]" if given and method.startswith("oto") else method
+
+
+def common_args(
+    out: Path, seed: int, target: float, method: str, steps: int, teacher: Path | None, oto_args: Sequence[str] = ()
+) -> list[str]:
+    """OTO arguments shared by all tasks, per method; `oto_args` (command-line pairs) go to the OTO runs."""
     args = [
         "--output_dir",
         str(out),
@@ -91,7 +108,7 @@ def common_args(out: Path, seed: int, target: float, method: str, steps: int, te
         ]
     if method.endswith("+kd"):
         args += ["--distillation", str(teacher)]
-    return args
+    return args + (list(oto_args) if method.startswith("oto") else [])
 
 
 def classification_run(
@@ -103,6 +120,7 @@ def classification_run(
     target: float,
     method: str,
     teacher: Path | None,
+    oto_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One run of `run_classification.py` on MiniLM: `data` arguments, `steps` of batch 32 at learning rate 1e-4."""
     argv = [
@@ -119,7 +137,7 @@ def classification_run(
         "1e-4",
         "--overwrite_pruned_model",
         "true",
-        *common_args(out, seed, target, method, steps, teacher),
+        *common_args(out, seed, target, method, steps, teacher, oto_args),
     ]
     results = run_classification.main(*run_classification.parse_args(argv))
     return {
@@ -130,21 +148,27 @@ def classification_run(
     }
 
 
-def pang_lee_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+def pang_lee_run(
+    out: Path, seed: int, target: float, method: str, teacher: Path | None, oto_args: Sequence[str] = ()
+) -> dict[str, Any]:
     data = ["--train_file", str(fetch_pang_lee()), "--csv_column_names", "label,sentence"]
     data += ["--validation_split_percentage", "25"]
-    return classification_run(data, 282, 64, out, seed, target, method, teacher)
+    return classification_run(data, 282, 64, out, seed, target, method, teacher, oto_args)
 
 
-def boolq_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+def boolq_run(
+    out: Path, seed: int, target: float, method: str, teacher: Path | None, oto_args: Sequence[str] = ()
+) -> dict[str, Any]:
     boolq = fetch_boolq()
     data = ["--train_file", str(boolq["train"]), "--validation_file", str(boolq["validation"])]
     data += ["--text_column_names", "question,passage"]
     data += ["--max_train_samples", str(BOOLQ_TRAIN), "--max_eval_samples", str(BOOLQ_EVAL)]
-    return classification_run(data, BOOLQ_STEPS, 128, out, seed, target, method, teacher)
+    return classification_run(data, BOOLQ_STEPS, 128, out, seed, target, method, teacher, oto_args)
 
 
-def qa_run(out: Path, seed: int, target: float, method: str, teacher: Path | None) -> dict[str, Any]:
+def qa_run(
+    out: Path, seed: int, target: float, method: str, teacher: Path | None, oto_args: Sequence[str] = ()
+) -> dict[str, Any]:
     qa = fetch_qa()
     argv = [
         "--model_name_or_path",
@@ -160,7 +184,7 @@ def qa_run(out: Path, seed: int, target: float, method: str, teacher: Path | Non
         "--sample_seed",
         "0",
         *QA_RECIPE,
-        *common_args(out, seed, target, method, QA_TRAIN_WINDOWS // 8, teacher),
+        *common_args(out, seed, target, method, QA_TRAIN_WINDOWS // 8, teacher, oto_args),
     ]
     results = run_squad.main(*run_squad.parse_args(argv))
     metrics = results["eval_results"]["pruned"]
@@ -273,8 +297,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default=None,
         help="for oto+kd without a dense run here: the folder of an earlier dense run's saved model",
     )
+    parser.add_argument(
+        "--oto_args",
+        nargs="*",
+        default=[],
+        type=setting,
+        help="OTOTrainingArguments of the oto runs as key=value, e.g. dhspg_saliency=output erase_operators=true",
+    )
     parser.add_argument("--output_dir", default="outputs/bench_quality")
     args = parser.parse_args(argv)
+    oto_cli = [part for key, value in args.oto_args for part in (f"--{key}", value)]
     methods = [m for m in METHODS if m in args.methods or (m.endswith("+kd") and args.distillation)]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output = Path(args.output_dir)
@@ -296,10 +328,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     continue
                 print(f"\n=== {name} ===", flush=True)
                 began = time.perf_counter()
-                run = TASKS[task](output / name, seed, target, method, teacher)
+                run = TASKS[task](output / name, seed, target, method, teacher, oto_cli)
                 if method == "dense":
                     teacher = Path(run["pruned_dir"])
-                rows.append(summarise(task, seed, method, target, run, time.perf_counter() - began))
+                wall = time.perf_counter() - began
+                rows.append(summarise(task, seed, label(method, args.oto_args), target, run, wall))
                 (output / "quality.json").write_text(json.dumps(rows, indent=2))
                 print(table(rows[-1:]), flush=True)
     text = table(rows)

@@ -121,16 +121,18 @@ def test_accumulation_clipping_and_bf16(tmp_path):
     assert _zero_count(trainer) == round(0.5 * len(trainer.groups))
 
 
-def test_flops_budget(tmp_path):
+@pytest.mark.parametrize("saliency", ["fisher", "output"])
+def test_flops_budget(tmp_path, saliency):
     trainer = OTOTrainer(
         tiny_model(),
-        tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.2),
+        tiny_args(str(tmp_path), sparsity_budget="flops", target_sparsity=0.2, dhspg_saliency=saliency),
         train_dataset=TinyClassification(),
     )
     trainer.train()
     zero = trainer.groups.zero_group_ids(trainer.model)
     removed = sum(trainer.group_flops[i] for i in zero) / trainer.dense_flops
     assert removed >= 0.2 and removed - 0.2 <= max(trainer.group_flops)
+    assert all(not module._forward_hooks for module in trainer.model.modules())  # output importance's hooks are gone
     with pytest.raises(ValueError, match="cannot be met"):
         OTOTrainer(
             tiny_model(),

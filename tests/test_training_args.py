@@ -30,7 +30,10 @@ BAD_DHSPG_SETTINGS = [
     (dict(dhspg_lambda_amplify=0.5), r"`dhspg_lambda_amplify` must be >= 1, got 0.5"),
     (dict(dhspg_lambda_cap=float("inf")), r"`dhspg_lambda_cap` must be >= 1, got inf"),
     (dict(dhspg_tolerance=-0.1), r"`dhspg_tolerance` must be in \[0, 1\), got -0.1"),
-    (dict(dhspg_saliency="magnitude"), r"`dhspg_saliency` must be one of \('fisher', 'otov2'\), got 'magnitude'"),
+    (
+        dict(dhspg_saliency="magnitude"),
+        r"`dhspg_saliency` must be one of \('fisher', 'output', 'otov2'\), got 'magnitude'",
+    ),
     (dict(importance_window=-1), r"`importance_window` must be an int >= 0, got -1"),
     (
         dict(saliency_cosine_weight=-0.5),

@@ -20,8 +20,9 @@ from .selection import BUDGETS
 
 # "progressive": quotas of groups driven to zero along planned trajectories (default); "constant": OTOv2's lambdas.
 LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
-# "fisher": loss-based importance per unit of cost (default); "otov2": OTOv2's cosine and magnitude mix.
-SALIENCIES: tuple[str, ...] = ("fisher", "otov2")
+# "fisher": loss-based importance per unit of cost (default); "output": the same importance measured at each group's
+# reader (`output_importance`); "otov2": OTOv2's cosine and magnitude mix.
+SALIENCIES: tuple[str, ...] = ("fisher", "output", "otov2")
 # Reference defaults of the legacy OTOv2 code: (lambda, amplify, cap) per base optimizer.
 LAMBDA_DEFAULTS: dict[str, tuple[float, float, float]] = {
     "sgd": (1e-3, 2.0, 10.0),
@@ -155,7 +156,7 @@ def check_erasing(erase: object, settings: Mapping[str, Any], names: Mapping[str
         "uniform_widths": settings.get("uniform_widths"),
         "round_to": settings.get("round_to"),
         "lambda_schedule": settings.get("lambda_schedule", DEFAULTS.lambda_schedule) == "constant",
-        "saliency": settings.get("saliency", DEFAULTS.saliency) == "otov2",  # operators are scored by importance
+        "saliency": settings.get("saliency", DEFAULTS.saliency) != "fisher",  # operators: by Fisher importance
     }
     for key, clash in clashes.items():
         if clash:

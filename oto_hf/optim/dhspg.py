@@ -19,13 +19,15 @@ from torch.optim import Optimizer
 from . import base_steps
 from .checks import DEFAULTS, SETTING_NAMES, check_dhspg_settings, check_erasing
 from .events import choose_redundant_set, deadline_projection, mark_next_quota
-from .families import FamilyConstraints, GroupFamily
+from .families import FamilyConstraints
 from .group_state import GroupState
 from .group_stats import Scratch, importance_rows, importance_statistics, pruning_statistics
 from .nesting import QueryHeadNests
 from .operator_erasing import OperatorErasing, family_budget
+from .output_importance import OutputImportance
 from .packed_index import GroupIndex, extend
 from .penalty import LambdaRule, apply_step, penalise
+from .progress import DHSPGProgress
 from .schedule import PruningSchedule
 from .selection import Budget, importance_scores, redundancy_scores, resolve_budget
 from .sharding import from_first_rank, local
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 _Lists = tuple[list[torch.Tensor], list[torch.Tensor], list[dict[str, Any]]]
 
 
-class DHSPG(Optimizer):
+class DHSPG(DHSPGProgress, Optimizer):
     r"""OTOv2's Dual Half-Space Projected Gradient, driving groups to exactly zero progressively, with an exact target.
 
     Training runs in three phases, counted in calls to `step()`:
@@ -108,8 +110,9 @@ class DHSPG(Optimizer):
         final_epsilon (`float`, *optional*): if set, epsilon ramps linearly from `epsilon` at the first partition to
             this value at the deadline.
         tolerance (`float`, *optional*, defaults to `0.05`): the redundant set covers `target + tolerance`.
-        saliency (`str`, *optional*, defaults to `"fisher"`): `"fisher"` (importance per unit of cost) or `"otov2"`
-            (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost).
+        saliency (`str`, *optional*, defaults to `"fisher"`): `"fisher"` (importance per unit of cost), `"output"`
+            (the same, with importance measured at each group's reader: `output_importance`; needs
+            `importance_source`) or `"otov2"` (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost).
         importance_window (`int`, *optional*, defaults to `0`): with `"fisher"`, the warm-up steps whose gradients
             score the groups at the first partition; `0` means one period.
         saliency_cosine_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the cosine term.
@@ -198,6 +201,7 @@ class DHSPG(Optimizer):
         sync_ranks: bool = True,
         operators: Sequence[Operator] = (),
         erase: bool = True,
+        importance_source: OutputImportance | None = None,
     ) -> None:
         if pruning_end_steps is None:
             raise TypeError("DHSPG needs `pruning_end_steps`: the number of steps after which the target is met.")
@@ -238,6 +242,9 @@ class DHSPG(Optimizer):
         self._schedule = PruningSchedule.resolve(*window, lambda_schedule, importance_window, epsilon, final_epsilon)
         self._saliency_weights = (float(saliency_cosine_weight), float(saliency_magnitude_weight))
         self.saliency = saliency
+        if (saliency == "output") != (importance_source is not None):
+            raise ValueError("`importance_source` (an `OutputImportance`) goes with `saliency='output'` only.")
+        self._source = importance_source
         self.uniform_widths = uniform_widths
         self.lambda_schedule = lambda_schedule
         self.sync_ranks = sync_ranks
@@ -247,6 +254,7 @@ class DHSPG(Optimizer):
         # Run state (all in `state_dict()`).
         self._num_steps = 0
         self._groups = GroupState.initial(self._index.num_groups, self._families, device)
+        self._follow_schedule()
 
     def _bind(self, named_parameters: Mapping[str, torch.Tensor], optimizer_params: list[torch.Tensor]) -> None:
         """Index the grouped parameters among `optimizer_params` (also the local shards of FSDP2 `DTensor`s)."""
@@ -298,98 +306,14 @@ class DHSPG(Optimizer):
             {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
         ]
         params = [group for group in params if group["params"]]
+        if kwargs.get("saliency") == "output" and kwargs.get("importance_source") is None:
+            kwargs["importance_source"] = OutputImportance(model, groups)
         return cls(params, groups, model.named_parameters(remove_duplicate=False), weight_decay=weight_decay, **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group after checking its hyperparameters; groups added after construction are not pruned."""
         super().add_param_group(param_group)
         base_steps.check_hyperparameters(self.param_groups[-1], len(self.param_groups) - 1)
-
-    # ------------------------------------------------------------------ progress (read-only)
-
-    @property
-    def num_groups(self) -> int:
-        """Number of prunable groups."""
-        return self._index.num_groups
-
-    @property
-    def num_steps(self) -> int:
-        """Calls to `step()` so far."""
-        return self._num_steps
-
-    @property
-    def phase(self) -> str:
-        """Phase of the next step: `"warmup"`, `"pruning"` or `"recovery"`."""
-        return self._schedule.phase(self._num_steps)
-
-    @property
-    def partition_points(self) -> tuple[int, ...]:
-        """Steps (0-based counts of earlier `step()` calls) at which groups are scored and the redundant set chosen."""
-        return self._schedule.partition_points
-
-    @property
-    def pruning_end_steps(self) -> int:
-        """Number of steps after which exactly the target is zero."""
-        return self._schedule.pruning_end_steps
-
-    @property
-    def target_num_zero_groups(self) -> int | None:
-        """Groups zero from `pruning_end_steps` on: known upfront for `sparsity_budget="groups"` or with
-        `uniform_widths` (without `round_to`), else once the deadline passed."""
-        if self._families.constrained and self.uniform_widths and not self._families.rounded:
-            return sum(family.max_zero for family in self._families.families)
-        if self._budget.kind == "groups" and not self._families.rounded:
-            return int(self._budget.target_cost)
-        if not self._budget.active:
-            return 0
-        return self._groups.final_num_zero_groups
-
-    @property
-    def families(self) -> tuple[GroupFamily, ...]:
-        """The families (groups that share tensors, e.g. the heads of one layer) with their constraints; read-only."""
-        return self._families.families
-
-    @property
-    def importance(self) -> torch.Tensor:
-        """Per group, the mean of `<x_g, grad_g>^2` over the steps since the last partition (the Fisher estimate of
-        the loss increase from zeroing it; accumulated with `saliency="fisher"`); a copy."""
-        return self._groups.importance / max(self._groups.importance_steps, 1)
-
-    @property
-    def num_forced_zero_groups(self) -> int:
-        """Groups the deadline projected because the optimizer's steps had not zeroed them (0 before the deadline)."""
-        return self._groups.num_forced
-
-    def family_zero_counts(self) -> list[int]:
-        """Number of zero groups in each family, in `families` order (reads values back from the device)."""
-        return self._families.zero_counts(self._groups.zero).tolist()
-
-    @property
-    def lambdas(self) -> torch.Tensor:
-        """Per-group lambda of the last pruning step (zero outside the penalised redundant groups); a copy."""
-        return self._groups.lambdas.clone()
-
-    def num_zero_groups(self) -> int:
-        """Number of groups that are zero now (reads a value back from the device)."""
-        return int(self._groups.zero.sum())
-
-    def group_sparsity(self) -> float:
-        """Fraction of groups that are zero now (reads a value back from the device)."""
-        return self.num_zero_groups() / self.num_groups if self.num_groups else 0.0
-
-    def removed_fraction(self) -> float:
-        """Removed fraction in the budget's unit: zero cost over `budget_total` (`group_sparsity` for groups)."""
-        removed = float((self._costs * self._groups.zero).sum())
-        removed += self._erasing.removed_own_cost(self._num_steps) if self._erasing else 0.0
-        return removed / self._budget.total if self._budget.total else 0.0
-
-    def zero_group_ids(self) -> list[int]:
-        """Ids of the zero groups, e.g. for `construct_subnet`."""
-        return torch.nonzero(self._groups.zero).flatten().tolist()
-
-    def redundant_group_ids(self) -> list[int]:
-        """Ids of the current redundant set (empty before the first partition step)."""
-        return torch.nonzero(self._groups.redundant).flatten().tolist()
 
     # ------------------------------------------------------------------ step
 
@@ -419,7 +343,17 @@ class DHSPG(Optimizer):
         if self._erasing:
             self._erasing.after_step(step)
         self._num_steps += 1
+        self._follow_schedule()
         return loss
+
+    def _follow_schedule(self) -> None:
+        """Record output importance only over the steps that score groups (warm-up window and pruning); remove its
+        hooks once the zero set is final."""
+        if self._source is not None:
+            window = self._schedule.importance_from <= self._num_steps < self._schedule.pruning_end_steps
+            self._source.active = self._budget.active and window
+            if self._num_steps >= self._schedule.pruning_end_steps:
+                self._source.remove()
 
     def _local_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """The local shards of the grouped parameters and of their gradients, in `self._index.params` order."""
@@ -456,7 +390,7 @@ class DHSPG(Optimizer):
 
     def _scores(self, stats: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
         """Redundancy scores (high: remove first) by the chosen saliency; on the CPU."""
-        if self.saliency == "fisher":
+        if self.saliency in ("fisher", "output"):
             return importance_scores(self.importance, self._costs, zero)
         return redundancy_scores(stats, self._numel, zero, self._saliency_weights)
 
@@ -546,6 +480,8 @@ class DHSPG(Optimizer):
         )
         self._groups.importance.zero_()
         self._groups.importance_steps = 0
+        if self._source is not None:
+            self._source.reset()
         if self.lambda_schedule != "progressive":
             return
         points = self._schedule.partition_points
@@ -565,6 +501,8 @@ class DHSPG(Optimizer):
         state["dhspg"] = {**self._groups.to_dict(self._families), "num_steps": self._num_steps}
         if self._erasing:
             state["dhspg"]["erasing"] = self._erasing.to_dict()
+        if self._source is not None:
+            state["dhspg"]["output_importance"] = self._source.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -581,6 +519,9 @@ class DHSPG(Optimizer):
         self._num_steps = int(extra["num_steps"])
         if self._erasing:
             self._budget = self._erasing.load(extra, self._budget)
+        if self._source is not None:
+            self._source.load_state_dict(extra["output_importance"])
+        self._follow_schedule()
 
     def state_nbytes(self) -> int:
         """Bytes of all tensors this optimizer keeps between steps: per-parameter state, group state, the index and the

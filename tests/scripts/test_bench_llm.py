@@ -157,3 +157,28 @@ def test_bad_arguments_say_what_is_allowed(tmp_path):
         bench_llm.main(["--max_steps", "0", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match=r"some, not all, of 0\.\.3"):
         llm_baselines.drop_blocks(tiny_llama(), [0, 1, 2, 3])
+
+
+def test_oto_args_reach_the_trainer_and_name_the_row(tiny_llama_dir, tmp_path, one_thread):
+    train, validation = write_text(tmp_path / "train.txt", 300, 0), write_text(tmp_path / "validation.txt", 60, 1)
+    argv = ["--model", str(tiny_llama_dir), "--train_file", str(train), "--validation_file", str(validation)]
+    argv += ["--max_steps", "4", "--batch_size", "2", "--block_size", "16", "--eval_blocks", "4", "--speedups", "1.5"]
+    argv += ["--new_tokens", "2", "--latency_repeats", "2", "--methods", "oto"]
+    argv += ["--oto_args", "dhspg_saliency=output", "num_partition_periods=1", "--output_dir", str(tmp_path / "out")]
+    rows = bench_llm.main(argv)
+    assert [row["method"] for row in rows] == ["dense", "oto[dhspg_saliency=output,num_partition_periods=1]"]
+    assert rows[1]["kept_decoder_flops"] <= 1 / 1.5 + 1e-6
+    with pytest.raises(SystemExit):
+        bench_llm.make_parser().parse_args(["--oto_args", "no-equals-sign"])
+    assert bench_llm.setting("erase_operators=True") == ("erase_operators", True)
+    assert bench_llm.setting("dhspg_saliency=output") == ("dhspg_saliency", "output")
+
+
+def test_widths_of_erased_sub_blocks_are_zero():
+    from oto_hf.models.no_op import ErasedModule
+
+    model = tiny_llama()
+    spec = {"mode": "zero", "input": 0, "shape": None, "outputs": 2, "cache_layer": None}
+    model.model.layers[1].self_attn = ErasedModule(spec)
+    model.model.layers[2].mlp = ErasedModule({**spec, "outputs": None})
+    assert bench_llm.widths_per_layer(model) == [(4, 2, 37), (0, 0, 37), (4, 2, 0), (4, 2, 37)]
