@@ -182,3 +182,35 @@ def test_widths_of_erased_sub_blocks_are_zero():
     model.model.layers[1].self_attn = ErasedModule(spec)
     model.model.layers[2].mlp = ErasedModule({**spec, "outputs": None})
     assert bench_llm.widths_per_layer(model) == [(4, 2, 37), (0, 0, 37), (4, 2, 0), (4, 2, 37)]
+
+
+def test_bench_selection_end_to_end(tiny_llama_dir, tmp_path, one_thread):
+    bench_selection = load_script("bench_selection")
+    train, validation = write_text(tmp_path / "train.txt", 300, 0), write_text(tmp_path / "validation.txt", 60, 1)
+    argv = ["--model", str(tiny_llama_dir), "--train_file", str(train), "--validation_file", str(validation)]
+    argv += ["--calibration_batches", "1", "--eval_blocks", "4", "--block_size", "16"]
+    rows = bench_selection.main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert [(row["signal"], row["choice"]) for row in rows] == [
+        ("none (dense)", "-"),
+        ("activation (width)", "uniform"),
+        ("fisher", "global"),
+        ("fisher", "uniform"),
+        ("output", "global"),
+        ("output", "uniform"),
+    ]
+    assert all(row["perplexity"] > 1 for row in rows)
+    assert "| output | global |" in (tmp_path / "out" / "bench_selection.md").read_text()
+
+
+def test_global_choice_meets_the_flops_and_takes_query_heads_with_their_kv_group():
+    bench_selection = load_script("bench_selection")
+    model = tiny_llama()
+    inputs = {"input_ids": batches(1)[0]["input_ids"]}
+    groups = discover_groups(model, inputs)
+    costs = torch.ones(len(groups), dtype=torch.float64)
+    importance = torch.ones(len(groups), dtype=torch.float64)
+    kv = next(i for i, g in enumerate(groups) if g.kind == "kv_head")
+    importance[kv] = 0.0  # least important: chosen first, with its 2 query heads
+    chosen = bench_selection.global_choice(groups, importance, costs, flops=2.5)
+    heads = [i for i, g in enumerate(groups) if g.kind == "head" and g.nest == groups[kv].nest]
+    assert kv in chosen and set(heads) <= set(chosen) and len(chosen) == 3
