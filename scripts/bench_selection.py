@@ -38,6 +38,7 @@ import run_clm
 from assets import fetch_bbc, fetch_smollm2
 from llm_baselines import width_prune, width_units
 from oto_hf import DHSPG, GroupSet, discover_groups, group_flop_costs
+from oto_hf.optim.output_importance import OutputImportance
 from utils_common import subsample
 
 SIGNALS = ("fisher", "output")
@@ -48,9 +49,10 @@ def signal_importance(
 ) -> torch.Tensor:
     """DHSPG's importance after `len(batches)` warm-up steps at learning rate 0 (the first partition's scores)."""
     steps = len(batches)
+    source = OutputImportance(model, groups) if saliency == "output" else None
     optimizer = DHSPG.from_model(
         model, groups, lr=0.0, saliency=saliency, target_sparsity=0.1, partition_steps=steps,
-        pruning_end_steps=steps + 1, importance_window=steps,
+        pruning_end_steps=steps + 1, importance_window=steps, importance_source=source,
     )  # fmt: skip
     was_training = model.training
     model.train()
@@ -63,8 +65,8 @@ def signal_importance(
     finally:
         model.zero_grad()
         model.train(was_training)
-        if optimizer._source is not None:
-            optimizer._source.remove()
+        if source is not None:
+            source.remove()
     return importance
 
 

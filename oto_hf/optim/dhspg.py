@@ -3,7 +3,8 @@
 The class docstring is the algorithm's contract; `step` orchestrates the phases. Beside it, one job each: `checks`
 (settings: defaults, checks), `schedule` (steps), `base_steps` (SGD/Adam/AdamW), `packed_index` (segmented reductions),
 `group_stats`, `penalty`, `events` (partition, deadline), `progressive`, `selection`, `families`, `rounding`
-(`round_to`), `group_state` (run state, checkpoint), `sharding` (FSDP2, rank agreement), `operator_erasing` (H2SPG).
+(`round_to`), `group_state` (run state, checkpoint), `sharding` (FSDP2, rank agreement), `operator_erasing` (H2SPG),
+`output_importance` (`saliency="output"`), `progress` (read-only views).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class DHSPG(DHSPGProgress, Optimizer):
         saliency (`str`, *optional*, defaults to `"fisher"`): `"fisher"` (importance per unit of cost), `"output"`
             (the same, with importance measured at each group's reader: `output_importance`; needs
             `importance_source`) or `"otov2"` (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost).
-        importance_window (`int`, *optional*, defaults to `0`): with `"fisher"`, the warm-up steps whose gradients
+        importance_window (`int`, *optional*, defaults to `0`): with `"fisher"` or `"output"`, the warm-up steps that
             score the groups at the first partition; `0` means one period.
         saliency_cosine_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the cosine term.
         saliency_magnitude_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the
