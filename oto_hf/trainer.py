@@ -113,6 +113,11 @@ class OTOTrainer(Trainer):
             )
         # With `erase_operators`, whole sub-blocks compete with single groups (priced on the same example as groups).
         erasing = args.erase_operators and len(self.groups) > 0
+        if erasing and self.is_fsdp_enabled:
+            raise ValueError(
+                "`erase_operators=True` does not work under FSDP2 yet (an operator's own tensors are sharded); train "
+                "with DDP or one process, or set `erase_operators=False`."
+            )
         self.operators = find_operators(self.model, self.groups, self.example_inputs) if erasing else []
         self.teacher = None
         if teacher is not None:

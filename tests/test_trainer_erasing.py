@@ -103,3 +103,15 @@ def test_erase_operators_is_checked_with_the_arguments(tmp_path):
         OTOTrainingArguments(str(tmp_path), erase_operators=True, uniform_widths=True)
     with pytest.raises(ValueError, match="`erase_operators` must be a bool"):
         OTOTrainingArguments(str(tmp_path), erase_operators="yes")
+
+
+def test_erasing_under_fsdp2_is_refused(tmp_path, monkeypatch):
+    original = transformers.Trainer.create_accelerator_and_postprocess
+
+    def as_if_fsdp(self):
+        original(self)
+        self.is_fsdp_enabled = True  # what an accelerate FSDP2 config sets
+
+    monkeypatch.setattr(transformers.Trainer, "create_accelerator_and_postprocess", as_if_fsdp)
+    with pytest.raises(ValueError, match=r"`erase_operators=True` does not work under FSDP2 yet"):
+        OTOTrainer(tiny_model(), tiny_args(str(tmp_path), erase_operators=True), train_dataset=TinyClassification())
