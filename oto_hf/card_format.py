@@ -10,12 +10,12 @@ from typing import Any
 
 from huggingface_hub import EvalResult
 
-from .graph.groups import GROUP_KINDS
+from .graph.groups import ALL_KINDS
 from .record import PruningRecord
 
 logger = logging.getLogger(__name__)
 
-KIND_NAMES = {"head": "attention heads", "neuron": "FFN neurons", "channel": "channels"}
+KIND_NAMES = {"head": "attention heads", "kv_head": "KV heads", "neuron": "FFN neurons", "channel": "channels"}
 # Class-name suffix -> (pipeline tag, Auto class). First match wins, so longer suffixes come first.
 HEADS = (
     ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering"),
@@ -81,9 +81,9 @@ def dataset_text(dataset: str | None, description: str | None) -> str:
 
 
 def removed_rows(record: PruningRecord) -> list[dict[str, Any]]:
-    """Groups removed, kept and in total, per kind."""
+    """Groups removed, kept and in total, per kind (KV heads of grouped-query attention included)."""
     rows = []
-    for kind in GROUP_KINDS:
+    for kind in ALL_KINDS:
         families = [layer for layer in record.layers if layer.kind == kind]
         if families:
             kept, total = sum(f.kept for f in families), sum(f.total for f in families)

@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from . import card_format as fmt
 from ._version import __version__
-from .graph.groups import GROUP_KINDS
+from .graph.groups import ALL_KINDS
 from .pruned_folder import read_pruned_folder
 from .record import LayerWidths, PruningRecord
 from .training_args import oto_field_names, training_settings
@@ -321,7 +321,7 @@ def kept_per_layer_figure(layers: list[LayerWidths]) -> Any:
     """
     from matplotlib.figure import Figure
 
-    kinds = [kind for kind in GROUP_KINDS if any(layer.kind == kind for layer in layers)]
+    kinds = [kind for kind in ALL_KINDS if any(layer.kind == kind for layer in layers)]
     if not kinds:
         return None
     width = min(12.0, max(4.0, 1.5 + 0.35 * max(sum(layer.kind == k for layer in layers) for k in kinds)))

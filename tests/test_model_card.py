@@ -492,3 +492,18 @@ def test_decilm_folder_card_says_it_needs_remote_code_and_what_padding_cost(tmp_
     assert f"added {report.padded_parameters:,} zero (or copied) parameters" in text
     assert "from_pretrained(model_id, trust_remote_code=True)" in text and "import oto_hf" not in text
     assert "plain transformers loads this model" not in text
+
+
+def test_a_gqa_model_card_counts_kv_heads_and_plots_them(tmp_path):
+    from oto_hf.card_format import removed_rows
+    from tests.export.pruned_llms import pruned_llm
+
+    model = pruned_llm("llama")
+    record = model.oto_pruning
+    kv_layers = [layer for layer in record.layers if layer.kind == "kv_head"]
+    assert kv_layers
+    rows = {row["kind"]: row for row in removed_rows(record)}
+    assert rows["KV heads"]["total"] == sum(layer.total for layer in kv_layers)
+    assert rows["KV heads"]["kept"] == sum(layer.kept for layer in kv_layers)
+    figure = kept_per_layer_figure(record.layers)
+    assert "KV heads" in [ax.get_ylabel() for ax in figure.axes]
