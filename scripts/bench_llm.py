@@ -31,6 +31,7 @@ training tokens, seed and wall time. Written to `<output_dir>/bench_llm.json` an
     python scripts/bench_llm.py --speedups 1.5                  # the 1.5x comparison, seed 0
     python scripts/bench_llm.py --speedups 1.5 2 --seeds 0 1
     python scripts/bench_llm.py --methods dense oto width --max_steps 2 --eval_blocks 4    # a smoke run
+    python scripts/bench_llm.py --methods oto --oto_args dhspg_saliency=output --oto_erase  # OTO variants
 
 Budget: by default each trained run sees 32 steps of 4 blocks of 128 tokens (16,384 tokens; the baselines' 8
 calibration blocks are the first 8 of these), and perplexity is measured on 32 held-out blocks (4,096 tokens). On the
