@@ -71,7 +71,7 @@ from oto_hf import GroupSet, OTOTrainer, OTOTrainingArguments, count_parameters,
 from oto_hf.models.no_op import ErasedModule
 from oto_hf.report import measure_latency
 from oto_hf.stats import count_flops
-from utils_common import subsample
+from utils_common import key_value, subsample
 
 METHODS = ("dense", "dense-trained", "oto", "width", "depth")
 PROMPTS = (
@@ -141,9 +141,7 @@ def load_blocks(
 
 def setting(text: str) -> tuple[str, Any]:
     """`key=value` of `--oto_args`: the value as a Python literal (number, bool, ...) or else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected key=value (an OTOTrainingArguments field), got {text!r}")
+    key, value = key_value(text)
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

@@ -51,19 +51,12 @@ import run_classification
 import run_squad
 from assets import fetch_boolq, fetch_minilm, fetch_pang_lee, fetch_qa
 from demo import QA_RECIPE
+from utils_common import key_value
 
 METHODS = ("dense", "oto", "oto+kd", "baseline", "baseline+kd")
 BASELINE_IMPORTANCE_STEPS = 32
 BOOLQ_TRAIN, BOOLQ_EVAL, BOOLQ_STEPS = 2000, 1000, 125  # 2 epochs of batch 32
 QA_TRAIN_WINDOWS, QA_EVAL_QUESTIONS = 1600, 400  # the demo's sizes: one epoch of batch 8
-
-
-def setting(text: str) -> tuple[str, str]:
-    """`key=value` of `--oto_args` (an OTOTrainingArguments field and its command-line value)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected key=value (an OTOTrainingArguments field), got {text!r}")
-    return key, value
 
 
 def label(method: str, oto_args: Sequence[tuple[str, str]]) -> str:
@@ -301,7 +294,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--oto_args",
         nargs="*",
         default=[],
-        type=setting,
+        type=key_value,
         help="OTOTrainingArguments of the oto runs as key=value, e.g. dhspg_saliency=output erase_operators=true",
     )
     parser.add_argument("--output_dir", default="outputs/bench_quality")

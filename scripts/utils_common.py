@@ -4,6 +4,7 @@ train-and-prune run (`finish_run`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -53,6 +54,14 @@ def parse_arguments(parser: HfArgumentParser, argv: Sequence[str] | None = None)
             return parser.parse_json_file(json_file=str(path))
         return parser.parse_yaml_file(yaml_file=str(path))
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """`key=value` of a benchmark's `--oto_args`: an OTOTrainingArguments field and its value as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value (an OTOTrainingArguments field), got {text!r}")
+    return key, value
 
 
 def setup_logging(log_level: int, script_logger: logging.Logger, own_level: int | None = None) -> None:

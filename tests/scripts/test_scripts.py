@@ -159,11 +159,11 @@ def test_quality_benchmark_oto_args_go_to_oto_runs_only(tmp_path):
     for method in ("dense", "oto", "oto+kd", "baseline", "baseline+kd"):
         args = bench.common_args(tmp_path, 0, 0.5, method, 90, tmp_path / "dense", given)
         assert (args[-2:] == given) == method.startswith("oto")
-    assert bench.setting("dhspg_saliency=output") == ("dhspg_saliency", "output")
+    assert bench.key_value("dhspg_saliency=output") == ("dhspg_saliency", "output")
     assert bench.label("oto+kd", [("erase_operators", "true")]) == "oto+kd[erase_operators=true]"
     assert bench.label("baseline", [("erase_operators", "true")]) == "baseline"
     with pytest.raises(Exception, match="expected key=value"):
-        bench.setting("erase_operators")
+        bench.key_value("erase_operators")
 
 
 @pytest.mark.parametrize("method", ["dense", "oto", "oto+kd", "baseline", "baseline+kd"])
