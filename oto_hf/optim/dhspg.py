@@ -490,7 +490,7 @@ class DHSPG(DHSPGProgress, Optimizer):
         mark_next_quota(
             self._groups, scores, redundant, priority, self._families, self._budget, stats["xx"].sqrt(),
             period=period, num_periods=len(points), step=step, ramp_end=self._schedule.ramp_end(period),
-            uniform_widths=self._families.exact, sync=self.sync_ranks,
+            uniform_widths=self._families.exact, sync=self.sync_ranks, nests=self._nests,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ checkpointing

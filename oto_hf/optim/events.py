@@ -10,6 +10,7 @@ import torch
 
 from .families import FamilyConstraints
 from .group_state import GroupState
+from .nesting import QueryHeadNests
 from .progressive import mark_due
 from .selection import Budget, cap_projections, choose_redundant, deadline_selection
 from .sharding import from_first_rank
@@ -50,9 +51,12 @@ def mark_next_quota(
     ramp_end: int,
     uniform_widths: bool,
     sync: bool,
+    nests: QueryHeadNests | None = None,
 ) -> None:
     """Progressive schedule: start the ramps to zero of the next quota, so that due and zero groups cover
-    `(period + 1) / num_periods` of the target (the last period: the rest of it, by the deadline rule)."""
+    `(period + 1) / num_periods` of the target (the last period: the rest of it, by the deadline rule). With `nests`
+    (grouped-query attention), the query heads that even out each layer's KV groups start their ramps too, so that the
+    deadline does not have to zero them at once."""
     taken = groups.zero.cpu() | groups.due.cpu()  # zero, or already on its way
     candidates = redundant & ~taken
     if families.constrained and uniform_widths:
@@ -65,6 +69,8 @@ def mark_next_quota(
             candidates = families.cap(candidates, taken, families.family_order(priority))
         quota = budget.target_cost * (period + 1) / num_periods
         new = cap_projections(candidates, taken, budget, budget.costs, priority, quota)
+    if nests is not None:
+        new = nests.even_out(taken, new.cpu(), scores, families)
     ramps = mark_due(
         new.to(groups.zero.device), groups.due_start, groups.due_end, groups.due_norm, norms, step, ramp_end
     )

@@ -1,13 +1,15 @@
-"""Query heads nested in KV groups (grouped-query attention) at DHSPG's deadline: the KV groups of a layer end with
-equally many zero query heads.
+"""Query heads nested in KV groups (grouped-query attention) in DHSPG: the KV groups of a layer end with equally many
+zero query heads.
 
 Building a model needs the same number of query heads in every KV group of a layer; `oto_hf.graph.nesting` pads
-uneven ones back with zero query heads, which the budget had counted as removed. At the deadline, where the zero set
-becomes final, `QueryHeadNests.even_out` zeroes, in every layer, the most redundant query heads of the KV groups that
-have fewer zero query heads than the layer's most pruned one, so the model is built as trained and removes at least
-the target. It leaves alone the KV groups that go whole (zero KV group, or every query head zero) and a layer whose
-family quota (`min_heads_per_layer`, `max_family_sparsity`) has no room left, and does nothing under exact quotas
-(`uniform_widths`, `round_to`).
+uneven ones back with zero query heads, which the budget had counted as removed. `QueryHeadNests.even_out` adds, in
+every layer, the most redundant query heads of the KV groups that have fewer zero (or due) query heads than the layer's
+most pruned one, so the model is built as trained and removes at least the target. The progressive schedule applies it
+to each period's quota (`events.mark_next_quota`), so those heads ramp to zero with the others; the deadline applies it
+again to what the deadline itself adds (zeroing live heads at once there cost SmolLM2 most of its quality). It
+leaves alone the KV groups that go whole (zero KV group, or every query head zero) and a layer whose family quota
+(`min_heads_per_layer`, `max_family_sparsity`) has no room left, and does nothing under exact quotas (`uniform_widths`,
+`round_to`).
 """
 
 from __future__ import annotations
@@ -87,5 +89,5 @@ class QueryHeadNests:
                 extra[order[: max(counts) - count]] = True
             room[family] -= need
         if extra.any():
-            logger.info("DHSPG deadline: %d more query heads zero, for as many in every KV group", int(extra.sum()))
+            logger.info("DHSPG: %d more query heads go, for as many in every KV group", int(extra.sum()))
         return chosen | extra.to(chosen.device)

@@ -80,6 +80,7 @@ def test_dhspg_builds_what_it_trained_and_meets_the_flops_target(llama, target):
     zero = groups.zero_group_ids(model)
     assert zero == optimizer.zero_group_ids() and any(groups[i].kind == "head" for i in zero)
     assert not plan_removal(groups, zero).padded
+    assert optimizer.num_forced_zero_groups == 0  # the heads that even out the KV groups ramped down with the rest
     pruned = construct_subnet(model.eval(), groups, zero, allow_empty_layers=True)
     built, _ = group_flop_costs(pruned, GroupSet([]), user_inputs(model))
     assert 1 - built / dense >= target
