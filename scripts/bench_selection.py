@@ -73,10 +73,8 @@ def signal_importance(
 def global_choice(groups: GroupSet, importance: torch.Tensor, costs: torch.Tensor, flops: float) -> list[int]:
     """Positions of the groups, by importance per FLOP (least first), until `flops` are removed; a KV group's query
     heads go with it (and their cost counts once)."""
-    children: dict[int, list[int]] = {}
-    for position, group in enumerate(groups):
-        if group.kind == "head" and getattr(group, "nest", None) is not None:
-            children.setdefault(group.nest, []).append(position)
+    position_of = {id(group): p for p, group in enumerate(groups)}
+    children = {nest: [position_of[id(g)] for g in heads] for nest, (_, heads) in groups.nests().items()}
     chosen: set[int] = set()
     removed = 0.0
     for position in torch.argsort(importance / costs.clamp_min(1e-30)).tolist():

@@ -30,6 +30,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.utils.hooks import RemovableHandle
 
+from ..graph.groups import GroupSet
+
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
 
@@ -81,7 +83,6 @@ class OutputImportance:
         modules = dict(model.named_modules())
         columns: dict[str, dict[int, list[tuple[int, torch.Tensor]]]] = defaultdict(lambda: defaultdict(list))
         transposed: dict[str, bool] = {}
-        nests: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
         unread = []
         for position, group in enumerate(groups):
             read = False
@@ -92,10 +93,7 @@ class OutputImportance:
                     transposed[owner] = kind
                     columns[owner][len(indices)].append((position, torch.as_tensor(indices).flatten().cpu()))
                     read = True
-            nest = getattr(group, "nest", None)
-            if nest is not None:
-                nests[nest][0 if group.kind == "kv_head" else 1].append(position)
-            if not read and not (group.kind == "kv_head" and nest is not None):
+            if not read and not (group.kind == "kv_head" and getattr(group, "nest", None) is not None):
                 unread.append(group)
         if unread:
             raise ValueError(
@@ -115,8 +113,13 @@ class OutputImportance:
             )
             for owner, by_width in columns.items()
         }
-        # (parent, children) of every KV group that is a group itself
-        self._nests = [(parents[0], torch.tensor(children)) for parents, children in nests.values() if parents]
+        # (position of a KV group, positions of its query heads), for every KV group that is a group itself
+        position = {id(group): p for p, group in enumerate(groups)}
+        self._nests = [
+            (position[id(parent)], torch.tensor([position[id(child)] for child in children]))
+            for parent, children in GroupSet(groups).nests().values()
+            if parent is not None and children
+        ]
         self.active = False
         self._handles: list[RemovableHandle] = [
             reader.module.register_forward_hook(self._record(reader)) for reader in self._readers.values()
