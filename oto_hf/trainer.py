@@ -26,7 +26,7 @@ from .graph.groups import GroupSet
 from .model_card import write_model_card
 from .optim import DHSPG
 from .optim.operator_erasing import zero_operators
-from .optim.output_importance import OutputImportance
+from .optim.output_importance import OutputImportance, choose_saliency
 from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet
@@ -119,6 +119,9 @@ class OTOTrainer(Trainer):
                 "with DDP or one process, or set `erase_operators=False`."
             )
         self.operators = find_operators(self.model, self.groups, self.example_inputs) if erasing else []
+        self.saliency = choose_saliency(args.dhspg_saliency, self.model, self.groups, erasing)
+        if args.dhspg_saliency == "auto":
+            logger.info(f"dhspg_saliency='auto': groups are ranked by '{self.saliency}'", main_process_only=True)
         self.teacher = None
         if teacher is not None:
             self.teacher = freeze(teacher)
@@ -151,7 +154,7 @@ class OTOTrainer(Trainer):
             {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
             {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
         ]
-        settings = args.dhspg_kwargs(steps)
+        settings = {**args.dhspg_kwargs(steps), "saliency": self.saliency}
         flops = args.sparsity_budget == "flops"
         self.optimizer = DHSPG(
             [g for g in param_groups if g["params"]],
@@ -279,7 +282,8 @@ class OTOTrainer(Trainer):
         pruned = construct_subnet(model, self.groups, kept_ids, example_inputs=inputs, allow_empty_layers=True)
         if erased:
             pruned = erase_operators(pruned, erased, inputs, inplace=True, zero_first=False)
-        pruned.oto_pruning.training_settings = training_settings(self.args)
+        # the saliency that ranked the groups, "auto" resolved
+        pruned.oto_pruning.training_settings = {**training_settings(self.args), "dhspg_saliency": self.saliency}
         return pruned
 
     def save_pruned(

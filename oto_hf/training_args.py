@@ -21,16 +21,19 @@ class OTOTrainingArguments(TrainingArguments):
     training steps), as `warmup_steps` does over `warmup_ratio`. The DHSPG settings are checked here, when the
     arguments are built, by the same `oto_hf.optim.checks.check_dhspg_settings` that `DHSPG` runs.
 
-    The defaults are `DHSPG`'s (`oto_hf.optim.checks.DEFAULTS`) except four, on purpose
+    The defaults are `DHSPG`'s (`oto_hf.optim.checks.DEFAULTS`) except five, on purpose
     (`oto_hf.optim.checks.TRAINER_DEFAULTS`): `sparsity_budget="flops"`, because the trainer can count FLOPs on a
     training example and FLOPs are what a smaller model should save, while `DHSPG` alone has no costs but the groups';
+    `dhspg_saliency="auto"`, because the trainer has the model: groups are scored where a linear layer reads them
+    (`"output"`: far better than `"fisher"` on SmolLM2-135M, as good on MiniLM), with `"fisher"` where some group has
+    no such reader (conv channels) or with `erase_operators`;
     `min_heads_per_layer=1`, because the saved model must still run every attention layer; `max_family_sparsity=0.9`,
     because stripping a layer to under a tenth of its width costs more accuracy than the FLOPs it saves; and
     `num_partition_periods=5` whatever `dhspg_lambda_schedule`, a plain number for the command line and the model
     card (`DHSPG` uses one period with the constant schedule, as OTOv2 did; pass 1 for a parity study).
 
-    `erase_operators` is off by default: erasing whole attention or FFN sub-blocks has not been measured against
-    narrowing alone at equal FLOPs yet (issue 17, item 4), and an erased model needs oto_hf's classes or a per-layer
+    `erase_operators` is off by default: erasing whole attention or FFN sub-blocks came out within noise of narrowing
+    alone at equal FLOPs (README, "Erasing measured"), and an erased model needs oto_hf's classes or a per-layer
     format (`"decilm"`) where a narrowed one may fit a stock config.
 
     Example:
@@ -102,8 +105,9 @@ class OTOTrainingArguments(TrainingArguments):
         default=TRAINER_DEFAULTS.saliency,
         metadata={
             "help": "How groups are ranked: 'fisher' (loss-based importance per unit of the budget's cost), 'output' "
-            "(the same, measured where each group is read: its output's energy times the loss gradient's there) or "
-            "'otov2' (OTOv2's cosine and magnitude mix)."
+            "(the same, measured where each group is read: its output's energy times the loss gradient's there), "
+            "'auto' ('output' when a linear layer reads every group, else 'fisher', e.g. for conv channels or with "
+            "`erase_operators`) or 'otov2' (OTOv2's cosine and magnitude mix)."
         },
     )
     importance_window: int = field(

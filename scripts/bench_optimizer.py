@@ -12,7 +12,8 @@ machine's drift hits both sides alike. Measured, each against AdamW with the sam
 - the bytes of optimizer state kept between steps.
 
 Then a whole training step (forward, backward, optimizer step) of `OTOTrainer` in its pruning phase against
-`Trainer` (AdamW) on the same model and batch, interleaved in the same way.
+`Trainer` (AdamW) on the same model and batch, interleaved in the same way: with the default saliency (`"auto"`, here
+`"output"`, whose hooks record activations and output gradients) and with `"fisher"` (no hooks).
 
     python scripts/bench_optimizer.py
     python scripts/bench_optimizer.py --rounds 9 --device cuda
@@ -200,16 +201,20 @@ def training_steps(args: argparse.Namespace, device: torch.device, output_dir: s
     use_cpu = device.type == "cpu"
     common = dict(max_steps=10**6, learning_rate=1e-5, report_to=[], use_cpu=use_cpu, bf16=not use_cpu)
     dense_model = BertForSequenceClassification(config).to(device)
-    oto_model = BertForSequenceClassification(config).to(device)
-    oto_model.load_state_dict(dense_model.state_dict())
     example = {k: v[:1] for k, v in batch.items() if k != "labels"}
-    groups = discover_groups(oto_model, example)
+    groups = discover_groups(dense_model, example)
     trainer = Trainer(dense_model, TrainingArguments(output_dir, **common))
-    oto_args = OTOTrainingArguments(
-        output_dir, **common, target_sparsity=args.target, partition_steps=1, pruning_end_steps=10**6 - 1
-    )
-    oto_trainer = OTOTrainer(oto_model, oto_args, groups=groups, example_inputs=example)
-    for each in (trainer, oto_trainer):
+    oto_trainers = {}
+    # the default saliency ("auto": "output" here, with its forward and gradient hooks) and "fisher" (no hooks)
+    for saliency in ("auto", "fisher"):
+        oto_model = BertForSequenceClassification(config).to(device)
+        oto_model.load_state_dict(dense_model.state_dict())
+        oto_args = OTOTrainingArguments(
+            output_dir, **common, target_sparsity=args.target, partition_steps=1, pruning_end_steps=10**6 - 1,
+            dhspg_saliency=saliency,
+        )  # fmt: skip
+        oto_trainers[saliency] = OTOTrainer(oto_model, oto_args, groups=groups, example_inputs=example)
+    for each in (trainer, *oto_trainers.values()):
         each.create_optimizer_and_scheduler(num_training_steps=10**6)
 
     def train_step(each: Trainer) -> Callable[[], None]:
@@ -222,14 +227,19 @@ def training_steps(args: argparse.Namespace, device: torch.device, output_dir: s
 
         return run
 
-    steps = {"Trainer (AdamW)": train_step(trainer), "OTOTrainer (DHSPG)": train_step(oto_trainer)}
+    default = f"OTOTrainer (DHSPG, {oto_trainers['auto'].saliency})"
+    steps = {
+        "Trainer (AdamW)": train_step(trainer),
+        default: train_step(oto_trainers["auto"]),
+        "OTOTrainer (DHSPG, fisher)": train_step(oto_trainers["fisher"]),
+    }
     times, ratios = interleaved_ratios(steps, "Trainer (AdamW)", args.rounds, args.warmup, device)
-    phase = oto_trainer.optimizer.phase
+    optimizer = oto_trainers["auto"].optimizer
     print(f"\nwhole training step, batch {args.batch_size} x {args.seq_len}, {args.rounds} interleaved rounds "
-          f"(OTOTrainer in its {phase} phase, {oto_trainer.optimizer.num_zero_groups()} zero groups)")  # fmt: skip
+          f"(OTOTrainer in its {optimizer.phase} phase, {optimizer.num_zero_groups()} zero groups)")  # fmt: skip
     for name in steps:
-        print(f"  {name:<28} {times[name] * 1e3:9.1f} ms   ratio {ratios[name]:.3f}x")
-    return ratios["OTOTrainer (DHSPG)"]
+        print(f"  {name:<32} {times[name] * 1e3:9.1f} ms   ratio {ratios[name]:.3f}x")
+    return ratios[default], ratios["OTOTrainer (DHSPG, fisher)"]
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
@@ -241,7 +251,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     results = optimizer_steps(args, device)
     if not args.skip_trainer:
         with tempfile.TemporaryDirectory() as output_dir:
-            results["trainer_step_ratio"] = training_steps(args, device, output_dir)
+            results["trainer_step_ratio"], results["trainer_step_ratio_fisher"] = training_steps(
+                args, device, output_dir
+            )
     return results
 
 

@@ -258,9 +258,10 @@ def test_defaults_reach_the_flops_target_with_no_forced_zero_and_keep_the_pooler
     assert (args.sparsity_budget, args.dhspg_lambda_schedule, args.dhspg_saliency) == (
         "flops",
         "progressive",
-        "fisher",
+        "auto",
     )
     trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
+    assert trainer.saliency == "output"  # a linear layer reads every head and neuron of BERT
     assert [key[0][0].split(".")[:2] for key in trainer.never_empty] == [["bert", "pooler"]]
     trainer.train()
     zero = set(trainer.groups.zero_group_ids(trainer.model))
@@ -276,6 +277,8 @@ def test_defaults_reach_the_flops_target_with_no_forced_zero_and_keep_the_pooler
     for key, members in trainer.groups.families().items():
         kept = sum(g.id not in zero for g in members)
         assert kept >= max(1, len(members) - int(0.9 * len(members))), key
+    # the record (and so the model card) names the saliency that ranked the groups, not "auto"
+    assert trainer.pruned_model().oto_pruning.training_settings["dhspg_saliency"] == "output"
 
 
 def test_a_loss_jump_while_groups_go_is_logged(tmp_path, caplog):

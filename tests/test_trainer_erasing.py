@@ -69,6 +69,7 @@ def test_llama_erases_operators_and_generates_the_trained_models_tokens(tmp_path
         model, tmp_path, TinyText(), erase_operators=True, target_sparsity=0.6, max_family_sparsity=0.5,
         sparsity_budget="params",
     )  # fmt: skip
+    assert trainer.saliency == "fisher"  # "auto" resolves to it: operators are scored by their Fisher importance
     trained, loaded = _check_erased(trainer, "AutoModelForCausalLM", tmp_path)
     prompt = torch.tensor([[1, 5, 7, 3, 9], [2, 8, 8, 4, 6]])
     settings = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)

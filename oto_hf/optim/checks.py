@@ -20,9 +20,11 @@ from .selection import BUDGETS
 
 # "progressive": quotas of groups driven to zero along planned trajectories (default); "constant": OTOv2's lambdas.
 LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
-# "fisher": loss-based importance per unit of cost (default); "output": the same importance measured at each group's
-# reader (`output_importance`); "otov2": OTOv2's cosine and magnitude mix.
-SALIENCIES: tuple[str, ...] = ("fisher", "output", "otov2")
+# "fisher": loss-based importance per unit of cost (`DHSPG`'s default); "output": the same importance measured at each
+# group's reader (`output_importance`); "auto" (`OTOTrainer`'s default, resolved with the model by
+# `output_importance.choose_saliency`): "output" where every group has a Linear reader, else "fisher"; "otov2": OTOv2's
+# cosine and magnitude mix.
+SALIENCIES: tuple[str, ...] = ("auto", "fisher", "output", "otov2")
 # Reference defaults of the legacy OTOv2 code: (lambda, amplify, cap) per base optimizer.
 LAMBDA_DEFAULTS: dict[str, tuple[float, float, float]] = {
     "sgd": (1e-3, 2.0, 10.0),
@@ -66,9 +68,15 @@ class DHSPGDefaults:
 # `DHSPG`'s defaults: neutral, for any model and any use of the groups.
 DEFAULTS = DHSPGDefaults()
 # `OTOTrainer`'s, where they differ on purpose (each reason is in `OTOTrainingArguments`' docstring): the FLOPs
-# budget, one head kept per layer, at most 90% of a layer's width removed, and 5 periods whatever the schedule.
+# budget, the saliency chosen from the model, one head kept per layer, at most 90% of a layer's width removed, and 5
+# periods whatever the schedule.
 TRAINER_DEFAULTS = dataclasses.replace(
-    DEFAULTS, sparsity_budget="flops", min_heads_per_layer=1, max_family_sparsity=0.9, num_partition_periods=5
+    DEFAULTS,
+    sparsity_budget="flops",
+    saliency="auto",
+    min_heads_per_layer=1,
+    max_family_sparsity=0.9,
+    num_partition_periods=5,
 )
 # The settings `check_dhspg_settings` knows: those with a default, and `pruning_end_steps` (no default).
 SETTING_NAMES: tuple[str, ...] = (*(f.name for f in dataclasses.fields(DHSPGDefaults)), "pruning_end_steps")
@@ -144,9 +152,9 @@ def check_dhspg_settings(settings: Mapping[str, Any], names: Mapping[str, str] |
 
 def check_erasing(erase: object, settings: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
     """Erasing operators (`operator_erasing`) is a bool, and works with the progressive schedule, free widths and the
-    Fisher saliency only: `uniform_widths` and `round_to` plan per-family quotas that an erased family would break,
-    the constant schedule has no ramps to drive an operator's groups to zero together, and operators are scored by
-    their Fisher importance."""
+    Fisher saliency (or `"auto"`, which then resolves to it) only: `uniform_widths` and `round_to` plan per-family
+    quotas that an erased family would break, the constant schedule has no ramps to drive an operator's groups to zero
+    together, and operators are scored by their Fisher importance."""
     names = names or {}
     if not isinstance(erase, bool):
         raise ValueError(f"`{names.get('erase', 'erase')}` must be a bool, got {erase!r}.")
@@ -156,7 +164,8 @@ def check_erasing(erase: object, settings: Mapping[str, Any], names: Mapping[str
         "uniform_widths": settings.get("uniform_widths"),
         "round_to": settings.get("round_to"),
         "lambda_schedule": settings.get("lambda_schedule", DEFAULTS.lambda_schedule) == "constant",
-        "saliency": settings.get("saliency", DEFAULTS.saliency) != "fisher",  # operators: by Fisher importance
+        # operators are scored by their Fisher importance; "auto" resolves to it when erasing
+        "saliency": settings.get("saliency", DEFAULTS.saliency) not in ("fisher", "auto"),
     }
     for key, clash in clashes.items():
         if clash:

@@ -25,7 +25,7 @@ from .group_state import GroupState
 from .group_stats import Scratch, importance_rows, importance_statistics, pruning_statistics
 from .nesting import QueryHeadNests
 from .operator_erasing import OperatorErasing, family_budget
-from .output_importance import OutputImportance
+from .output_importance import OutputImportance, choose_saliency
 from .packed_index import GroupIndex, extend
 from .penalty import LambdaRule, apply_step, penalise
 from .progress import DHSPGProgress
@@ -114,6 +114,7 @@ class DHSPG(DHSPGProgress, Optimizer):
         saliency (`str`, *optional*, defaults to `"fisher"`): `"fisher"` (importance per unit of cost), `"output"`
             (the same, with importance measured at each group's reader: `output_importance`; needs
             `importance_source`) or `"otov2"` (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost).
+            `"auto"` needs the model: `from_model` resolves it (`output_importance.choose_saliency`).
         importance_window (`int`, *optional*, defaults to `0`): with `"fisher"` or `"output"`, the warm-up steps that
             score the groups at the first partition; `0` means one period.
         saliency_cosine_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the cosine term.
@@ -243,6 +244,11 @@ class DHSPG(DHSPGProgress, Optimizer):
         self._schedule = PruningSchedule.resolve(*window, lambda_schedule, importance_window, epsilon, final_epsilon)
         self._saliency_weights = (float(saliency_cosine_weight), float(saliency_magnitude_weight))
         self.saliency = saliency
+        if saliency == "auto":
+            raise ValueError(
+                "`saliency='auto'` chooses from the model: build the optimizer with `DHSPG.from_model` (or "
+                "`OTOTrainer`), or pass 'fisher' or 'output'."
+            )
         if (saliency == "output") != (importance_source is not None):
             raise ValueError("`importance_source` (an `OutputImportance`) goes with `saliency='output'` only.")
         self._source = importance_source
@@ -299,7 +305,8 @@ class DHSPG(DHSPGProgress, Optimizer):
         """Build a DHSPG over every trainable parameter of `model`.
 
         Parameters with fewer than two dims (biases, norm weights) go to a parameter group without weight decay, as in
-        `transformers.Trainer`; the others get `weight_decay`. The other keyword arguments are those of `DHSPG`.
+        `transformers.Trainer`; the others get `weight_decay`. The other keyword arguments are those of `DHSPG`;
+        `saliency="auto"` is resolved here, and `"output"` gets its `OutputImportance` unless one is given.
         """
         trainable = [p for p in model.parameters() if p.requires_grad]
         params: list[dict[str, Any]] = [
@@ -307,6 +314,9 @@ class DHSPG(DHSPGProgress, Optimizer):
             {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
         ]
         params = [group for group in params if group["params"]]
+        if "saliency" in kwargs:
+            erasing = kwargs.get("erase", True) and bool(kwargs.get("operators"))
+            kwargs["saliency"] = choose_saliency(kwargs["saliency"], model, groups, erasing)
         if kwargs.get("saliency") == "output" and kwargs.get("importance_source") is None:
             kwargs["importance_source"] = OutputImportance(model, groups)
         return cls(params, groups, model.named_parameters(remove_duplicate=False), weight_decay=weight_decay, **kwargs)

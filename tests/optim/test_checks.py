@@ -10,6 +10,7 @@ import pytest
 from oto_hf import OTOTrainingArguments
 from oto_hf.optim import DHSPG
 from oto_hf.optim.checks import DEFAULTS, TRAINER_DEFAULTS, check_dhspg_settings
+from oto_hf.training_args import dhspg_setting_names
 
 
 def test_dhspg_takes_its_defaults_from_the_one_place():
@@ -21,9 +22,11 @@ def test_dhspg_takes_its_defaults_from_the_one_place():
 def test_the_trainer_defaults_differ_only_where_its_docstring_says_why():
     names = [f.name for f in dataclasses.fields(DEFAULTS)]
     differ = {name for name in names if getattr(DEFAULTS, name) != getattr(TRAINER_DEFAULTS, name)}
-    assert differ == {"sparsity_budget", "min_heads_per_layer", "max_family_sparsity", "num_partition_periods"}
+    assert differ == {"sparsity_budget", "saliency", "min_heads_per_layer", "max_family_sparsity",
+                      "num_partition_periods"}  # fmt: skip
+    field_names = {key: name for name, key in dhspg_setting_names().items()}  # `saliency` is `dhspg_saliency`
     for name in differ:
-        assert f"`{name}=" in OTOTrainingArguments.__doc__
+        assert f"`{field_names[name]}=" in OTOTrainingArguments.__doc__
 
 
 @pytest.mark.parametrize("defaults", [DEFAULTS, TRAINER_DEFAULTS], ids=["dhspg", "trainer"])

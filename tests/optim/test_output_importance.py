@@ -9,7 +9,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oto_hf import DHSPG, discover_groups, find_operators
-from oto_hf.optim.output_importance import OutputImportance
+from oto_hf.optim.output_importance import OutputImportance, choose_saliency, unread_groups
 from tests.utils.tiny_models import CASES, TEXT, user_inputs
 
 DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "resid_pdrop",
@@ -134,6 +134,24 @@ def test_groups_without_a_linear_reader_are_refused():
         ValueError, match=r"`saliency='output'` scores a group through the nn.Linear .* Use `saliency='fisher'`"
     ):
         OutputImportance(model, groups)
+
+
+def test_auto_chooses_output_where_a_linear_layer_reads_every_group_and_fisher_elsewhere():
+    model, inputs = llama()
+    groups = discover_groups(model, inputs)
+    assert choose_saliency("auto", model, groups) == "output"
+    assert choose_saliency("auto", model, groups, erase=True) == "fisher"  # operators: by Fisher importance
+    assert choose_saliency("otov2", model, groups) == "otov2"  # a chosen saliency is kept
+    kwargs = dict(lr=1e-3, target_sparsity=0.3, pruning_end_steps=4)
+    optimizer = DHSPG.from_model(model, groups, saliency="auto", **kwargs)
+    assert optimizer.saliency == "output" and optimizer._source is not None
+    with pytest.raises(ValueError, match=r"`saliency='auto'` chooses from the model: build the optimizer with"):
+        DHSPG(model.parameters(), groups, model.named_parameters(), saliency="auto", **kwargs)
+
+    resnet = next(case for case in CASES if case.name == "resnet").build()
+    conv_groups = discover_groups(resnet, user_inputs(resnet))
+    assert unread_groups(resnet, conv_groups) and choose_saliency("auto", resnet, conv_groups) == "fisher"
+    assert DHSPG.from_model(resnet, conv_groups, saliency="auto", **kwargs).saliency == "fisher"
 
 
 def test_the_source_goes_with_the_output_saliency_only():
