@@ -127,8 +127,11 @@ def schedule_text(settings: dict[str, Any]) -> str | None:
     end = point("pruning_end_steps", "pruning_end_ratio")
     budget = settings.get("sparsity_budget", "groups")
     periods = settings.get("num_partition_periods", 1)
+    saliency = settings.get("dhspg_saliency")
     return (
-        f"warm-up, then the groups are scored and the redundant set is chosen at {partition}"
+        "warm-up, then the groups are scored"
+        + (f" (`{saliency}` saliency)" if saliency else "")
+        + f" and the redundant set is chosen at {partition}"
         + (f", re-chosen over {periods} periods" if periods and periods > 1 else "")
         + f"; DHSPG drives it to exactly zero by {end}, reaching target sparsity {settings['target_sparsity']} "
         + f"of the {budget}; training then continues on the kept groups"

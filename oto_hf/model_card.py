@@ -254,6 +254,9 @@ def _render(
     if inputs.training_args is not None:
         settings = training_settings(inputs.training_args)
         args_type = None if isinstance(inputs.training_args, Mapping) else type(inputs.training_args).__name__
+        resolved = (record.training_settings or {}).get("dhspg_saliency")
+        if settings.get("dhspg_saliency") == "auto" and resolved:
+            settings["dhspg_saliency"] = resolved  # "auto" is chosen from the model; the record says what ran
     else:
         settings, args_type = training_settings(record.training_settings), None
     base_model, dataset = inputs.base_model, inputs.dataset

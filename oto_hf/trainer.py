@@ -25,8 +25,9 @@ from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
 from .model_card import write_model_card
 from .optim import DHSPG
+from .optim.dhspg import importance_source_for
 from .optim.operator_erasing import zero_operators
-from .optim.output_importance import OutputImportance, choose_saliency
+from .optim.output_importance import choose_saliency
 from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet
@@ -168,7 +169,7 @@ class OTOTrainer(Trainer):
             budget_total=float(self.dense_flops) if flops else None,
             never_empty=self.never_empty,
             operators=self.operators,
-            importance_source=OutputImportance(opt_model, self.groups) if settings["saliency"] == "output" else None,
+            importance_source=importance_source_for(self.saliency, opt_model, self.groups),
             **settings,
         )
         logger.info(

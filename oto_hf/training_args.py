@@ -104,17 +104,19 @@ class OTOTrainingArguments(TrainingArguments):
     dhspg_saliency: str = field(
         default=TRAINER_DEFAULTS.saliency,
         metadata={
-            "help": "How groups are ranked: 'fisher' (loss-based importance per unit of the budget's cost), 'output' "
-            "(the same, measured where each group is read: its output's energy times the loss gradient's there), "
-            "'auto' ('output' when a linear layer reads every group, else 'fisher', e.g. for conv channels or with "
-            "`erase_operators`) or 'otov2' (OTOv2's cosine and magnitude mix)."
+            "help": "How groups are ranked: 'fisher' (loss-based importance per unit of the budget's cost: the "
+            "squared gradient of a mask on the group, per batch), 'sample_fisher' (the same per training sequence, "
+            "from hooks on the linear layer that reads the group), 'output' (measured there too: the group's output "
+            "energy times the loss gradient's), 'auto' ('output' when a linear layer reads every group, else "
+            "'fisher', e.g. for conv channels or with `erase_operators`) or 'otov2' (OTOv2's cosine and magnitude "
+            "mix)."
         },
     )
     importance_window: int = field(
         default=TRAINER_DEFAULTS.importance_window,
         metadata={
-            "help": "With 'fisher' or 'output': warm-up steps that score the groups at the first partition (0: one "
-            "period)."
+            "help": "With 'fisher', 'sample_fisher' or 'output': warm-up steps that score the groups at the first "
+            "partition (0: one period)."
         },
     )
     saliency_cosine_weight: float = field(

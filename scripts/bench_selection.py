@@ -7,8 +7,9 @@ on the same calibration blocks, exactly as OTO computes it before its first part
 saliency takes `--calibration_batches` steps at learning rate 0 (the weights do not move) and its `importance` is
 read back:
 
-- `fisher`: the mean over steps of `<x_g, grad_g>^2` (one mean gradient per batch), DHSPG's default;
-- `output`: `OutputImportance` (a group's output energy at its reader times the loss gradient's there, per token).
+- `fisher`: the mean over steps of `<x_g, grad_g>^2` (one mean gradient per batch), DHSPG's own default;
+- `output`: `OutputImportance` (a group's output energy at its reader times the loss gradient's there, per token);
+- `sample_fisher`: `SampleFisher` (the squared loss gradient of a mask on the group, per training sequence).
 
 Each signal chooses groups two ways: `global` (the greedy knapsack DHSPG's selection follows: groups in order of
 importance per FLOP until the decoder FLOPs drop by the level; a KV group takes its query heads with it) and
@@ -38,10 +39,10 @@ import run_clm
 from assets import fetch_bbc, fetch_smollm2
 from llm_baselines import width_prune, width_units
 from oto_hf import DHSPG, GroupSet, discover_groups, group_flop_costs
-from oto_hf.optim.output_importance import OutputImportance
+from oto_hf.optim.dhspg import importance_source_for
 from utils_common import subsample
 
-SIGNALS = ("fisher", "output")
+SIGNALS = ("fisher", "output", "sample_fisher")
 
 
 def signal_importance(
@@ -49,7 +50,7 @@ def signal_importance(
 ) -> torch.Tensor:
     """DHSPG's importance after `len(batches)` warm-up steps at learning rate 0 (the first partition's scores)."""
     steps = len(batches)
-    source = OutputImportance(model, groups) if saliency == "output" else None
+    source = importance_source_for(saliency, model, groups)
     optimizer = DHSPG.from_model(
         model, groups, lr=0.0, saliency=saliency, target_sparsity=0.1, partition_steps=steps,
         pruning_end_steps=steps + 1, importance_window=steps, importance_source=source,

@@ -121,7 +121,7 @@ def test_accumulation_clipping_and_bf16(tmp_path):
     assert _zero_count(trainer) == round(0.5 * len(trainer.groups))
 
 
-@pytest.mark.parametrize("saliency", ["fisher", "output"])
+@pytest.mark.parametrize("saliency", ["fisher", "output", "sample_fisher"])
 def test_flops_budget(tmp_path, saliency):
     trainer = OTOTrainer(
         tiny_model(),
@@ -311,6 +311,7 @@ def test_create_model_card_writes_the_card_of_the_pruned_folder(tmp_path):
     assert card.data.base_model == "google-bert/bert-base-uncased" and card.data.datasets == ["stanfordnlp/imdb"]
     assert card.data.tags == [*CARD_TAGS, "my-tag"] and card.data.model_name == "Tiny BERT"
     assert "OTOTrainingArguments" in card.text and "| accuracy | 0.5 |" in card.text
+    assert "the groups are scored (`output` saliency)" in card.text  # "auto" as resolved for this model
 
     with pytest.raises(ValueError, match="has no config.json"):  # a given folder must be one save_pruned wrote
         trainer.create_model_card(output_dir=tmp_path / "run")

@@ -20,11 +20,13 @@ from .selection import BUDGETS
 
 # "progressive": quotas of groups driven to zero along planned trajectories (default); "constant": OTOv2's lambdas.
 LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
-# "fisher": loss-based importance per unit of cost (`DHSPG`'s default); "output": the same importance measured at each
-# group's reader (`output_importance`); "auto" (`OTOTrainer`'s default, resolved with the model by
-# `output_importance.choose_saliency`): "output" where every group has a Linear reader, else "fisher"; "otov2": OTOv2's
-# cosine and magnitude mix.
-SALIENCIES: tuple[str, ...] = ("auto", "fisher", "output", "otov2")
+# "fisher": loss-based importance per unit of cost (`DHSPG`'s default); "sample_fisher": the same per training sequence
+# (`sample_fisher`); "output": measured at each group's reader (`output_importance`); "auto" (`OTOTrainer`'s default,
+# resolved with the model by `output_importance.choose_saliency`): "output" where every group has a Linear reader, else
+# "fisher"; "otov2": OTOv2's cosine and magnitude mix.
+SALIENCIES: tuple[str, ...] = ("auto", "fisher", "output", "sample_fisher", "otov2")
+# The saliencies scored by hooks on the readers of the groups (`importance_source`), not by the optimizer's own steps.
+HOOKED_SALIENCIES: tuple[str, ...] = ("output", "sample_fisher")
 # Reference defaults of the legacy OTOv2 code: (lambda, amplify, cap) per base optimizer.
 LAMBDA_DEFAULTS: dict[str, tuple[float, float, float]] = {
     "sgd": (1e-3, 2.0, 10.0),

@@ -4,7 +4,8 @@ The class docstring is the algorithm's contract; `step` orchestrates the phases.
 (settings: defaults, checks), `schedule` (steps), `base_steps` (SGD/Adam/AdamW), `packed_index` (segmented reductions),
 `group_stats`, `penalty`, `events` (partition, deadline), `progressive`, `selection`, `families`, `rounding`
 (`round_to`), `group_state` (run state, checkpoint), `sharding` (FSDP2, rank agreement), `operator_erasing` (H2SPG),
-`output_importance` (`saliency="output"`), `progress` (read-only views).
+`output_importance` (`saliency="output"`), `sample_fisher` (`saliency="sample_fisher"`), `progress` (read-only
+views).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from . import base_steps
-from .checks import DEFAULTS, SETTING_NAMES, check_dhspg_settings, check_erasing
+from .checks import DEFAULTS, HOOKED_SALIENCIES, SETTING_NAMES, check_dhspg_settings, check_erasing
 from .events import choose_redundant_set, deadline_projection, mark_next_quota
 from .families import FamilyConstraints
 from .group_state import GroupState
@@ -29,6 +30,7 @@ from .output_importance import OutputImportance, choose_saliency
 from .packed_index import GroupIndex, extend
 from .penalty import LambdaRule, apply_step, penalise
 from .progress import DHSPGProgress
+from .sample_fisher import SampleFisher
 from .schedule import PruningSchedule
 from .selection import Budget, importance_scores, redundancy_scores, resolve_budget
 from .sharding import from_first_rank, local
@@ -42,6 +44,19 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+
+
+def importance_source_for(
+    saliency: str, model: nn.Module, groups: Sequence[ZeroInvariantGroup]
+) -> OutputImportance | SampleFisher | None:
+    """The hooks that score the groups for `saliency` (`None` where the optimizer's own steps do)."""
+    if saliency == "output":
+        return OutputImportance(model, groups)
+    if saliency == "sample_fisher":
+        return SampleFisher(model, groups)
+    return None
+
+
 # The (params, grads, states) lists of some parameters of one parameter group, as `base_steps` takes them.
 _Lists = tuple[list[torch.Tensor], list[torch.Tensor], list[dict[str, Any]]]
 
@@ -111,12 +126,14 @@ class DHSPG(DHSPGProgress, Optimizer):
         final_epsilon (`float`, *optional*): if set, epsilon ramps linearly from `epsilon` at the first partition to
             this value at the deadline.
         tolerance (`float`, *optional*, defaults to `0.05`): the redundant set covers `target + tolerance`.
-        saliency (`str`, *optional*, defaults to `"fisher"`): `"fisher"` (importance per unit of cost), `"output"`
-            (the same, with importance measured at each group's reader: `output_importance`; needs
-            `importance_source`) or `"otov2"` (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost).
-            `"auto"` needs the model: `from_model` resolves it (`output_importance.choose_saliency`).
-        importance_window (`int`, *optional*, defaults to `0`): with `"fisher"` or `"output"`, the warm-up steps that
-            score the groups at the first partition; `0` means one period.
+        saliency (`str`, *optional*, defaults to `"fisher"`): `"fisher"` (importance per unit of cost: the squared
+            gradient of a mask on the group, `<x_g, grad_g>^2`, per step), `"sample_fisher"` (the same per training
+            sequence, from hooks at each group's reader: `sample_fisher`), `"output"` (measured at the reader too:
+            output energy times gradient energy, `output_importance`), both needing `importance_source`, or
+            `"otov2"` (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost). `"auto"` needs the model:
+            `from_model` resolves it (`output_importance.choose_saliency`).
+        importance_window (`int`, *optional*, defaults to `0`): with `"fisher"`, `"sample_fisher"` or `"output"`, the
+            warm-up steps that score the groups at the first partition; `0` means one period.
         saliency_cosine_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the cosine term.
         saliency_magnitude_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the
             inverse-magnitude term.
@@ -203,7 +220,7 @@ class DHSPG(DHSPGProgress, Optimizer):
         sync_ranks: bool = True,
         operators: Sequence[Operator] = (),
         erase: bool = True,
-        importance_source: OutputImportance | None = None,
+        importance_source: OutputImportance | SampleFisher | None = None,
     ) -> None:
         if pruning_end_steps is None:
             raise TypeError("DHSPG needs `pruning_end_steps`: the number of steps after which the target is met.")
@@ -249,8 +266,11 @@ class DHSPG(DHSPGProgress, Optimizer):
                 "`saliency='auto'` chooses from the model: build the optimizer with `DHSPG.from_model` (or "
                 "`OTOTrainer`), or pass 'fisher' or 'output'."
             )
-        if (saliency == "output") != (importance_source is not None):
-            raise ValueError("`importance_source` (an `OutputImportance`) goes with `saliency='output'` only.")
+        if (saliency in HOOKED_SALIENCIES) != (importance_source is not None):
+            raise ValueError(
+                "`importance_source` (an `OutputImportance` or `SampleFisher`) goes with `saliency='output'` or "
+                "'sample_fisher' only, and they need one."
+            )
         self._source = importance_source
         self.uniform_widths = uniform_widths
         self.lambda_schedule = lambda_schedule
@@ -306,7 +326,8 @@ class DHSPG(DHSPGProgress, Optimizer):
 
         Parameters with fewer than two dims (biases, norm weights) go to a parameter group without weight decay, as in
         `transformers.Trainer`; the others get `weight_decay`. The other keyword arguments are those of `DHSPG`;
-        `saliency="auto"` is resolved here, and `"output"` gets its `OutputImportance` unless one is given.
+        `saliency="auto"` is resolved here, and `"output"` / `"sample_fisher"` get their hooks
+        (`importance_source_for`) unless a source is given.
         """
         trainable = [p for p in model.parameters() if p.requires_grad]
         params: list[dict[str, Any]] = [
@@ -317,8 +338,9 @@ class DHSPG(DHSPGProgress, Optimizer):
         if "saliency" in kwargs:
             erasing = kwargs.get("erase", True) and bool(kwargs.get("operators"))
             kwargs["saliency"] = choose_saliency(kwargs["saliency"], model, groups, erasing)
-        if kwargs.get("saliency") == "output" and kwargs.get("importance_source") is None:
-            kwargs["importance_source"] = OutputImportance(model, groups)
+        if kwargs.get("importance_source") is None:
+            saliency = kwargs.get("saliency", DEFAULTS.saliency)
+            kwargs["importance_source"] = importance_source_for(saliency, model, groups)
         return cls(params, groups, model.named_parameters(remove_duplicate=False), weight_decay=weight_decay, **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -401,7 +423,7 @@ class DHSPG(DHSPGProgress, Optimizer):
 
     def _scores(self, stats: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
         """Redundancy scores (high: remove first) by the chosen saliency; on the CPU."""
-        if self.saliency in ("fisher", "output"):
+        if self.saliency in ("fisher", *HOOKED_SALIENCIES):
             return importance_scores(self.importance, self._costs, zero)
         return redundancy_scores(stats, self._numel, zero, self._saliency_weights)
 

@@ -67,7 +67,7 @@ def _reader_of(module: nn.Module | None, dim: int) -> bool | None:
     return None
 
 
-def _read_slices(
+def read_slices(
     modules: dict[str, nn.Module], group: ZeroInvariantGroup
 ) -> list[tuple[str, bool, Sequence[int] | torch.Tensor]]:
     """`(reader name, transposed, input columns)` for each slice of `group` that a Linear or Conv1D reads."""
@@ -87,7 +87,7 @@ def unread_groups(model: nn.Module, groups: Sequence[ZeroInvariantGroup]) -> lis
     return [
         group
         for group in groups
-        if not _read_slices(modules, group) and not (group.kind == "kv_head" and group.nest is not None)
+        if not read_slices(modules, group) and not (group.kind == "kv_head" and group.nest is not None)
     ]
 
 
@@ -127,7 +127,7 @@ class OutputImportance:
                 f"{[(n, d) for n, d, _ in unread[0].slices]}). Use `saliency='fisher'` (or 'auto') for this model."
             )
         for position, group in enumerate(groups):
-            for owner, kind, indices in _read_slices(modules, group):
+            for owner, kind, indices in read_slices(modules, group):
                 transposed[owner] = kind
                 columns[owner][len(indices)].append((position, torch.as_tensor(indices).flatten().cpu()))
         self.num_groups = len(groups)

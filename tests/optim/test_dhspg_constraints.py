@@ -300,7 +300,7 @@ def test_constrained_steps_do_not_synchronise(monkeypatch, kwargs):
         ({"min_channels_per_layer": 1.5}, r"`min_channels_per_layer` must be an int >= 0, got 1.5"),
         ({"uniform_widths": "yes"}, r"`uniform_widths` must be a bool, got 'yes'"),
         ({"lambda_schedule": "fast"}, r"`lambda_schedule` must be one of \('progressive', 'constant'\), got 'fast'"),
-        ({"saliency": "magnitude"}, r"`saliency` must be one of \('auto', 'fisher', 'output', 'otov2'\), got 'magnitude'"),
+        ({"saliency": "magnitude"}, r"`saliency` must be one of \('auto', 'fisher', .*\), got 'magnitude'"),
         ({"max_family_sparsity": 0.0}, r"`max_family_sparsity` must be in \(0, 1\], got 0.0"),
         ({"never_empty": [(("x", 0),)]}, r"`never_empty` names 1 family key\(s\) that no group has"),
     ],

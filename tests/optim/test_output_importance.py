@@ -158,9 +158,11 @@ def test_the_source_goes_with_the_output_saliency_only():
     model, inputs = llama()
     groups = discover_groups(model, inputs)
     kwargs = dict(lr=1e-3, target_sparsity=0.3, pruning_end_steps=4)
-    with pytest.raises(ValueError, match=r"`importance_source` .* goes with `saliency='output'` only"):
+    with pytest.raises(
+        ValueError, match=r"`importance_source` .* goes with `saliency='output'` or 'sample_fisher' only"
+    ):
         DHSPG.from_model(model, groups, importance_source=OutputImportance(model, groups), **kwargs)
-    with pytest.raises(ValueError, match=r"goes with `saliency='output'` only"):
+    with pytest.raises(ValueError, match=r"and they need one"):
         DHSPG(model.parameters(), groups, model.named_parameters(), saliency="output", **kwargs)
     with pytest.raises(ValueError, match=r"Erasing operators .* does not work with `saliency='output'`"):
         DHSPG.from_model(model, groups, saliency="output", operators=find_operators(model, groups), **kwargs)
