@@ -27,7 +27,7 @@ from .model_card import write_model_card
 from .optim import DHSPG
 from .optim.dhspg import importance_source_for
 from .optim.operator_erasing import zero_operators
-from .optim.output_importance import choose_saliency
+from .optim.readers import choose_saliency
 from .saving import save_pruned
 from .stats import count_parameters
 from .subnet import construct_subnet

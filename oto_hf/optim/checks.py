@@ -22,8 +22,8 @@ from .selection import BUDGETS
 LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
 # "fisher": loss-based importance per unit of cost (`DHSPG`'s default); "sample_fisher": the same per training sequence
 # (`sample_fisher`); "output": measured at each group's reader (`output_importance`); "auto" (`OTOTrainer`'s default,
-# resolved with the model by `output_importance.choose_saliency`): "output" where every group has a Linear reader, else
-# "fisher"; "otov2": OTOv2's cosine and magnitude mix.
+# resolved with the model by `readers.choose_saliency`): "output" where every group has a Linear reader, else "fisher";
+# "otov2": OTOv2's cosine and magnitude mix.
 SALIENCIES: tuple[str, ...] = ("auto", "fisher", "output", "sample_fisher", "otov2")
 # The saliencies scored by hooks on the readers of the groups (`importance_source`), not by the optimizer's own steps.
 HOOKED_SALIENCIES: tuple[str, ...] = ("output", "sample_fisher")

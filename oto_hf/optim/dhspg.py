@@ -26,10 +26,11 @@ from .group_state import GroupState
 from .group_stats import Scratch, importance_rows, importance_statistics, pruning_statistics
 from .nesting import QueryHeadNests
 from .operator_erasing import OperatorErasing, family_budget
-from .output_importance import OutputImportance, choose_saliency
+from .output_importance import OutputImportance
 from .packed_index import GroupIndex, extend
 from .penalty import LambdaRule, apply_step, penalise
 from .progress import DHSPGProgress
+from .readers import choose_saliency
 from .sample_fisher import SampleFisher
 from .schedule import PruningSchedule
 from .selection import Budget, importance_scores, redundancy_scores, resolve_budget
@@ -131,7 +132,7 @@ class DHSPG(DHSPGProgress, Optimizer):
             sequence, from hooks at each group's reader: `sample_fisher`), `"output"` (measured at the reader too:
             output energy times gradient energy, `output_importance`), both needing `importance_source`, or
             `"otov2"` (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost). `"auto"` needs the model:
-            `from_model` resolves it (`output_importance.choose_saliency`).
+            `from_model` resolves it (`readers.choose_saliency`).
         importance_window (`int`, *optional*, defaults to `0`): with `"fisher"`, `"sample_fisher"` or `"output"`, the
             warm-up steps that score the groups at the first partition; `0` means one period.
         saliency_cosine_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the cosine term.

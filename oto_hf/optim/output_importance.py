@@ -15,8 +15,7 @@ is `tr(W_g^T W_g M_g)` with `M_g` the second moment of the group's activations, 
 Only training forwards (grad enabled, module in training mode) count, and only while `active`.
 
 A KV group (grouped-query attention) has no reader of its own: removing it removes its query heads, so its importance
-is theirs, summed. Any other group without an `nn.Linear` or `Conv1D` reader is refused; `choose_saliency` resolves
-`saliency="auto"` (`OTOTrainer`'s default) to `"output"` where every group has one and to `"fisher"` otherwise.
+is theirs, summed. Any other group without an `nn.Linear` or `Conv1D` reader (`readers.unread_groups`) is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.hooks import RemovableHandle
 
 from ..graph.groups import GroupSet
+from .readers import read_slices, unread_groups
 
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
@@ -55,50 +55,6 @@ class _Reader:
     tokens: int = 0
     grad_tokens: int = 0
     grad_energy: torch.Tensor | None = None  # sum over tokens of ||dL/dy_t||^2, float64
-
-
-def _reader_of(module: nn.Module | None, dim: int) -> bool | None:
-    """Whether `module` reads a slice along `dim` of its weight as input columns: `False` for `nn.Linear` (dim 1),
-    `True` for transformers' `Conv1D` (dim 0, weight transposed), `None` if it does not."""
-    if isinstance(module, nn.Linear) and dim == 1:
-        return False
-    if type(module).__name__ == "Conv1D" and dim == 0:
-        return True
-    return None
-
-
-def read_slices(
-    modules: dict[str, nn.Module], group: ZeroInvariantGroup
-) -> list[tuple[str, bool, Sequence[int] | torch.Tensor]]:
-    """`(reader name, transposed, input columns)` for each slice of `group` that a Linear or Conv1D reads."""
-    read = []
-    for name, dim, indices in group.slices:
-        owner, _, leaf = name.rpartition(".")
-        kind = _reader_of(modules.get(owner), dim) if leaf == "weight" else None
-        if kind is not None:
-            read.append((owner, kind, indices))
-    return read
-
-
-def unread_groups(model: nn.Module, groups: Sequence[ZeroInvariantGroup]) -> list[ZeroInvariantGroup]:
-    """The groups that `saliency="output"` cannot score: no `nn.Linear` or `Conv1D` reads them (e.g. conv channels),
-    KV groups with query heads of their own excepted (they are scored through those heads)."""
-    modules = dict(model.named_modules())
-    return [
-        group
-        for group in groups
-        if not read_slices(modules, group) and not (group.kind == "kv_head" and group.nest is not None)
-    ]
-
-
-def choose_saliency(saliency: str, model: nn.Module, groups: Sequence[ZeroInvariantGroup], erase: bool = False) -> str:
-    """Resolve `saliency="auto"`: `"output"` when it can score every group, `"fisher"` when some group has no Linear
-    reader (conv channels) or whole operators are erased (they are scored by their Fisher importance); any other value
-    is returned as given. `"output"` ranked groups far better on SmolLM2-135M and as well on MiniLM (README,
-    Quality)."""
-    if saliency != "auto":
-        return saliency
-    return "fisher" if erase or unread_groups(model, groups) else "output"
 
 
 class OutputImportance:

@@ -13,7 +13,7 @@ alignment between the group's output and the gradient. Both factors here come fr
 gradient hook on the reader's input, one elementwise product per reader and step, no host sync.
 
 A KV group scores as its query heads, summed; groups without an `nn.Linear` or `Conv1D` reader are refused (see
-`output_importance.unread_groups`).
+`readers.unread_groups`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..graph.groups import GroupSet
-from .output_importance import read_slices, unread_groups
+from .readers import read_slices, unread_groups
 
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup

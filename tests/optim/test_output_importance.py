@@ -9,7 +9,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oto_hf import DHSPG, discover_groups, find_operators
-from oto_hf.optim.output_importance import OutputImportance, choose_saliency, unread_groups
+from oto_hf.optim.output_importance import OutputImportance
+from oto_hf.optim.readers import choose_saliency, unread_groups
 from tests.utils.tiny_models import CASES, TEXT, user_inputs
 
 DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "resid_pdrop",
@@ -144,7 +145,7 @@ def test_auto_chooses_output_where_a_linear_layer_reads_every_group_and_fisher_e
     assert choose_saliency("otov2", model, groups) == "otov2"  # a chosen saliency is kept
     kwargs = dict(lr=1e-3, target_sparsity=0.3, pruning_end_steps=4)
     optimizer = DHSPG.from_model(model, groups, saliency="auto", **kwargs)
-    assert optimizer.saliency == "output" and optimizer._source is not None
+    assert optimizer.saliency == "output" and isinstance(optimizer._source, OutputImportance)
     with pytest.raises(ValueError, match=r"`saliency='auto'` chooses from the model: build the optimizer with"):
         DHSPG(model.parameters(), groups, model.named_parameters(), saliency="auto", **kwargs)
 
