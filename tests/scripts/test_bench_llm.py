@@ -197,6 +197,8 @@ def test_bench_selection_end_to_end(tiny_llama_dir, tmp_path, one_thread):
         ("fisher", "uniform"),
         ("output", "global"),
         ("output", "uniform"),
+        ("sample_fisher", "global"),
+        ("sample_fisher", "uniform"),
     ]
     assert all(row["perplexity"] > 1 for row in rows)
     assert "| output | global |" in (tmp_path / "out" / "bench_selection.md").read_text()
