@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from oto_hf import DHSPG, discover_groups, find_operators
 from oto_hf.optim.output_importance import OutputImportance
 from oto_hf.optim.readers import choose_saliency, unread_groups
+from oto_hf.optim.sample_fisher import SampleFisher
 from tests.utils.tiny_models import CASES, TEXT, user_inputs
 
 DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "resid_pdrop",
@@ -109,9 +110,10 @@ def test_only_active_training_forwards_with_gradients_count():
     assert bool((source.importance() == 0).all())
 
 
+@pytest.mark.parametrize("source_class", [OutputImportance, SampleFisher], ids=["output", "sample_fisher"])
 @pytest.mark.parametrize("case", TEXT_CASES, ids=lambda case: case.name)
-def test_every_text_architecture_scores_every_group(case):
-    """Linear readers (BERT, LLaMA, ...) and GPT-2's Conv1D alike."""
+def test_every_text_architecture_scores_every_group(case, source_class):
+    """Linear readers (BERT, LLaMA, ...) and GPT-2's Conv1D alike, for both hooked saliencies."""
     config = case.config()
     for name in DROPOUTS:
         if hasattr(config, name):
@@ -119,7 +121,7 @@ def test_every_text_architecture_scores_every_group(case):
     model = getattr(transformers, case.model_class)(config)
     inputs = user_inputs(model)
     groups = discover_groups(model, inputs)
-    source = OutputImportance(model, groups)
+    source = source_class(model, groups)
     source.active = True
     model.train()
     model(**inputs)[0].float().square().mean().backward()  # any loss of the first output

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 
 from oto_hf import DHSPG, discover_groups
 from oto_hf.optim.sample_fisher import SampleFisher
-from tests.optim.test_output_importance import DROPOUTS, TEXT_CASES, llama, train_forward
+from tests.optim.test_output_importance import llama, train_forward
 from tests.utils.tiny_models import CASES, user_inputs
 
 
@@ -67,24 +66,6 @@ def test_a_kv_group_scores_as_its_query_heads_and_inactive_or_removed_hooks_reco
     source.remove()
     train_forward(model, inputs)
     assert bool((source.importance() == 0).all())
-
-
-@pytest.mark.parametrize("case", TEXT_CASES, ids=lambda case: case.name)
-def test_every_text_architecture_scores_every_group(case):
-    config = case.config()
-    for name in DROPOUTS:
-        if hasattr(config, name):
-            setattr(config, name, 0.0)
-    model = getattr(transformers, case.model_class)(config)
-    inputs = user_inputs(model)
-    groups = discover_groups(model, inputs)
-    source = SampleFisher(model, groups)
-    source.active = True
-    model.train()
-    model(**inputs)[0].float().square().mean().backward()
-    importance = source.importance()
-    assert importance.shape == (len(groups),)
-    assert bool(torch.isfinite(importance).all()) and bool((importance > 0).all())
 
 
 def test_conv_channels_are_refused():
