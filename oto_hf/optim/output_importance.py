@@ -20,19 +20,17 @@ is theirs, summed. Any other group without an `nn.Linear` or `Conv1D` reader (`r
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.utils.hooks import RemovableHandle
 
-from ..graph.groups import GroupSet
-from .readers import read_slices, unread_groups
+from .readers import check_every_group_is_read, nest_positions, reader_columns
+from .sharding import sum_over_ranks
 
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
@@ -72,39 +70,13 @@ class OutputImportance:
     """
 
     def __init__(self, model: nn.Module, groups: Sequence[ZeroInvariantGroup]) -> None:
-        modules = dict(model.named_modules())
-        columns: dict[str, dict[int, list[tuple[int, torch.Tensor]]]] = defaultdict(lambda: defaultdict(list))
-        transposed: dict[str, bool] = {}
-        unread = unread_groups(model, groups)
-        if unread:
-            raise ValueError(
-                f"`saliency='output'` scores a group through the nn.Linear (or Conv1D) that reads it, but "
-                f"{len(unread)} groups have none (first: {unread[0].kind} {unread[0].id}, slices "
-                f"{[(n, d) for n, d, _ in unread[0].slices]}). Use `saliency='fisher'` (or 'auto') for this model."
-            )
-        for position, group in enumerate(groups):
-            for owner, kind, indices in read_slices(modules, group):
-                transposed[owner] = kind
-                columns[owner][len(indices)].append((position, torch.as_tensor(indices).flatten().cpu()))
+        check_every_group_is_read(model, groups, "output")
         self.num_groups = len(groups)
         self._readers = {
-            owner: _Reader(
-                modules[owner],
-                transposed[owner],
-                [
-                    _Block(torch.tensor([p for p, _ in entries]), torch.stack([c for _, c in entries]))
-                    for entries in by_width.values()
-                ],
-            )
-            for owner, by_width in columns.items()
+            owner: _Reader(module, transposed, [_Block(positions, columns) for positions, columns in blocks])
+            for owner, (module, transposed, blocks) in reader_columns(model, groups).items()
         }
-        # (position of a KV group, positions of its query heads), for every KV group that is a group itself
-        position = {id(group): p for p, group in enumerate(groups)}
-        self._nests = [
-            (position[id(parent)], torch.tensor([position[id(child)] for child in children]))
-            for parent, children in GroupSet(groups).nests().values()
-            if parent is not None and children
-        ]
+        self._nests = nest_positions(groups)
         self.active = False
         self._handles: list[RemovableHandle] = [
             reader.module.register_forward_hook(self._record(reader)) for reader in self._readers.values()
@@ -170,11 +142,8 @@ class OutputImportance:
                 moments = block.moments if block.moments is not None else torch.zeros(n, width, width)
                 packed.append(moments.detach().double().cpu().flatten())
         flat = torch.cat(packed) if packed else torch.zeros(0, dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = next(iter(self._readers.values())).module.weight.device
-            reduced = flat.to(device)
-            dist.all_reduce(reduced)  # one collective at a partition, never per step
-            flat = reduced.cpu()
+        if self._readers:  # on the weights' device (NCCL reduces CUDA tensors); at a partition, never per step
+            flat = sum_over_ranks(flat.to(next(iter(self._readers.values())).module.weight.device)).cpu()
         recorded, offset = [], 0
         for reader in self._readers.values():
             counts = tuple(flat[offset : offset + 3].tolist())

@@ -7,11 +7,14 @@ A group reaches the rest of the network through the layer that reads it (its *re
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from ..graph.groups import GroupSet
 
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
@@ -27,7 +30,7 @@ def _reader_of(module: nn.Module | None, dim: int) -> bool | None:
     return None
 
 
-def read_slices(
+def _read_slices(
     modules: dict[str, nn.Module], group: ZeroInvariantGroup
 ) -> list[tuple[str, bool, Sequence[int] | torch.Tensor]]:
     """`(reader name, transposed, input columns)` for each slice of `group` that a Linear or Conv1D reads."""
@@ -47,7 +50,54 @@ def unread_groups(model: nn.Module, groups: Sequence[ZeroInvariantGroup]) -> lis
     return [
         group
         for group in groups
-        if not read_slices(modules, group) and not (group.kind == "kv_head" and group.nest is not None)
+        if not _read_slices(modules, group) and not (group.kind == "kv_head" and group.nest is not None)
+    ]
+
+
+def check_every_group_is_read(model: nn.Module, groups: Sequence[ZeroInvariantGroup], saliency: str) -> None:
+    """Refuse `saliency` (a hooked one) when some group has no reader, naming the first such group."""
+    unread = unread_groups(model, groups)
+    if unread:
+        raise ValueError(
+            f"`saliency='{saliency}'` scores a group through the nn.Linear (or Conv1D) that reads it, but "
+            f"{len(unread)} groups have none (first: {unread[0].kind} {unread[0].id}, slices "
+            f"{[(n, d) for n, d, _ in unread[0].slices]}). Use `saliency='fisher'` (or 'auto') for this model."
+        )
+
+
+def reader_columns(
+    model: nn.Module, groups: Sequence[ZeroInvariantGroup]
+) -> dict[str, tuple[nn.Module, bool, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Per reader name: the module, whether its weight is transposed (`Conv1D`), and one block per column width:
+    `(group positions (n,), input columns (n, width))`, so that hooks gather every group of a width at once."""
+    modules = dict(model.named_modules())
+    columns: dict[str, dict[int, list[tuple[int, torch.Tensor]]]] = defaultdict(lambda: defaultdict(list))
+    transposed: dict[str, bool] = {}
+    for position, group in enumerate(groups):
+        for owner, kind, indices in _read_slices(modules, group):
+            transposed[owner] = kind
+            columns[owner][len(indices)].append((position, torch.as_tensor(indices).flatten().cpu()))
+    return {
+        owner: (
+            modules[owner],
+            transposed[owner],
+            [
+                (torch.tensor([p for p, _ in entries]), torch.stack([c for _, c in entries]))
+                for entries in by_width.values()
+            ],
+        )
+        for owner, by_width in columns.items()
+    }
+
+
+def nest_positions(groups: Sequence[ZeroInvariantGroup]) -> list[tuple[int, torch.Tensor]]:
+    """`(position of a KV group, positions of its query heads)` for every KV group that is a group itself: a KV group
+    has no reader of its own and scores as its query heads, summed."""
+    position = {id(group): p for p, group in enumerate(groups)}
+    return [
+        (position[id(parent)], torch.tensor([position[id(child)] for child in children]))
+        for parent, children in GroupSet(groups).nests().values()
+        if parent is not None and children
     ]
 
 

@@ -18,17 +18,15 @@ A KV group scores as its query heads, summed; groups without an `nn.Linear` or `
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..graph.groups import GroupSet
-from .readers import read_slices, unread_groups
+from .readers import check_every_group_is_read, nest_positions, reader_columns
+from .sharding import sum_over_ranks
 
 if TYPE_CHECKING:
     from oto_hf.graph.groups import ZeroInvariantGroup
@@ -43,39 +41,18 @@ class SampleFisher:
     """
 
     def __init__(self, model: nn.Module, groups: Sequence[ZeroInvariantGroup]) -> None:
-        unread = unread_groups(model, groups)
-        if unread:
-            raise ValueError(
-                f"`saliency='sample_fisher'` scores a group through the nn.Linear (or Conv1D) that reads it, but "
-                f"{len(unread)} groups have none (first: {unread[0].kind} {unread[0].id}). Use `saliency='fisher'` "
-                "(or 'auto') for this model."
-            )
-        modules = dict(model.named_modules())
-        by_reader: dict[str, dict[int, list[tuple[int, torch.Tensor]]]] = defaultdict(lambda: defaultdict(list))
-        for position, group in enumerate(groups):
-            for owner, _, indices in read_slices(modules, group):
-                by_reader[owner][len(indices)].append((position, torch.as_tensor(indices).flatten().cpu()))
-        # per reader: [(group positions (n,), input columns (n, width))] by width
-        self._blocks = {
-            owner: [
-                (torch.tensor([p for p, _ in entries]), torch.stack([c for _, c in entries]))
-                for entries in by_width.values()
-            ]
-            for owner, by_width in by_reader.items()
-        }
+        check_every_group_is_read(model, groups, "sample_fisher")
+        readers = reader_columns(model, groups)
+        # per reader: [(group positions (n,), input columns (n, width))], one block per width
+        self._blocks = {owner: blocks for owner, (_, _, blocks) in readers.items()}
         self.num_groups = len(groups)
-        position = {id(group): p for p, group in enumerate(groups)}
-        self._nests = [
-            (position[id(parent)], torch.tensor([position[id(child)] for child in children]))
-            for parent, children in GroupSet(groups).nests().values()
-            if parent is not None and children
-        ]
+        self._nests = nest_positions(groups)
         self._sums: torch.Tensor | None = None  # (num_groups,) sum over sequences of s^2, float64, model's device
         self.samples = 0  # sequences seen, counted at one reader (every reader sees each forward's sequences)
         self._counter = next(iter(self._blocks), None)
         self.active = False
         self._handles: list[RemovableHandle] = [
-            modules[owner].register_forward_hook(self._record(owner)) for owner in self._blocks
+            module.register_forward_hook(self._record(owner)) for owner, (module, _, _) in readers.items()
         ]
 
     def _record(self, owner: str) -> Any:
@@ -111,10 +88,7 @@ class SampleFisher:
         `torch.distributed`, so every rank must call it), float64 on the CPU."""
         sums = self._sums if self._sums is not None else torch.zeros(self.num_groups, dtype=torch.float64)
         samples = torch.tensor([float(self.samples)], dtype=torch.float64, device=sums.device)
-        packed = torch.cat([sums, samples])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(packed)  # one collective at a partition, never per step
-        packed = packed.cpu()
+        packed = sum_over_ranks(torch.cat([sums, samples])).cpu()  # at a partition, never per step
         result = packed[:-1] / max(float(packed[-1]), 1.0)
         for parent, children in self._nests:
             result[parent] += result[children].sum()

@@ -81,6 +81,14 @@ def all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> tor
     return tensor
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over every rank, in place, when a process group with several ranks is initialised (data parallel:
+    each rank recorded its own share of the batch); a no-op otherwise. One collective."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def from_first_rank(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The tensors as rank 0 holds them, when a process group with several ranks is initialised (one collective)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
