@@ -204,9 +204,10 @@ class OTOTrainer(Trainer):
         if isinstance(optimizer, DHSPG) and "loss" in logs:
             zero = optimizer.zero_group_ids()
             logs["group_sparsity"] = round(len(zero) / max(len(self.groups), 1), 4)
-            logs["kept_params"] = round(1 - sum(self.groups[i].num_params for i in zero) / self.dense_params, 4)
+            removed_params, removed_flops = self._removed_sizes(zero)
+            logs["kept_params"] = round(1 - removed_params / self.dense_params, 4)
             if self.dense_flops:
-                logs["kept_flops"] = round(1 - sum(self.group_flops[i] for i in zero) / self.dense_flops, 4)
+                logs["kept_flops"] = round(1 - removed_flops / self.dense_flops, 4)
             totals = self.groups.counts()
             zero_kinds = Counter(self.groups[i].kind for i in zero)
             for kind, total in totals.items():
@@ -216,6 +217,19 @@ class OTOTrainer(Trainer):
             logs["dhspg/forced_zero"] = forced
             self._warn_on_loss_jump(float(logs["loss"]), len(zero))
         super().log(logs, start_time)
+
+    def _removed_sizes(self, zero: list[int]) -> tuple[int, int]:
+        """Parameters and FLOPs that the zero groups remove, and with `erase_operators` the operators that add nothing
+        (erasing removes their own tensors too: norms, output biases)."""
+        if not self.operators:
+            return sum(self.groups[i].num_params for i in zero), sum(self.group_flops[i] for i in zero)
+        parameters = dict(self.accelerator.unwrap_model(self.model).named_parameters(remove_duplicate=False))
+        erased = zero_operators(self.operators, zero, parameters)
+        inside = {i for op in erased for i in op.group_ids}
+        narrowed = [i for i in zero if i not in inside]
+        params = sum(self.groups[i].num_params for i in narrowed) + sum(op.num_params for op in erased)
+        flops = sum(self.group_flops[i] for i in narrowed) + sum(op.flops or 0 for op in erased)
+        return params, flops
 
     def _warn_on_loss_jump(self, loss: float, num_zero: int) -> None:
         """Log a warning when the training loss rose by half or more over an interval in which groups became zero."""

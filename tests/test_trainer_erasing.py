@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from oto_hf import OTOTrainer, OTOTrainingArguments
+from oto_hf import OTOTrainer, OTOTrainingArguments, count_parameters
 from oto_hf.models.no_op import ERASED_KEY, ErasedModule
 from tests.utils.asserts import max_output_diff
 from tests.utils.data import TinyClassification
@@ -71,6 +71,9 @@ def test_llama_erases_operators_and_generates_the_trained_models_tokens(tmp_path
     )  # fmt: skip
     assert trainer.saliency == "fisher"  # "auto" resolves to it: operators are scored by their Fisher importance
     trained, loaded = _check_erased(trainer, "AutoModelForCausalLM", tmp_path)
+    # the logs count what erasing removes (the operators' own tensors too), as the saved model has it
+    last = [entry for entry in trainer.state.log_history if "kept_params" in entry][-1]
+    assert last["kept_params"] == pytest.approx(count_parameters(loaded) / count_parameters(trained), abs=1e-4)
     prompt = torch.tensor([[1, 5, 7, 3, 9], [2, 8, 8, 4, 6]])
     settings = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert torch.equal(loaded.generate(prompt, **settings), trained.generate(prompt, **settings))
