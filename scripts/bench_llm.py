@@ -122,6 +122,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"`--{name}` must be positive, got {getattr(args, name)}.")
     if not 0 < args.calibration_blocks:
         raise ValueError(f"`--calibration_blocks` must be positive, got {args.calibration_blocks}.")
+    if "erase_operators" in dict(args.oto_args):
+        raise ValueError("Pass `--oto_erase` instead of `--oto_args erase_operators=...` (the run's label names it).")
     bad = [s for s in args.speedups if not s > 1]
     if bad:
         raise ValueError(f"`--speedups` are factors by which the decoder FLOPs drop and must be > 1, got {bad}.")

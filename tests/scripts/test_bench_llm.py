@@ -155,6 +155,8 @@ def test_bad_arguments_say_what_is_allowed(tmp_path):
         bench_llm.main(["--speedups", "1", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match=r"`--max_steps` must be positive, got 0"):
         bench_llm.main(["--max_steps", "0", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"Pass `--oto_erase` instead of `--oto_args erase_operators=...`"):
+        bench_llm.main(["--oto_args", "erase_operators=True", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match=r"some, not all, of 0\.\.3"):
         llm_baselines.drop_blocks(tiny_llama(), [0, 1, 2, 3])
 
