@@ -169,7 +169,8 @@ def test_quality_benchmark_oto_args_go_to_oto_runs_only(tmp_path):
 @pytest.mark.parametrize("method", ["dense", "oto", "oto+kd", "baseline", "baseline+kd"])
 def test_quality_benchmark_methods(method, tmp_path):
     """Each method of bench_quality.py differs from `oto` only in what it names: target 0, one-shot pruning at a
-    third of the steps, distillation from the dense run."""
+    third of the steps ranked by Fisher importance (whatever OTO's default saliency), distillation from the dense
+    run."""
     bench = load_script("bench_quality")
     args = bench.common_args(tmp_path, seed=1, target=0.5, method=method, steps=90, teacher=tmp_path / "dense")
     settings = dict(zip(args[::2], args[1::2]))
@@ -177,4 +178,5 @@ def test_quality_benchmark_methods(method, tmp_path):
     assert settings["--max_steps"] == "90" and settings["--seed"] == "1"
     assert settings.get("--distillation") == (str(tmp_path / "dense") if method.endswith("+kd") else None)
     one_shot = {"--partition_steps": "30", "--pruning_end_steps": "31", "--num_partition_periods": "1"}
+    one_shot["--dhspg_saliency"] = "fisher"
     assert all(settings.get(k) == (v if method.startswith("baseline") else None) for k, v in one_shot.items())
