@@ -23,6 +23,7 @@ from .export import get_format
 from .fsdp import gather_full_model
 from .graph.export import default_example_inputs
 from .graph.groups import GroupSet
+from .graph.operators import Operator
 from .model_card import write_model_card
 from .optim import DHSPG
 from .optim.dhspg import importance_source_for
@@ -221,15 +222,19 @@ class OTOTrainer(Trainer):
     def _removed_sizes(self, zero: list[int]) -> tuple[int, int]:
         """Parameters and FLOPs that the zero groups remove, and with `erase_operators` the operators that add nothing
         (erasing removes their own tensors too: norms, output biases)."""
-        if not self.operators:
-            return sum(self.groups[i].num_params for i in zero), sum(self.group_flops[i] for i in zero)
-        parameters = dict(self.accelerator.unwrap_model(self.model).named_parameters(remove_duplicate=False))
-        erased = zero_operators(self.operators, zero, parameters)
-        inside = {i for op in erased for i in op.group_ids}
-        narrowed = [i for i in zero if i not in inside]
+        erased, narrowed = self._erased_and_narrowed(self.accelerator.unwrap_model(self.model), zero)
         params = sum(self.groups[i].num_params for i in narrowed) + sum(op.num_params for op in erased)
         flops = sum(self.group_flops[i] for i in narrowed) + sum(op.flops or 0 for op in erased)
         return params, flops
+
+    def _erased_and_narrowed(self, model: nn.Module, zero: list[int]) -> tuple[list[Operator], list[int]]:
+        """The operators of `model` that add nothing (erased, with their own tensors) and the zero groups outside
+        them (sliced away)."""
+        if not self.operators:
+            return [], list(zero)
+        erased = zero_operators(self.operators, zero, dict(model.named_parameters(remove_duplicate=False)))
+        members = {i for op in erased for i in op.group_ids}
+        return erased, [i for i in zero if i not in members]
 
     def _warn_on_loss_jump(self, loss: float, num_zero: int) -> None:
         """Log a warning when the training loss rose by half or more over an interval in which groups became zero."""
@@ -291,10 +296,8 @@ class OTOTrainer(Trainer):
             return None
         ids = self.groups.zero_group_ids(model)
         inputs = to_device(self.example_inputs, device_of(model))
-        erased = zero_operators(self.operators, ids, dict(model.named_parameters(remove_duplicate=False)))
-        members = {i for op in erased for i in op.group_ids}  # erasing removes them with their modules
-        kept_ids = [i for i in ids if i not in members]
-        pruned = construct_subnet(model, self.groups, kept_ids, example_inputs=inputs, allow_empty_layers=True)
+        erased, narrowed = self._erased_and_narrowed(model, ids)  # erasing removes the members with their modules
+        pruned = construct_subnet(model, self.groups, narrowed, example_inputs=inputs, allow_empty_layers=True)
         if erased:
             pruned = erase_operators(pruned, erased, inputs, inplace=True, zero_first=False)
         # the saliency that ranked the groups, "auto" resolved
