@@ -33,7 +33,8 @@ measured in the same run, and the wall time. The table is printed and written to
     python scripts/bench_quality.py --tasks pang_lee boolq --seeds 0 1 --targets 0.5
     python scripts/bench_quality.py --tasks qa --targets 0.5 --methods dense --distillation
 
-On 2 quiet CPU cores a Pang & Lee run takes about 4 minutes, a BoolQ run about 22 and a QA run about 8.
+On 2 quiet CPU cores a Pang & Lee run takes about 4 minutes and a QA run about 8; a BoolQ run took 40-50 minutes at
+1 thread beside 2-3 other runs.
 """
 
 from __future__ import annotations
