@@ -13,7 +13,7 @@ machine's drift hits both sides alike. Measured, each against AdamW with the sam
 
 Then a whole training step (forward, backward, optimizer step) of `OTOTrainer` in its pruning phase against
 `Trainer` (AdamW) on the same model and batch, interleaved in the same way: with the default saliency (`"auto"`, here
-`"output"`, whose hooks record activations and output gradients) and with `"fisher"` (no hooks).
+`"kfac"` for BERT, whose hooks record activations and output gradients) and with `"fisher"` (no hooks).
 
     python scripts/bench_optimizer.py
     python scripts/bench_optimizer.py --rounds 9 --device cuda
@@ -205,7 +205,7 @@ def training_steps(args: argparse.Namespace, device: torch.device, output_dir: s
     groups = discover_groups(dense_model, example)
     trainer = Trainer(dense_model, TrainingArguments(output_dir, **common))
     oto_trainers = {}
-    # the default saliency ("auto": "output" here, with its forward and gradient hooks) and "fisher" (no hooks)
+    # the default saliency ("auto": "kfac" here, with its forward and gradient hooks) and "fisher" (no hooks)
     for saliency in ("auto", "fisher"):
         oto_model = BertForSequenceClassification(config).to(device)
         oto_model.load_state_dict(dense_model.state_dict())

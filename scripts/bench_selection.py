@@ -8,7 +8,8 @@ saliency takes `--calibration_batches` steps at learning rate 0 (the weights do 
 read back:
 
 - `fisher`: the mean over steps of `<x_g, grad_g>^2` (one mean gradient per batch), DHSPG's own default;
-- `output`: `OutputImportance` (a group's output energy at its reader times the loss gradient's there, per token);
+- `kfac`: `OutputImportance` (a group's output at its reader against the loss gradient's second moment there);
+- `output`: the same with the gradient taken as isotropic (output energy times gradient energy, per token);
 - `sample_fisher`: `SampleFisher` (the squared loss gradient of a mask on the group, per training sequence).
 
 Each signal chooses groups two ways: `global` (the greedy knapsack DHSPG's selection follows: groups in order of
@@ -42,7 +43,7 @@ from oto_hf import DHSPG, GroupSet, discover_groups, group_flop_costs
 from oto_hf.optim.dhspg import importance_source_for
 from utils_common import subsample
 
-SIGNALS = ("fisher", "output", "sample_fisher")
+SIGNALS = ("fisher", "kfac", "output", "sample_fisher")
 
 
 def signal_importance(

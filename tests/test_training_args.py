@@ -32,7 +32,8 @@ BAD_DHSPG_SETTINGS = [
     (dict(dhspg_tolerance=-0.1), r"`dhspg_tolerance` must be in \[0, 1\), got -0.1"),
     (
         dict(dhspg_saliency="magnitude"),
-        r"`dhspg_saliency` must be one of \('auto', 'fisher', 'output', 'sample_fisher', 'otov2'\), got 'magnitude'",
+        r"`dhspg_saliency` must be one of \('auto', 'fisher', 'output', 'kfac', 'sample_fisher', 'otov2'\), got "
+        r"'magnitude'",
     ),
     (dict(importance_window=-1), r"`importance_window` must be an int >= 0, got -1"),
     (

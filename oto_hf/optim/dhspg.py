@@ -4,8 +4,8 @@ The class docstring is the algorithm's contract; `step` orchestrates the phases.
 (settings: defaults, checks), `schedule` (steps), `base_steps` (SGD/Adam/AdamW), `packed_index` (segmented reductions),
 `group_stats`, `penalty`, `events` (partition, deadline), `progressive`, `selection`, `families`, `rounding`
 (`round_to`), `group_state` (run state, checkpoint), `sharding` (FSDP2, rank agreement), `operator_erasing` (H2SPG),
-`output_importance` (`saliency="output"`), `sample_fisher` (`saliency="sample_fisher"`), `progress` (read-only
-views).
+`output_importance` (`saliency="kfac"` and `"output"`), `sample_fisher` (`saliency="sample_fisher"`), `progress`
+(read-only views).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def importance_source_for(
     saliency: str, model: nn.Module, groups: Sequence[ZeroInvariantGroup]
 ) -> OutputImportance | SampleFisher | None:
     """The hooks that score the groups for `saliency` (`None` where the optimizer's own steps do)."""
-    if saliency == "output":
-        return OutputImportance(model, groups)
+    if saliency in ("kfac", "output"):
+        return OutputImportance(model, groups, isotropic=saliency == "output")
     if saliency == "sample_fisher":
         return SampleFisher(model, groups)
     return None
@@ -129,12 +129,13 @@ class DHSPG(DHSPGProgress, Optimizer):
         tolerance (`float`, *optional*, defaults to `0.05`): the redundant set covers `target + tolerance`.
         saliency (`str`, *optional*, defaults to `"fisher"`): `"fisher"` (importance per unit of cost: the squared
             gradient of a mask on the group, `<x_g, grad_g>^2`, per step), `"sample_fisher"` (the same per training
-            sequence, from hooks at each group's reader: `sample_fisher`), `"output"` (measured at the reader too:
-            output energy times gradient energy, `output_importance`), both needing `importance_source`, or
+            sequence, from hooks at each group's reader: `sample_fisher`), `"kfac"` (measured at the reader too:
+            the group's output against the loss gradient's second moment there, `output_importance`), `"output"`
+            (the same with the gradient taken as isotropic), the three needing `importance_source`, or
             `"otov2"` (OTOv2's mix of `cos(x_g, d_g)` and `1 / avg|x_g|`, blind to cost). `"auto"` needs the model:
             `from_model` resolves it (`readers.choose_saliency`).
-        importance_window (`int`, *optional*, defaults to `0`): with `"fisher"`, `"sample_fisher"` or `"output"`, the
-            warm-up steps that score the groups at the first partition; `0` means one period.
+        importance_window (`int`, *optional*, defaults to `0`): with `"fisher"`, `"sample_fisher"`, `"kfac"` or
+            `"output"`, the warm-up steps that score the groups at the first partition; `0` means one period.
         saliency_cosine_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the cosine term.
         saliency_magnitude_weight (`float`, *optional*, defaults to `0.5`): with `"otov2"`, weight of the
             inverse-magnitude term.
@@ -265,12 +266,12 @@ class DHSPG(DHSPGProgress, Optimizer):
         if saliency == "auto":
             raise ValueError(
                 "`saliency='auto'` chooses from the model: build the optimizer with `DHSPG.from_model` (or "
-                "`OTOTrainer`), or pass 'fisher' or 'output'."
+                "`OTOTrainer`), or name a saliency ('fisher', 'kfac', ...)."
             )
         if (saliency in HOOKED_SALIENCIES) != (importance_source is not None):
             raise ValueError(
-                "`importance_source` (an `OutputImportance` or `SampleFisher`) goes with `saliency='output'` or "
-                "'sample_fisher' only, and they need one."
+                "`importance_source` (an `OutputImportance` or `SampleFisher`) goes with `saliency='kfac'`, 'output' "
+                "or 'sample_fisher' only, and they need one."
             )
         self._source = importance_source
         self.uniform_widths = uniform_widths
@@ -327,7 +328,7 @@ class DHSPG(DHSPGProgress, Optimizer):
 
         Parameters with fewer than two dims (biases, norm weights) go to a parameter group without weight decay, as in
         `transformers.Trainer`; the others get `weight_decay`. The other keyword arguments are those of `DHSPG`;
-        `saliency="auto"` is resolved here, and `"output"` / `"sample_fisher"` get their hooks
+        `saliency="auto"` is resolved here, and `"kfac"` / `"output"` / `"sample_fisher"` get their hooks
         (`importance_source_for`) unless a source is given.
         """
         trainable = [p for p in model.parameters() if p.requires_grad]

@@ -33,11 +33,13 @@ def train_forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
     model(**inputs, labels=inputs["input_ids"], use_cache=False).loss.backward()
 
 
-def test_importance_is_output_energy_times_gradient_energy():
-    """Brute force on one head and one neuron of a LLaMA: E_t ||W_g a_t,g||^2 * E_t ||dL/dy_t||^2 / dim(y)."""
+@pytest.mark.parametrize("isotropic", [True, False], ids=["output", "kfac"])
+def test_importance_is_output_energy_times_gradient_energy(isotropic: bool):
+    """Brute force on one head and one neuron of a LLaMA: `output` is E_t ||W_g a_t,g||^2 * E_t ||dL/dy_t||^2 / dim(y);
+    `kfac` is E_{t,s} (dL/dy_s . W_g a_t,g)^2, the squared alignment over every pair of tokens."""
     model, inputs = llama()
     groups = discover_groups(model, inputs)
-    source = OutputImportance(model, groups)
+    source = OutputImportance(model, groups, isotropic=isotropic)
     source.active = True
     layer = model.model.layers[1]
     seen: dict[str, torch.Tensor] = {}
@@ -62,6 +64,8 @@ def test_importance_is_output_energy_times_gradient_energy():
         a = seen[name].double().flatten(0, 1)[:, columns]
         delta = a @ reader.weight.detach().double()[:, columns].T
         grad = seen[name + ".grad"].double().flatten(0, 1)
+        if not isotropic:
+            return float((grad @ delta.T).square().mean())
         return float(delta.square().sum(-1).mean() * grad.square().sum(-1).mean() / reader.out_features)
 
     position = {g.id: i for i, g in enumerate(groups)}
@@ -134,12 +138,12 @@ def test_groups_without_a_linear_reader_are_refused():
     model = next(case for case in CASES if case.name == "resnet").build()
     groups = discover_groups(model, user_inputs(model))
     with pytest.raises(
-        ValueError, match=r"`saliency='output'` scores a group through the nn.Linear .* Use `saliency='fisher'`"
+        ValueError, match=r"`saliency='kfac'` scores a group through the nn.Linear .* Use `saliency='fisher'`"
     ):
         OutputImportance(model, groups)
 
 
-def test_auto_chooses_output_where_a_linear_layer_reads_every_group_and_fisher_elsewhere():
+def test_auto_chooses_output_for_pre_norm_kfac_for_post_norm_and_fisher_without_linear_readers():
     model, inputs = llama()
     groups = discover_groups(model, inputs)
     assert choose_saliency("auto", model, groups) == "output"
@@ -148,8 +152,14 @@ def test_auto_chooses_output_where_a_linear_layer_reads_every_group_and_fisher_e
     kwargs = dict(lr=1e-3, target_sparsity=0.3, pruning_end_steps=4)
     optimizer = DHSPG.from_model(model, groups, saliency="auto", **kwargs)
     assert optimizer.saliency == "output" and isinstance(optimizer._source, OutputImportance)
+    assert optimizer._source.isotropic
     with pytest.raises(ValueError, match=r"`saliency='auto'` chooses from the model: build the optimizer with"):
         DHSPG(model.parameters(), groups, model.named_parameters(), saliency="auto", **kwargs)
+
+    bert = next(case for case in CASES if case.name == "bert").build()
+    bert_groups = discover_groups(bert, user_inputs(bert))
+    optimizer = DHSPG.from_model(bert, bert_groups, saliency="auto", **kwargs)
+    assert optimizer.saliency == "kfac" and not optimizer._source.isotropic
 
     resnet = next(case for case in CASES if case.name == "resnet").build()
     conv_groups = discover_groups(resnet, user_inputs(resnet))
@@ -162,7 +172,7 @@ def test_the_source_goes_with_the_output_saliency_only():
     groups = discover_groups(model, inputs)
     kwargs = dict(lr=1e-3, target_sparsity=0.3, pruning_end_steps=4)
     with pytest.raises(
-        ValueError, match=r"`importance_source` .* goes with `saliency='output'` or 'sample_fisher' only"
+        ValueError, match=r"`importance_source` .* goes with `saliency='kfac'`, 'output' or 'sample_fisher' only"
     ):
         DHSPG.from_model(model, groups, importance_source=OutputImportance(model, groups), **kwargs)
     with pytest.raises(ValueError, match=r"and they need one"):

@@ -197,6 +197,8 @@ def test_bench_selection_end_to_end(tiny_llama_dir, tmp_path, one_thread):
         ("activation (width)", "uniform"),
         ("fisher", "global"),
         ("fisher", "uniform"),
+        ("kfac", "global"),
+        ("kfac", "uniform"),
         ("output", "global"),
         ("output", "uniform"),
         ("sample_fisher", "global"),
