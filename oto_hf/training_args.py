@@ -24,10 +24,9 @@ class OTOTrainingArguments(TrainingArguments):
     The defaults are `DHSPG`'s (`oto_hf.optim.checks.DEFAULTS`) except five, on purpose
     (`oto_hf.optim.checks.TRAINER_DEFAULTS`): `sparsity_budget="flops"`, because the trainer can count FLOPs on a
     training example and FLOPs are what a smaller model should save, while `DHSPG` alone has no costs but the groups';
-    `dhspg_saliency="auto"`, because the trainer has the model: groups are scored where a linear layer reads them,
-    `"output"` for pre-norm models (better than `"fisher"` or `"kfac"` on SmolLM2-135M once trained) and `"kfac"` for
-    post-norm ones (BERT's family, where `"output"` ranks MiniLM's first-layer heads too low), with `"fisher"` where
-    some group has no such reader (conv channels) or with `erase_operators`;
+    `dhspg_saliency="auto"`, because the trainer has the model: groups are scored where a linear layer reads them
+    (`"output"`: better than `"fisher"` or `"kfac"` on SmolLM2-135M once trained, within noise of them on MiniLM),
+    with `"fisher"` where some group has no such reader (conv channels) or with `erase_operators`;
     `min_heads_per_layer=1`, because the saved model must still run every attention layer; `max_family_sparsity=0.9`,
     because stripping a layer to under a tenth of its width costs more accuracy than the FLOPs it saves; and
     `num_partition_periods=5` whatever `dhspg_lambda_schedule`, a plain number for the command line and the model
@@ -109,9 +108,8 @@ class OTOTrainingArguments(TrainingArguments):
             "squared gradient of a mask on the group, per batch), 'sample_fisher' (the same per training sequence, "
             "from hooks on the linear layer that reads the group), 'kfac' (measured there too: the group's output "
             "against the loss gradient's second moment), 'output' (the same with the gradient taken as isotropic), "
-            "'auto' (when a linear layer reads every group: 'kfac' for post-norm models such as BERT, 'output' for "
-            "the others; else 'fisher', e.g. for conv channels or with `erase_operators`) or 'otov2' (OTOv2's cosine "
-            "and magnitude mix)."
+            "'auto' ('output' when a linear layer reads every group, else 'fisher', e.g. for conv channels or with "
+            "`erase_operators`) or 'otov2' (OTOv2's cosine and magnitude mix)."
         },
     )
     importance_window: int = field(

@@ -12,8 +12,9 @@ machine's drift hits both sides alike. Measured, each against AdamW with the sam
 - the bytes of optimizer state kept between steps.
 
 Then a whole training step (forward, backward, optimizer step) of `OTOTrainer` in its pruning phase against
-`Trainer` (AdamW) on the same model and batch, interleaved in the same way: with the default saliency (`"auto"`, here
-`"kfac"` for BERT, whose hooks record activations and output gradients) and with `"fisher"` (no hooks).
+`Trainer` (AdamW) on the same model and batch, interleaved in the same way: with `--saliency` (the default, `"auto"`,
+is `"output"` here, whose hooks record activations and output gradients; `"kfac"` records the gradients' second
+moments too) and with `"fisher"` (no hooks).
 
     python scripts/bench_optimizer.py
     python scripts/bench_optimizer.py --rounds 9 --device cuda
@@ -45,6 +46,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU), default: torch's.")
     parser.add_argument("--batch_size", type=int, default=8, help="Batch of the whole-training-step comparison.")
     parser.add_argument("--seq_len", type=int, default=128, help="Sequence length of that comparison.")
+    parser.add_argument("--saliency", default="auto", help="dhspg_saliency of the timed OTOTrainer (beside 'fisher').")
     parser.add_argument("--skip_trainer", action="store_true", help="Skip the OTOTrainer / Trainer comparison.")
     return parser
 
@@ -205,8 +207,8 @@ def training_steps(args: argparse.Namespace, device: torch.device, output_dir: s
     groups = discover_groups(dense_model, example)
     trainer = Trainer(dense_model, TrainingArguments(output_dir, **common))
     oto_trainers = {}
-    # the default saliency ("auto": "kfac" here, with its forward and gradient hooks) and "fisher" (no hooks)
-    for saliency in ("auto", "fisher"):
+    # the saliency asked for ("auto": "output" here, with its forward and gradient hooks) and "fisher" (no hooks)
+    for saliency in (args.saliency, "fisher"):
         oto_model = BertForSequenceClassification(config).to(device)
         oto_model.load_state_dict(dense_model.state_dict())
         oto_args = OTOTrainingArguments(
@@ -227,14 +229,14 @@ def training_steps(args: argparse.Namespace, device: torch.device, output_dir: s
 
         return run
 
-    default = f"OTOTrainer (DHSPG, {oto_trainers['auto'].saliency})"
+    default = f"OTOTrainer (DHSPG, {oto_trainers[args.saliency].saliency})"
     steps = {
         "Trainer (AdamW)": train_step(trainer),
-        default: train_step(oto_trainers["auto"]),
+        default: train_step(oto_trainers[args.saliency]),
         "OTOTrainer (DHSPG, fisher)": train_step(oto_trainers["fisher"]),
     }
     times, ratios = interleaved_ratios(steps, "Trainer (AdamW)", args.rounds, args.warmup, device)
-    optimizer = oto_trainers["auto"].optimizer
+    optimizer = oto_trainers[args.saliency].optimizer
     print(f"\nwhole training step, batch {args.batch_size} x {args.seq_len}, {args.rounds} interleaved rounds "
           f"(OTOTrainer in its {optimizer.phase} phase, {optimizer.num_zero_groups()} zero groups)")  # fmt: skip
     for name in steps:

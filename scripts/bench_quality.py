@@ -16,8 +16,8 @@ For each task and seed, with the same data and number of steps:
 
 - `dense`: the dense fine-tune (`OTOTrainer` with target 0: plain AdamW steps);
 - `oto`: `OTOTrainer` with its defaults (FLOPs budget, progressive DHSPG, importance per FLOP measured where each group
-  is read: `dhspg_saliency="auto"`, which is `"kfac"` for MiniLM, a post-norm model), groups chosen from 10% of the
-  steps and zero by 50%;
+  is read: `dhspg_saliency="auto"`, which is `"output"` for these models), groups chosen from 10% of the steps and zero
+  by 50%;
 - `baseline`: prune, then fine-tune: dense for a third of the steps, then one-shot removal of the groups with the least
   first-order Taylor (Fisher) importance per FLOP, accumulated over the 32 steps before, with the same family limits,
   then fine-tuning with the removed groups held at zero;

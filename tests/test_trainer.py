@@ -261,7 +261,7 @@ def test_defaults_reach_the_flops_target_with_no_forced_zero_and_keep_the_pooler
         "auto",
     )
     trainer = OTOTrainer(tiny_model(), args, train_dataset=TinyClassification())
-    assert trainer.saliency == "kfac"  # a linear layer reads every head and neuron of BERT, a post-norm model
+    assert trainer.saliency == "output"  # a linear layer reads every head and neuron of BERT
     assert [key[0][0].split(".")[:2] for key in trainer.never_empty] == [["bert", "pooler"]]
     trainer.train()
     zero = set(trainer.groups.zero_group_ids(trainer.model))
@@ -278,7 +278,7 @@ def test_defaults_reach_the_flops_target_with_no_forced_zero_and_keep_the_pooler
         kept = sum(g.id not in zero for g in members)
         assert kept >= max(1, len(members) - int(0.9 * len(members))), key
     # the record (and so the model card) names the saliency that ranked the groups, not "auto"
-    assert trainer.pruned_model().oto_pruning.training_settings["dhspg_saliency"] == "kfac"
+    assert trainer.pruned_model().oto_pruning.training_settings["dhspg_saliency"] == "output"
 
 
 def test_a_loss_jump_while_groups_go_is_logged(tmp_path, caplog):
@@ -311,7 +311,7 @@ def test_create_model_card_writes_the_card_of_the_pruned_folder(tmp_path):
     assert card.data.base_model == "google-bert/bert-base-uncased" and card.data.datasets == ["stanfordnlp/imdb"]
     assert card.data.tags == [*CARD_TAGS, "my-tag"] and card.data.model_name == "Tiny BERT"
     assert "OTOTrainingArguments" in card.text and "| accuracy | 0.5 |" in card.text
-    assert "the groups are scored (`kfac` saliency)" in card.text  # "auto" as resolved for this (post-norm) model
+    assert "the groups are scored (`output` saliency)" in card.text  # "auto" as resolved for this model
 
     with pytest.raises(ValueError, match="has no config.json"):  # a given folder must be one save_pruned wrote
         trainer.create_model_card(output_dir=tmp_path / "run")

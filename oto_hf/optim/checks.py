@@ -23,8 +23,8 @@ LAMBDA_SCHEDULES: tuple[str, ...] = ("progressive", "constant")
 # "fisher": loss-based importance per unit of cost (`DHSPG`'s default); "sample_fisher": the same per training sequence
 # (`sample_fisher`); "kfac": measured at each group's reader against the gradient's second moment there, "output": the
 # same with the gradient taken as isotropic (both `output_importance`); "auto" (`OTOTrainer`'s default, resolved with
-# the model by `readers.choose_saliency`): where every group has a Linear reader "kfac" for post-norm models and
-# "output" for the others, else "fisher"; "otov2": OTOv2's cosine and magnitude mix.
+# the model by `readers.choose_saliency`): "output" where every group has a Linear reader, else "fisher"; "otov2":
+# OTOv2's cosine and magnitude mix.
 SALIENCIES: tuple[str, ...] = ("auto", "fisher", "output", "kfac", "sample_fisher", "otov2")
 # The saliencies scored by hooks on the readers of the groups (`importance_source`), not by the optimizer's own steps.
 HOOKED_SALIENCIES: tuple[str, ...] = ("output", "kfac", "sample_fisher")
