@@ -34,7 +34,7 @@ def train_forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize("isotropic", [True, False], ids=["output", "kfac"])
-def test_importance_is_output_energy_times_gradient_energy(isotropic: bool):
+def test_importance_matches_its_formula_by_brute_force(isotropic: bool):
     """Brute force on one head and one neuron of a LLaMA: `output` is E_t ||W_g a_t,g||^2 * E_t ||dL/dy_t||^2 / dim(y);
     `kfac` is E_{t,s} (dL/dy_s . W_g a_t,g)^2, the squared alignment over every pair of tokens."""
     model, inputs = llama()
