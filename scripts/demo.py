@@ -182,7 +182,7 @@ def print_comparison(baseline: dict, pruned: dict) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="outputs/demo-minilm-squad", help="run_squad.py output folder")
+    parser.add_argument("--output_dir", default="outputs/demo-minilm-qa", help="run_squad.py output folder")
     parser.add_argument(
         "--target_sparsity",
         "--sparsity",
