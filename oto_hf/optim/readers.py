@@ -105,7 +105,7 @@ def choose_saliency(saliency: str, model: nn.Module, groups: Sequence[ZeroInvari
     """Resolve `saliency="auto"`: `"output"` when it can score every group, `"fisher"` when some group has no Linear
     reader (conv channels) or whole operators are erased (they are scored by their Fisher importance); any other value
     is returned as given. On SmolLM2-135M `"output"` ranks groups far better than `"fisher"` and better than
-    `"sample_fisher"` at 2x; on MiniLM the three are within noise (README, Quality)."""
+    `"sample_fisher"` at 2x; on MiniLM they are close, with `"fisher"` ahead on BoolQ (README, Quality)."""
     if saliency != "auto":
         return saliency
     return "fisher" if erase or unread_groups(model, groups) else "output"
